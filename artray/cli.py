@@ -1,0 +1,141 @@
+"""`artray …` — one subcommand per job. Each job's flags come from its typed config, so the
+CLI, the YAML files under jobs/configs/ and the Python API never drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from artray.config import ConfigError, add_config_arguments, config_from_args
+
+log = logging.getLogger("artray")
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def _cmd_import(args) -> int:
+    from artray.corpora.importer import ImportConfig, import_corpus
+
+    cfg = config_from_args(ImportConfig, args, {"format": args.format, "src": args.src, "dest": args.dest})
+    manifest = import_corpus(cfg)
+    c = manifest["counts"]
+    print(f"[import] {cfg.format}: {c['artworks']} artworks {c['artworks_per_split']}, {c['texts']} texts, "
+          f"{c['failed']} failures {c['failure_reasons'] or ''} → {cfg.dest}")
+    return 0
+
+
+def _cmd_ingest(args) -> int:
+    from artray.runtime import init_ray
+    from artray.stages.ingest import IngestConfig, run_ingest
+
+    cfg = config_from_args(IngestConfig, args, {"input": args.input, "output": args.output})
+    init_ray(args.address)
+    run_ingest(cfg)
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from artray import corpus
+    from artray.storage import StorageOptions
+
+    summary = corpus.summarize(args.uri, StorageOptions(endpoint_url=args.s3_endpoint))
+    summary["manifest"] = {k: v for k, v in (corpus.read_manifest(args.uri, StorageOptions(endpoint_url=args.s3_endpoint)) or {}).items()
+                           if k in ("stage", "finished", "wall_s", "format")}
+    _print_json(summary)
+    return 0
+
+
+def _cmd_make_sample(args) -> int:
+    from artray.corpora.sample import make_samples
+
+    paths = make_samples(args.dir, n=args.n, seed=args.seed)
+    for name, path in paths.items():
+        print(f"[make-sample] {name}: {path}")
+    return 0
+
+
+def _cmd_make_tiny(args) -> int:
+    from artray.models.tiny import make_tiny
+
+    paths = make_tiny(args.dir, seed=args.seed)
+    for name, path in paths.items():
+        print(f"[make-tiny] {name}: {path}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from artray.demo import run_demo
+
+    run_demo(args.workdir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from artray.corpora.importer import FORMATS, ImportConfig
+    from artray.stages.ingest import IngestConfig
+
+    parser = argparse.ArgumentParser(prog="artray", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    corpus_p = sub.add_parser("corpus", help="import, ingest, sample and inspect corpora")
+    corpus_sub = corpus_p.add_subparsers(dest="corpus_command", required=True)
+
+    p = corpus_sub.add_parser("import", help="native corpus (artpedia/artcap/cnclip/folder) → artray corpus")
+    p.add_argument("--format", choices=FORMATS, required=False, help="native format of SRC")
+    p.add_argument("src", nargs="?", help="input file or folder (local or s3://)")
+    p.add_argument("dest", nargs="?", help="output corpus URI (local or s3://)")
+    add_config_arguments(p, ImportConfig, skip=("format", "src", "dest"))
+    p.set_defaults(func=_cmd_import)
+
+    p = corpus_sub.add_parser("ingest", help="download img_url images of a corpus on Ray Data")
+    p.add_argument("input", nargs="?", help="input corpus URI")
+    p.add_argument("output", nargs="?", help="output corpus URI")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+    add_config_arguments(p, IngestConfig, skip=("input", "output"))
+    p.set_defaults(func=_cmd_ingest)
+
+    p = corpus_sub.add_parser("info", help="print a corpus summary (counts per split, failures)")
+    p.add_argument("uri")
+    p.add_argument("--s3-endpoint")
+    p.set_defaults(func=_cmd_info)
+
+    p = corpus_sub.add_parser("make-sample", help="write small sample corpora in the native formats")
+    p.add_argument("dir")
+    p.add_argument("--n", type=int, default=50, help="artworks per corpus")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_sample)
+
+    models_p = sub.add_parser("models", help="model checkpoints")
+    models_sub = models_p.add_subparsers(dest="models_command", required=True)
+    p = models_sub.add_parser("make-tiny", help="write tiny random checkpoints of every architecture artray uses")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_tiny)
+
+    p = sub.add_parser("demo", help="run the chain on the sample corpora with tiny models")
+    p.add_argument("--workdir", default="demo_out", help="where the demo writes everything")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from artray.corpora.importer import CorpusImportError
+    from artray.storage import StorageError
+
+    try:
+        return args.func(args)
+    except (ConfigError, CorpusImportError, StorageError) as exc:
+        print(f"artray: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

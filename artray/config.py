@@ -1,0 +1,142 @@
+"""Typed job configs: one pydantic model per job, loadable from YAML, overridable from the CLI.
+
+Precedence (lowest first): the model's defaults (the published recipes) → a named
+preset → ``--config file.yaml`` → ``--set key.sub=value`` → explicit CLI flags.
+A config's fields *are* its YAML keys and its ``--flag`` names, so they never drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from artray.storage import StorageOptions
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the job's config; says which key and why."""
+
+
+class JobConfig(BaseModel):
+    """Base of every job config: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    s3_endpoint: str | None = None  # S3-compatible endpoint URL; default: AWS environment
+
+    def storage_options(self) -> StorageOptions:
+        return StorageOptions(endpoint_url=self.s3_endpoint)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+C = TypeVar("C", bound=JobConfig)
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`["a.b=1", "c=[0.8, 0.1, 0.1]"]` → nested dict; values are parsed as YAML scalars."""
+    data: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value")
+        key, raw = pair.split("=", 1)
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return data
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls: type[C], path: str | None = None, overrides: dict | None = None) -> C:
+    """Build a `cls` from an optional YAML file plus overrides, with errors naming the key."""
+    data: dict = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        data = loaded
+    data = _merge(data, overrides or {})
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            + (f" (got {err['input']!r})" if err.get("type") != "missing" and "input" in err and not isinstance(err["input"], dict) else "")
+            for err in exc.errors()
+        ]
+        raise ConfigError(f"invalid {cls.__name__}{where}:\n" + "\n".join(lines)) from exc
+
+
+def _scalar_type(annotation: Any) -> Any:
+    """The CLI-parsable type behind Optional[...] / Literal[...], or None if not a scalar."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _scalar_type(args[0]) if len(args) == 1 else None
+    if origin is typing.Literal:
+        return str
+    if annotation in (str, int, float, bool):
+        return annotation
+    return None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[JobConfig], skip: tuple[str, ...] = ()) -> None:
+    """Add `--config`, `--set` and one `--flag` per scalar field of `cls`."""
+    parser.add_argument("--config", help="YAML file with the job's config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted for nested keys); repeatable")
+    for name, field in cls.model_fields.items():
+        if name in skip:
+            continue
+        typ = _scalar_type(field.annotation)
+        if typ is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or f"default: {field.default!r}"
+        if typ is bool:
+            parser.add_argument(flag, dest=f"cfg_{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            choices = None
+            lit = field.annotation
+            if typing.get_origin(lit) in (typing.Union, types.UnionType):
+                lit = next(a for a in typing.get_args(lit) if a is not type(None))
+            if typing.get_origin(lit) is typing.Literal:
+                choices = list(typing.get_args(lit))
+            parser.add_argument(flag, dest=f"cfg_{name}", type=typ, default=None, choices=choices, help=help_text)
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, extra: dict | None = None) -> C:
+    """The config from parsed CLI args: YAML file, then --set, then explicit flags and `extra`."""
+    overrides = parse_overrides(args.overrides)
+    for key, value in vars(args).items():
+        if key.startswith("cfg_") and value is not None:
+            overrides[key[4:]] = value
+    overrides.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return load_config(cls, args.config, overrides)

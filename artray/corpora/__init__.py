@@ -1,0 +1,1 @@
+"""Native corpus formats → the artwork/text schema, plus URL ingest and sample corpora."""

@@ -1,0 +1,128 @@
+"""CulTi / Chinese-CLIP format: `{split}_imgs.tsv` (image_id TAB base64 image) and
+`{split}_texts.jsonl` ({"text_id", "text", "image_ids"}).
+
+Several texts may describe one image and one text may describe several images; both
+directions are kept (artwork rows list their texts, text rows list their artworks).
+Chinese-CLIP names the validation split `valid`; any known split spelling is accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import defaultdict
+
+from artray import storage
+from artray.corpora.importer import CorpusImportError, ImportConfig, ImportPlan, ImportSink
+from artray.schema import normalise_split
+
+IMGS_SUFFIX = "_imgs.tsv"
+TEXTS_SUFFIX = "_texts.jsonl"
+
+
+def _split_files(src: str, options) -> dict[str, dict[str, str]]:
+    """{split: {"imgs": uri, "texts": uri}} from the file names in `src`."""
+    found: dict[str, dict[str, str]] = defaultdict(dict)
+    for uri in storage.list_files(src, options=options):
+        name = storage.basename(uri)
+        for suffix, kind in ((IMGS_SUFFIX, "imgs"), (TEXTS_SUFFIX, "texts")):
+            if name.endswith(suffix):
+                prefix = name[: -len(suffix)]
+                split = normalise_split(prefix)
+                if split is None:
+                    raise CorpusImportError(
+                        f"{uri}: '{prefix}' is not a split name; rename it to train/valid/test{suffix}")
+                found[split][kind] = uri
+    if not found:
+        raise CorpusImportError(f"no *{IMGS_SUFFIX} / *{TEXTS_SUFFIX} files in {src}; pass the folder that holds "
+                                "the Chinese-CLIP / CulTi split files")
+    for split, files in found.items():
+        if set(files) != {"imgs", "texts"}:
+            missing = ({"imgs", "texts"} - set(files)).pop()
+            raise CorpusImportError(f"{src} has the {split} {next(iter(files))} file but no matching {missing} file")
+    return dict(found)
+
+
+def _parse_texts(uri: str, split: str, options, problems: list, texts: list) -> None:
+    for lineno, raw in enumerate(storage.iter_lines(uri, options), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            text_id, text, image_ids = obj["text_id"], obj["text"], obj["image_ids"]
+            if not isinstance(image_ids, list) or not all(isinstance(i, (int, str)) for i in image_ids):
+                raise TypeError("image_ids must be a list of ids")
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            problems.append(("bad_line", f"not a valid text record ({type(exc).__name__}: {exc}); each line must be "
+                             '{"text_id": ..., "text": "...", "image_ids": [...]}', None, uri, lineno))
+            continue
+        texts.append((str(text_id), text, [str(i) for i in image_ids], split, uri, lineno))
+
+
+def read(cfg: ImportConfig) -> ImportPlan:
+    opts = cfg.storage_options()
+    files = _split_files(cfg.src, opts)
+    problems: list = []
+    texts: list = []
+    for split, pair in sorted(files.items()):
+        _parse_texts(pair["texts"], split, opts, problems, texts)
+    texts_of_image: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # image id → (text id, text, split)
+    for text_id, text, image_ids, split, _uri, _line in texts:
+        for image_id in image_ids:
+            texts_of_image[image_id].append((text_id, text, split))
+
+    def emit(sink: ImportSink) -> None:
+        for reason, detail, key, uri, lineno in problems:
+            sink.fail(reason, detail, key=key, file=uri, row=lineno)
+        cleaned: dict[str, str] = {}
+        for text_id, text, _ids, _split, uri, lineno in texts:
+            kept = sink.clean_captions([text], key=text_id, file=uri, row=lineno)
+            if kept:
+                cleaned.setdefault(text_id, kept[0])
+            else:
+                sink.fail("empty_caption", f"text {text_id!r} is empty; fix {uri}", key=text_id, file=uri, row=lineno)
+        for split, pair in sorted(files.items()):
+            _emit_images(sink, pair["imgs"], split, texts_of_image, cleaned, opts)
+        for text_id, _text, image_ids, split, uri, lineno in texts:
+            same_split = [i for i in image_ids if sink.artwork_split.get(i, split) == split]
+            if len(same_split) < len(image_ids):
+                sink.fail("cross_split_reference", f"text {text_id!r} ({split}) points at images of another split: "
+                          f"{sorted(set(image_ids) - set(same_split))}; fix {uri}", key=text_id, file=uri, row=lineno)
+            if text_id in cleaned and same_split:
+                sink.add_text(text_id=text_id, text=cleaned[text_id], artwork_ids=same_split, split=split,
+                              file=uri, row=lineno)
+
+    return ImportPlan("culti", emit, {"splits": {s: f for s, f in sorted(files.items())}})
+
+
+def _emit_images(sink: ImportSink, uri: str, split: str, texts_of_image, cleaned: dict[str, str], options) -> None:
+    for lineno, raw in enumerate(storage.iter_lines(uri, options), start=1):
+        if not raw.strip():
+            continue
+        parts = raw.split(b"\t")
+        if len(parts) != 2:
+            sink.fail("bad_line", f"expected 'image_id<TAB>base64', found {len(parts)} tab-separated fields",
+                      file=uri, row=lineno)
+            continue
+        image_id = parts[0].decode("utf-8", "replace").strip()
+        try:
+            payload = parts[1].strip()
+            # Standard base64 (Chinese-CLIP's README) or URL-safe (what its own loader decodes).
+            data = base64.urlsafe_b64decode(payload) if (b"-" in payload or b"_" in payload) else \
+                base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            sink.fail("bad_base64", f"image data is not valid base64 ({exc}); re-encode it", key=image_id,
+                      file=uri, row=lineno)
+            continue
+        checked = sink.check_image(data, key=image_id, file=f"{uri}:{lineno}", row=lineno)
+        if checked is None:
+            continue
+        own = [tid for tid, _text, s in texts_of_image.get(image_id, []) if s == split and tid in cleaned]
+        own = list(dict.fromkeys(own))
+        if not own:
+            sink.fail("empty_caption", f"no text in {split}_texts.jsonl points at image {image_id!r}", key=image_id,
+                      file=uri, row=lineno)
+            continue
+        sink.add_artwork(file=uri, row=lineno, artwork_id=image_id, split=split, captions=[cleaned[t] for t in own],
+                         text_ids=own, image=data, width=checked[1].width, height=checked[1].height)

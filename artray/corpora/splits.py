@@ -1,0 +1,77 @@
+"""Train/val/test assignment for corpora that ship without an official split (ArtCap, a
+museum's own folder): a user's split file, or a deterministic seeded split."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+
+from artray import storage
+from artray.schema import normalise_split
+from artray.storage import StorageOptions
+
+
+class SplitFileError(ValueError):
+    pass
+
+
+def seeded_split(ids: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Assign each id to train/val/test: shuffle the sorted ids with `seed`, cut by `ratios`.
+
+    Sorting first makes the result independent of input order; the same ids, ratios and
+    seed always give the same split.
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise SplitFileError(f"split_ratios must be three non-negative numbers summing to 1, got {list(ratios)}")
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    n = len(order)
+    n_train = round(ratios[0] * n)
+    n_val = round(ratios[1] * n)
+    out = {}
+    for i, key in enumerate(order):
+        out[key] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+    return out
+
+
+def read_split_file(uri: str, options: StorageOptions) -> dict[str, str]:
+    """A user's split file: JSON `{id_or_filename: split}` or CSV with columns `<id>,split`.
+
+    Ids are matched with and without their file extension, so either spelling works.
+    """
+    raw = storage.read_bytes(uri, options).decode("utf-8-sig")
+    if uri.endswith(".json"):
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SplitFileError(f"{uri} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        if not isinstance(data, dict):
+            raise SplitFileError(f"{uri} must be a JSON object mapping image id or file name to split")
+        items = list(data.items())
+    else:
+        rows = list(csv.reader(io.StringIO(raw)))
+        if rows and rows[0] and rows[0][-1].strip().lower() == "split":
+            rows = rows[1:]
+        items = []
+        for lineno, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) < 2:
+                raise SplitFileError(f"{uri} line {lineno}: expected '<id>,<split>', got {row!r}")
+            items.append((row[0], row[1]))
+    out: dict[str, str] = {}
+    for key, value in items:
+        split = normalise_split(value)
+        if split is None:
+            raise SplitFileError(f"{uri}: entry {key!r} has unknown split {value!r}; use train, val or test")
+        out[str(key)] = split
+    return out
+
+
+def lookup(splits: dict[str, str], artwork_id: str, file_name: str | None = None) -> str | None:
+    for key in (artwork_id, file_name):
+        if key is not None and key in splits:
+            return splits[key]
+    return None

@@ -1,0 +1,102 @@
+"""Decoding checks and resizing of encoded images, shared by every stage that touches pixels.
+
+Pillow's decompression-bomb guard is enforced explicitly: the pixel count is read from
+the header *before* decoding, so a 30000×30000 PNG is refused without allocating it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+# Pillow's own default bomb limit; artray makes it explicit and configurable per stage.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; `reason` is the failure code written to `_failures`."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError("empty_image", "the image is 0 bytes; re-download or replace the file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageError("decompression_bomb", str(exc)) from exc
+    except Exception as exc:  # PIL raises many types for garbage input
+        raise ImageError("undecodable_image", f"not a readable image file ({type(exc).__name__})") from exc
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageError(
+            "decompression_bomb",
+            f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}; "
+            "raise max_image_pixels if this image is trusted",
+        )
+    return im
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
+    im = _open_checked(data, max_pixels)
+    try:
+        im.load()
+    except Exception as exc:  # truncated files, bad CRCs, ...
+        raise ImageError("undecodable_image", f"image data is corrupt or truncated ({exc})") from exc
+    return im
+
+
+def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Fully decode `data` once to prove it is a usable image; return its size and format."""
+    im = _decode(data, max_pixels)
+    return ImageInfo(im.width, im.height, (im.format or "unknown").lower())
+
+
+def fit_long_side(
+    data: bytes,
+    max_side: int | None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    quality: int = 95,
+) -> tuple[bytes, ImageInfo]:
+    """Shrink `data` so its long side is at most `max_side` (never enlarge), keeping aspect.
+
+    Images already small enough are returned byte-for-byte unchanged. Resized images are
+    re-encoded as JPEG (PNG if they have transparency).
+    """
+    im = _decode(data, max_pixels)
+    info = ImageInfo(im.width, im.height, (im.format or "unknown").lower())
+    if not max_side or max(im.size) <= max_side:
+        return data, info
+    scale = max_side / max(im.size)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    has_alpha = im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info)
+    im = im.convert("RGBA" if has_alpha else "RGB").resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    if has_alpha:
+        im.save(out, format="PNG")
+        fmt = "png"
+    else:
+        im.save(out, format="JPEG", quality=quality)
+        fmt = "jpeg"
+    return out.getvalue(), ImageInfo(size[0], size[1], fmt)
+
+
+def to_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `data` to an RGB PIL image (for models)."""
+    return _decode(data, max_pixels).convert("RGB")
