@@ -1,0 +1,96 @@
+"""BLIP: image-text retrieval (method B's BLIP baseline) and captioning (method A).
+
+``BlipForImageTextRetrieval`` has no ``get_*_features``; its ITC embeddings are the
+normalised ``vision_proj`` of the vision CLS token and ``text_proj`` of the unimodal
+text encoder's CLS token. The helpers below compute exactly those, so retrieval can
+embed images and texts separately (an index of images, a stream of queries) and
+still reproduce the model's own ITC score ``image_embeds @ text_embeds.T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from artray.models.resolve import resolve_model_path
+from artray.storage import StorageOptions
+
+if TYPE_CHECKING:
+    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipProcessor
+
+
+@dataclass
+class BlipRetrievalBundle:
+    """A BLIP retrieval model in eval mode and its processor."""
+
+    model: BlipForImageTextRetrieval
+    processor: BlipProcessor
+    device: str
+    dtype: torch.dtype
+
+
+@dataclass
+class BlipCaptionerBundle:
+    """A BLIP captioning model in eval mode and its processor."""
+
+    model: BlipForConditionalGeneration
+    processor: BlipProcessor
+    device: str
+    dtype: torch.dtype
+
+
+def load_blip_retrieval(
+    name_or_path: str,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    storage_options: StorageOptions | None = None,
+) -> BlipRetrievalBundle:
+    """Load a BLIP ITM/ITC checkpoint (e.g. ``Salesforce/blip-itm-base-coco``)."""
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    path = resolve_model_path(name_or_path, storage_options)
+    dtype = dtype or torch.float32
+    model = BlipForImageTextRetrieval.from_pretrained(path, dtype=dtype).to(device).eval()
+    processor = BlipProcessor.from_pretrained(path)
+    return BlipRetrievalBundle(model=model, processor=processor, device=device, dtype=dtype)
+
+
+def load_blip_captioner(
+    name_or_path: str,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    storage_options: StorageOptions | None = None,
+) -> BlipCaptionerBundle:
+    """Load a BLIP captioner (e.g. ``Salesforce/blip-image-captioning-base``)."""
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    path = resolve_model_path(name_or_path, storage_options)
+    dtype = dtype or torch.float32
+    model = BlipForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+    processor = BlipProcessor.from_pretrained(path)
+    return BlipCaptionerBundle(model=model, processor=processor, device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def blip_image_embeds(bundle: BlipRetrievalBundle, pixel_values: torch.Tensor) -> torch.Tensor:
+    """L2-normalised ITC image embeddings, shape (batch, projection dim)."""
+    model = bundle.model
+    pixel_values = pixel_values.to(bundle.device, bundle.dtype)
+    vision = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    return F.normalize(model.vision_proj(vision[:, 0, :]).float(), dim=-1)
+
+
+@torch.no_grad()
+def blip_text_embeds(
+    bundle: BlipRetrievalBundle, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L2-normalised ITC text embeddings (unimodal text encoder CLS), shape (batch, projection dim)."""
+    model = bundle.model
+    input_ids = input_ids.to(bundle.device)
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(bundle.device)
+    text = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return F.normalize(model.text_proj(text[:, 0, :]).float(), dim=-1)
