@@ -29,9 +29,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _artpedia_with_local_urls(samples: Path, base_url: str, dest: Path) -> Path:
-    """A copy of the sample artpedia.json whose img_urls point at the local HTTP server."""
-    data = json.loads((samples / "artpedia" / "artpedia.json").read_text(encoding="utf-8"))
+def _artpedia_with_local_urls(artpedia_dir: Path, base_url: str, dest: Path) -> Path:
+    """A copy of `artpedia_dir`/artpedia.json whose img_urls point at the local HTTP server."""
+    data = json.loads((artpedia_dir / "artpedia.json").read_text(encoding="utf-8"))
     for key, entry in data.items():
         entry["img_url"] = f"{base_url}/images/{key}.jpg"
     dest.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,1 @@
+"""Ray Data pipelines, one module per stage: ingest, augment, caption, embed."""

@@ -1,0 +1,143 @@
+"""Committing a Ray Data stage's results: rows to `<output>/<table>/`, failures to `<output>/_failures/`.
+
+Every map step of an artray stage returns, for each input row, one *result row*: the
+output schema's columns plus
+
+    _ok (bool)  _key (str)  _file (str)  _reason (str)  _detail (str)  _retryable (bool)
+
+`StageSink` (a `ray.data.Datasink`) writes the rows with ``_ok`` as atomic Parquet shards
+and the others as failure rows. Shard names are ``part-<run id>-w<write task>-<n>``:
+deterministic per write task, so a write task Ray retries overwrites its own shards
+instead of duplicating rows, and a resumed run never touches an earlier run's shards.
+
+Resume reads the committed output back: `latest_failures` says which keys failed and
+whether that was transient, and `consolidate_failures` leaves one row per key (none for
+keys that have since succeeded) once a run ends.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data.block import BlockAccessor
+from ray.data.datasource import Datasink
+
+from artray import corpus, storage
+from artray.corpus import FAILURES, shard_name
+from artray.schema import FAILURE_SCHEMA, failure_row
+
+RESULT_FIELDS = [
+    pa.field("_ok", pa.bool_()),
+    pa.field("_key", pa.string()),
+    pa.field("_file", pa.string()),
+    pa.field("_reason", pa.string()),
+    pa.field("_detail", pa.string()),
+    pa.field("_retryable", pa.bool_()),
+]
+
+
+def result_schema(schema: pa.Schema, *extra: pa.Field) -> pa.Schema:
+    """The schema of a map step's result rows: `schema` + the result columns (+ `extra` stats)."""
+    return pa.schema(list(schema) + RESULT_FIELDS + list(extra))
+
+
+def ok_result(row: dict, key: str) -> dict:
+    return {**row, "_ok": True, "_key": key, "_file": None, "_reason": None, "_detail": None, "_retryable": False}
+
+
+def failed_result(row: dict, key: str, reason: str, detail: str, *, file: str | None = None,
+                  retryable: bool = False) -> dict:
+    return {**row, "_ok": False, "_key": key, "_file": file, "_reason": reason, "_detail": detail,
+            "_retryable": retryable}
+
+
+class StageSink(Datasink[dict]):
+    """Atomic shard writer for one stage's result rows; `stats` is filled on the driver."""
+
+    def __init__(self, output: str, table: str, schema: pa.Schema, stage: str, run_id: str,
+                 options: storage.StorageOptions, shard_rows: int = 500, sum_columns: tuple[str, ...] = ()):
+        self.output, self.table, self.schema, self.stage = output, table, schema, stage
+        self.run_id, self.options, self.shard_rows, self.sum_columns = run_id, options, shard_rows, sum_columns
+        self.stats: dict = {"written": 0, "failed": {}, **{c: 0 for c in sum_columns}}
+
+    def write(self, blocks, ctx) -> dict:
+        tag = f"{self.run_id}-w{ctx.task_idx:05d}"
+        bad = corpus.ShardWriter(storage.join(self.output, FAILURES), FAILURE_SCHEMA, 10 * self.shard_rows, tag,
+                                 self.options)
+        stats = {"written": 0, "failed": Counter(), **{c: 0 for c in self.sum_columns}}
+        pending, index = [], 0
+        for block in blocks:
+            table = BlockAccessor.for_block(block).to_arrow()
+            if table.num_rows == 0:
+                continue
+            ok = pc.fill_null(table["_ok"], False)
+            for col in self.sum_columns:
+                stats[col] += pc.sum(table[col]).as_py() or 0
+            failed = table.filter(pc.invert(ok)).select(["_key", "_file", "_reason", "_detail", "_retryable"])
+            for row in failed.to_pylist():
+                bad.add(failure_row(self.stage, row["_reason"], row["_detail"], key=row["_key"], file=row["_file"],
+                                    retryable=bool(row["_retryable"])))
+                stats["failed"][row["_reason"]] += 1
+            pending.append(table.filter(ok).select(self.schema.names).cast(self.schema))
+            stats["written"] += pending[-1].num_rows
+            if sum(t.num_rows for t in pending) >= self.shard_rows:
+                index, pending = self._commit(pending, tag, index), []
+        self._commit(pending, tag, index)
+        bad.flush()
+        return stats
+
+    def _commit(self, tables: list[pa.Table], tag: str, index: int) -> int:
+        """Write `tables` as shards of at most shard_rows rows; returns the next shard index."""
+        table = pa.concat_tables(tables) if tables else self.schema.empty_table()
+        for i in range(0, table.num_rows, self.shard_rows):
+            uri = storage.join(self.output, self.table, shard_name(index, tag))
+            storage.write_parquet_atomic(table.slice(i, self.shard_rows), uri, self.options)
+            index += 1
+        return index
+
+    def on_write_complete(self, write_result) -> None:
+        failed: Counter = Counter()
+        for ret in write_result.write_returns:
+            self.stats["written"] += ret["written"]
+            for col in self.sum_columns:
+                self.stats[col] += ret[col]
+            failed.update(ret["failed"])
+        self.stats["failed"] = dict(sorted(failed.items()))
+
+
+def latest_failures(output: str, stage: str, options: storage.StorageOptions) -> dict[str, bool]:
+    """key → `retryable` of its latest failure row of `stage` (shards sort by run id)."""
+    failures = corpus.read_failures(output, options)
+    out: dict[str, bool] = {}
+    for key, st, retryable in zip(*(failures.column(c).to_pylist() for c in ("key", "stage", "retryable"))):
+        if st == stage and key is not None:
+            out[key] = retryable
+    return out
+
+
+def consolidate_failures(output: str, stage: str, final_keys: set[str], run_id: str,
+                         options: storage.StorageOptions) -> list[dict]:
+    """Leave one failure row per key of `stage` (the latest) and none for keys in `final_keys`.
+
+    The merged shard is committed before the shards it replaces are deleted; a crash in
+    between leaves duplicates that the next run's consolidation removes.
+    """
+    dir_uri = storage.join(output, FAILURES)
+    shards = storage.list_files(dir_uri, ".parquet", options)
+    rows = [r for s in shards for r in storage.read_parquet(s, options).select(FAILURE_SCHEMA.names).to_pylist()]
+    others, latest = [], {}
+    for r in rows:
+        if r["stage"] == stage and r["key"] is not None:
+            latest[r["key"]] = r
+        else:
+            others.append(r)
+    kept = others + [r for key, r in latest.items() if key not in final_keys]
+    if len(kept) != len(rows) or len(shards) > 1:
+        if kept:
+            merged = pa.Table.from_pylist(kept, schema=FAILURE_SCHEMA)
+            storage.write_parquet_atomic(merged, storage.join(dir_uri, shard_name(0, f"{run_id}-merged")), options)
+        for shard in shards:
+            storage.delete(shard, options)
+    return kept
