@@ -87,7 +87,8 @@ def load_config(cls: type[C], path: str | None = None, overrides: dict | None = 
     except ValidationError as exc:
         where = f" in {path}" if path else ""
         lines = [
-            f"  {'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            f"  {'.'.join(str(p) for p in err['loc']) or '(root)'}: "
+            + ("required: give it as a flag, in --config YAML or with --set" if err.get("type") == "missing" else err["msg"])
             + (f" (got {err['input']!r})" if err.get("type") != "missing" and "input" in err and not isinstance(err["input"], dict) else "")
             for err in exc.errors()
         ]
@@ -129,7 +130,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[JobConfig], 
                 lit = next(a for a in typing.get_args(lit) if a is not type(None))
             if typing.get_origin(lit) is typing.Literal:
                 choices = list(typing.get_args(lit))
-            parser.add_argument(flag, dest=f"cfg_{name}", type=typ, default=None, choices=choices, help=help_text)
+            parser.add_argument(flag, dest=f"cfg_{name}", type=typ, default=None, choices=choices, help=help_text,
+                                metavar=None if choices else name.upper())
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace, extra: dict | None = None) -> C:

@@ -61,6 +61,47 @@ TEXT_SCHEMA = pa.schema(
     ]
 )
 
+# One synthetic variant of a training artwork (augment stage). Enough provenance to
+# regenerate it bit-for-bit on the same hardware; joins to artworks on parent_id.
+VARIANT_SCHEMA = pa.schema(
+    [
+        pa.field("variant_id", pa.string(), nullable=False),  # "<parent_id>#<variant>"
+        pa.field("parent_id", pa.string(), nullable=False),
+        pa.field("variant", pa.int32(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),  # always "train"
+        pa.field("image", pa.binary(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("prompt_truncated", pa.bool_(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("strength", pa.float32(), nullable=False),
+        pa.field("guidance", pa.float32(), nullable=False),
+        pa.field("steps", pa.int32(), nullable=False),
+        pa.field("sampler", pa.string(), nullable=False),
+        pa.field("similarity", pa.float32()),  # optional quality filter: CLIP image-image cosine to the parent
+        pa.field("passed_filter", pa.bool_()),  # null when the filter is off
+    ]
+)
+
+# One generated caption or query (caption stage).
+CAPTION_SCHEMA = pa.schema(
+    [
+        pa.field("caption_id", pa.string(), nullable=False),  # "<artwork_id>|<captioner>|<preset>"
+        pa.field("artwork_id", pa.string(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("captioner", pa.string(), nullable=False),  # short name used to select captions for training
+        pa.field("preset", pa.string(), nullable=False),  # caption / query / a user-defined name
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("flags", pa.list_(pa.string()), nullable=False),  # refusal / loop / empty / truncated
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("revision", pa.string()),
+        pa.field("generation", pa.string(), nullable=False),  # JSON of the generation settings
+    ]
+)
+
 FAILURE_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string()),  # artwork_id / text_id when known
