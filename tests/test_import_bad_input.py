@@ -161,3 +161,26 @@ def test_reimport_replaces_but_other_stage_output_needs_overwrite(tmp_path):
         import_corpus(cfg)
     import_corpus(cfg.model_copy(update={"overwrite": True}))
     assert corpus.read_artworks(str(dest)).num_rows == 1
+
+
+def test_split_ratios_that_do_not_sum_to_one_are_an_error(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg())
+    (tmp_path / "a.txt").write_text("a red field")
+    with pytest.raises(CorpusImportError, match="summing to 1"):
+        import_corpus(ImportConfig(format="folder", src=str(tmp_path), dest=str(tmp_path / "o"),
+                                   split_ratios=(0.5, 0.5, 0.5)))
+
+
+def test_folder_sidecar_captions_import(tmp_path):
+    src = tmp_path / "col"
+    src.mkdir()
+    for name, color in (("a", "red"), ("b", "blue"), ("c", "green")):
+        (src / f"{name}.jpg").write_bytes(jpeg(color))
+        (src / f"{name}.txt").write_text(f"a {color} field\n")
+    (src / "d.jpg").write_bytes(jpeg())  # no caption beside it
+    dest = tmp_path / "out"
+    manifest = import_corpus(ImportConfig(format="folder", src=str(src), dest=str(dest)))
+    assert manifest["split"]["method"] == "seeded"
+    arts = {r["artwork_id"]: r["captions"] for r in corpus.read_artworks(str(dest)).to_pylist()}
+    assert arts == {"a": ["a red field"], "b": ["a blue field"], "c": ["a green field"]}
+    assert failures_by_key(dest)["d"]["reason"] == "empty_caption"

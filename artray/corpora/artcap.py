@@ -25,18 +25,8 @@ def read(cfg: ImportConfig) -> ImportPlan:
         raise CorpusImportError(f"{index} must be a JSON object mapping image file name to its captions "
                                 f"(ArtCap's format), found a {type(data).__name__}")
     ids = {name: name.rsplit(".", 1)[0] for name in data}
-    if cfg.split_file:
-        try:
-            assigned = splits.read_split_file(cfg.split_file, opts)
-        except splits.SplitFileError as exc:
-            raise CorpusImportError(str(exc)) from exc
-        split_info = {"method": "file", "split_file": cfg.split_file}
-    else:
-        try:
-            assigned = splits.seeded_split(sorted(set(ids.values())), cfg.split_ratios, cfg.split_seed)
-        except splits.SplitFileError as exc:
-            raise CorpusImportError(str(exc)) from exc
-        split_info = {"method": "seeded", "seed": cfg.split_seed, "ratios": list(cfg.split_ratios)}
+    assigned, split_info = splits.assign(sorted(set(ids.values())), cfg.split_file, cfg.split_ratios,
+                                         cfg.split_seed, opts)
 
     def emit(sink: ImportSink) -> None:
         for name in duplicates:

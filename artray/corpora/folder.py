@@ -80,20 +80,12 @@ def read(cfg: ImportConfig) -> ImportPlan:
             return str(rec[cfg.id_column])
         return str(rec.get(image_col) or "").rsplit(".", 1)[0]
 
-    split_info: dict
     assigned: dict[str, str] = {}
     if has_split_col:
         split_info = {"method": "column", "column": cfg.split_column}
-    elif cfg.split_file:
-        try:
-            assigned = splits.read_split_file(cfg.split_file, opts)
-        except splits.SplitFileError as exc:
-            raise CorpusImportError(str(exc)) from exc
-        split_info = {"method": "file", "split_file": cfg.split_file}
     else:
         ids = sorted({artwork_id(r) for _, r in records if "__error__" not in r and r.get(image_col)})
-        assigned = splits.seeded_split(ids, cfg.split_ratios, cfg.split_seed)
-        split_info = {"method": "seeded", "seed": cfg.split_seed, "ratios": list(cfg.split_ratios)}
+        assigned, split_info = splits.assign(ids, cfg.split_file, cfg.split_ratios, cfg.split_seed, opts)
     where = meta_uri or cfg.src
 
     def emit(sink: ImportSink) -> None:

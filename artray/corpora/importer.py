@@ -21,6 +21,7 @@ from pydantic import Field
 from artray import corpus, storage
 from artray import images as imaging
 from artray.config import JobConfig
+from artray.corpora.splits import SplitFileError
 from artray.manifest import build_manifest
 from artray.schema import ARTWORK_SCHEMA, FAILURE_SCHEMA, TEXT_SCHEMA, failure_row, normalise_split
 
@@ -225,7 +226,10 @@ def import_corpus(cfg: ImportConfig) -> dict:
     readers = {"artpedia": artpedia.read, "artcap": artcap.read, "cnclip": cnclip.read, "folder": folder.read}
     started = time.time()
     language = cfg.language or ("zh" if cfg.format == "cnclip" else "en")
-    plan = readers[cfg.format](cfg)  # parses index files up front: a malformed one fails before any write
+    try:
+        plan = readers[cfg.format](cfg)  # parses index files up front: a malformed one fails before any write
+    except SplitFileError as exc:
+        raise CorpusImportError(str(exc)) from exc
     _prepare_dest(cfg)
     sink = ImportSink(cfg, language, source=plan.source)
     plan.emit(sink)

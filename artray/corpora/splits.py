@@ -70,6 +70,14 @@ def read_split_file(uri: str, options: StorageOptions) -> dict[str, str]:
     return out
 
 
+def assign(ids: list[str], split_file: str | None, ratios: tuple[float, float, float], seed: int,
+           options: StorageOptions) -> tuple[dict[str, str], dict]:
+    """The split of each id (from `split_file` if given, else seeded) and a manifest record of how."""
+    if split_file:
+        return read_split_file(split_file, options), {"method": "file", "split_file": split_file}
+    return seeded_split(ids, ratios, seed), {"method": "seeded", "seed": seed, "ratios": list(ratios)}
+
+
 def lookup(splits: dict[str, str], artwork_id: str, file_name: str | None = None) -> str | None:
     for key in (artwork_id, file_name):
         if key is not None and key in splits:
