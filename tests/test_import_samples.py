@@ -153,3 +153,12 @@ def test_unreachable_storage_is_a_clear_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "s3://no-bucket/raw" in err and "endpoint" in err
+
+
+def test_cli_make_sample_import_info(tmp_path, capsys):
+    assert main(["corpus", "make-sample", str(tmp_path / "s"), "--n", "12"]) == 0
+    assert main(["corpus", "import", "--format", "cnclip", str(tmp_path / "s" / "culti"), str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main(["corpus", "info", str(tmp_path / "c")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["artworks"] == 12 and info["languages"] == ["zh"] and info["manifest"]["stage"] == "import"
