@@ -4,6 +4,7 @@ CLI, the YAML files under jobs/configs/ and the Python API never drift apart."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -28,14 +29,36 @@ def _cmd_import(args) -> int:
     return 0
 
 
-def _cmd_ingest(args) -> int:
-    from artray.runtime import init_ray
-    from artray.stages.ingest import IngestConfig, run_ingest
+# Ray jobs driven by a typed config: (command path, "module:ConfigClass", "module:run_function", positionals).
+# Each run function writes its outputs + manifest and prints its own one-line summary.
+RAY_JOBS = [
+    (("corpus", "ingest"), "artray.stages.ingest:IngestConfig", "artray.stages.ingest:run_ingest", ("input", "output"),
+     "download the img_url images of a corpus on Ray Data"),
+]
 
-    cfg = config_from_args(IngestConfig, args, {"input": args.input, "output": args.output})
+
+def _load(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _run_job(args) -> int:
+    from artray.runtime import init_ray
+
+    cfg = config_from_args(args.config_cls, args, {name: getattr(args, name) for name in args.positionals})
     init_ray(args.address)
-    run_ingest(cfg)
+    _load(args.runner)(cfg)
     return 0
+
+
+def _add_job(sub, path: tuple[str, ...], config_ref: str, runner: str, positionals: tuple[str, ...], help_text: str):
+    config_cls = _load(config_ref)
+    p = sub.add_parser(path[-1], help=help_text, description=(config_cls.__doc__ or "").strip())
+    for name in positionals:
+        p.add_argument(name, nargs="?", help=f"{name} URI (or set it in --config)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+    add_config_arguments(p, config_cls, skip=positionals)
+    p.set_defaults(func=_run_job, config_cls=config_cls, runner=runner, positionals=positionals)
 
 
 def _cmd_info(args) -> int:
@@ -76,7 +99,6 @@ def _cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from artray.corpora.importer import FORMATS, ImportConfig
-    from artray.stages.ingest import IngestConfig
 
     parser = argparse.ArgumentParser(prog="artray", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -91,13 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", nargs="?", help="output corpus URI (local or s3://)")
     add_config_arguments(p, ImportConfig, skip=("format", "src", "dest"))
     p.set_defaults(func=_cmd_import)
-
-    p = corpus_sub.add_parser("ingest", help="download img_url images of a corpus on Ray Data")
-    p.add_argument("input", nargs="?", help="input corpus URI")
-    p.add_argument("output", nargs="?", help="output corpus URI")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
-    add_config_arguments(p, IngestConfig, skip=("input", "output"))
-    p.set_defaults(func=_cmd_ingest)
 
     p = corpus_sub.add_parser("info", help="print a corpus summary (counts per split, failures)")
     p.add_argument("uri")
@@ -116,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_tiny)
+
+    groups = {("corpus",): corpus_sub}
+    for path, config_ref, runner, positionals, help_text in RAY_JOBS:
+        parent = path[:-1]
+        if parent and parent not in groups:
+            group = sub.add_parser(parent[0], help=f"{parent[0]} jobs")
+            groups[parent] = group.add_subparsers(dest=f"{parent[0]}_command", required=True)
+        _add_job(groups[parent] if parent else sub, path, config_ref, runner, positionals, help_text)
 
     p = sub.add_parser("demo", help="run the chain on the sample corpora with tiny models")
     p.add_argument("--workdir", default="demo_out", help="where the demo writes everything")
