@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 
-from artray.config import ConfigError, add_config_arguments, config_from_args
+from artray.config import add_config_arguments, config_from_args
 
 log = logging.getLogger("artray")
 
@@ -34,6 +34,8 @@ def _cmd_import(args) -> int:
 RAY_JOBS = [
     (("corpus", "ingest"), "artray.stages.ingest:IngestConfig", "artray.stages.ingest:run_ingest", ("input", "output"),
      "download the img_url images of a corpus on Ray Data"),
+    (("train",), "artray.train.config:TrainConfig", "artray.train.run:run_train", (),
+     "fine-tune Long-CLIP / Chinese-CLIP / BLIP / captioners on Ray Train + DeepSpeed"),
 ]
 
 
@@ -150,12 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from artray.corpora.importer import CorpusImportError
-    from artray.storage import StorageError
+    from artray.errors import UserError
 
     try:
         return args.func(args)
-    except (ConfigError, CorpusImportError, StorageError) as exc:
+    except UserError as exc:
         print(f"artray: error: {exc}", file=sys.stderr)
         return 2
 

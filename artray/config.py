@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from artray.errors import UserError
 from artray.storage import StorageOptions
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the job's config; says which key and why."""
 
 

@@ -102,6 +102,20 @@ CAPTION_SCHEMA = pa.schema(
     ]
 )
 
+# One embedding of an artwork image or a text (embed stage). `vector` is L2-normalised, so an
+# inner product is a cosine; its length is the encoder's dim (one dim per output).
+EMBEDDING_SCHEMA = pa.schema(
+    [
+        pa.field("embedding_id", pa.string(), nullable=False),  # "<kind>:<id>", unique per output
+        pa.field("id", pa.string(), nullable=False),  # artwork_id (kind image) or text_id (kind text)
+        pa.field("kind", pa.string(), nullable=False),  # image / text
+        pa.field("model", pa.string(), nullable=False),  # encoder family (artray.encoders.FAMILIES)
+        pa.field("checkpoint", pa.string(), nullable=False),  # hub id, path or URI the weights came from
+        pa.field("vector", pa.list_(pa.float32()), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+
 FAILURE_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string()),  # artwork_id / text_id when known

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from artray import storage
 from artray.corpora import splits
-from artray.corpora.importer import CorpusImportError, ImportConfig, ImportPlan, ImportSink, load_json
+from artray.corpora.importer import (
+    CorpusImportError,
+    ImportConfig,
+    ImportPlan,
+    ImportSink,
+    load_json,
+)
 
 INDEX = "ArtCap.json"
 IMAGES = "ArtCap_Images_Dataset"

@@ -9,7 +9,13 @@ already downloaded, from an image folder with files named `<id>.<ext>`.
 from __future__ import annotations
 
 from artray import storage
-from artray.corpora.importer import CorpusImportError, ImportConfig, ImportPlan, ImportSink, load_json
+from artray.corpora.importer import (
+    CorpusImportError,
+    ImportConfig,
+    ImportPlan,
+    ImportSink,
+    load_json,
+)
 
 INDEX = "artpedia.json"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".tif", ".tiff", ".webp", ".bmp")

@@ -14,7 +14,12 @@ import json
 from collections import defaultdict
 
 from artray import storage
-from artray.corpora.importer import CorpusImportError, ImportConfig, ImportPlan, ImportSink
+from artray.corpora.importer import (
+    CorpusImportError,
+    ImportConfig,
+    ImportPlan,
+    ImportSink,
+)
 from artray.schema import normalise_split
 
 IMGS_SUFFIX = "_imgs.tsv"

@@ -16,7 +16,12 @@ import json
 
 from artray import storage
 from artray.corpora import splits
-from artray.corpora.importer import CorpusImportError, ImportConfig, ImportPlan, ImportSink
+from artray.corpora.importer import (
+    CorpusImportError,
+    ImportConfig,
+    ImportPlan,
+    ImportSink,
+)
 
 METADATA_NAMES = ("metadata.csv", "metadata.parquet", "metadata.jsonl")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")

@@ -9,9 +9,9 @@ parsed at all stops the import before anything is written.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,14 +22,21 @@ from artray import corpus, storage
 from artray import images as imaging
 from artray.config import JobConfig
 from artray.corpora.splits import SplitFileError
+from artray.errors import UserError
 from artray.manifest import build_manifest
-from artray.schema import ARTWORK_SCHEMA, FAILURE_SCHEMA, TEXT_SCHEMA, failure_row, normalise_split
+from artray.schema import (
+    ARTWORK_SCHEMA,
+    FAILURE_SCHEMA,
+    TEXT_SCHEMA,
+    failure_row,
+    normalise_split,
+)
 
 STAGE = "import"
 FORMATS = ("artpedia", "artcap", "cnclip", "folder")
 
 
-class CorpusImportError(ValueError):
+class CorpusImportError(UserError, ValueError):
     """The input cannot be imported at all; the message names the file and the fix."""
 
 

@@ -18,7 +18,13 @@ import random
 from pathlib import Path
 
 from artray.corpora.sample_scenes import (
-    SceneSampler, caption_en, caption_zh, captions_en, render, title_en, visual_sentences_en,
+    SceneSampler,
+    caption_en,
+    caption_zh,
+    captions_en,
+    render,
+    title_en,
+    visual_sentences_en,
 )
 
 SPLITS = ("train", "val", "test")

@@ -19,7 +19,11 @@ from artray.models.resolve import resolve_model_path
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
-    from transformers import BlipForConditionalGeneration, BlipForImageTextRetrieval, BlipProcessor
+    from transformers import (
+        BlipForConditionalGeneration,
+        BlipForImageTextRetrieval,
+        BlipProcessor,
+    )
 
 
 @dataclass

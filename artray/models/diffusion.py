@@ -45,7 +45,10 @@ def load_img2img(
     Same call for ``runwayml/stable-diffusion-v1-5`` and the tiny test checkpoint;
     safetensors weights are preferred where the checkpoint has them.
     """
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionImg2ImgPipeline
+    from diffusers import (
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionImg2ImgPipeline,
+    )
 
     path = resolve_model_path(name_or_path, storage_options)
     dtype = dtype or torch.float32

@@ -109,7 +109,10 @@ def load_longclip(
     """
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    from open_clip.model import build_model_from_openai_state_dict, convert_weights_to_lp
+    from open_clip.model import (
+        build_model_from_openai_state_dict,
+        convert_weights_to_lp,
+    )
     from open_clip.tokenizer import SimpleTokenizer
 
     path = resolve_model_path(path_or_uri, storage_options)

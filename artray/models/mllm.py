@@ -48,7 +48,12 @@ def load_mllm(
     The tokenizer pads on the left, as batched generation with a decoder-only model needs.
     Raises ValueError if the checkpoint ships no chat template (prompts would be wrong).
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        LlavaForConditionalGeneration,
+    )
 
     path = resolve_model_path(name_or_path, storage_options)
     dtype = dtype or torch.float32

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from artray.storage import DEFAULT_OPTIONS, StorageError, StorageOptions, basename, filesystem, is_s3
+from artray.storage import (
+    DEFAULT_OPTIONS,
+    StorageError,
+    StorageOptions,
+    basename,
+    filesystem,
+    is_s3,
+)
 
 SOURCE_FILE = ".artray-source.json"
 

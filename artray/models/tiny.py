@@ -43,7 +43,12 @@ def _clip_image_processor(size: int = IMAGE):
 
 
 def _sd_img2img(out: Path) -> tuple[str, str, int]:
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tt.clip_tokenizer()
@@ -79,8 +84,13 @@ def _sd_img2img(out: Path) -> tuple[str, str, int]:
 
 
 def _llava(out: Path) -> tuple[str, str, int]:
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor)
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tok = tt.llava_tokenizer()
     image_id = tok.convert_tokens_to_ids("<image>")
@@ -194,7 +204,12 @@ def _longclip_from(clip_pt: Path) -> Callable[[Path], tuple[str, str, int]]:
 
 
 def _cnclip(out: Path) -> tuple[str, str, int]:
-    from transformers import ChineseCLIPConfig, ChineseCLIPImageProcessor, ChineseCLIPModel, ChineseCLIPProcessor
+    from transformers import (
+        ChineseCLIPConfig,
+        ChineseCLIPImageProcessor,
+        ChineseCLIPModel,
+        ChineseCLIPProcessor,
+    )
 
     tok = tt.chinese_bert_tokenizer()
     config = ChineseCLIPConfig(

@@ -104,7 +104,14 @@ LLAVA_CHAT_TEMPLATE = (
 
 def llava_tokenizer(vocab_size: int = 512, model_max_length: int = 512):
     """A byte-level BPE (Llama-style specials ``<unk> <s> </s>``) plus ``<image>`` and ``<pad>``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token="<unk>"))

@@ -35,10 +35,18 @@ from artray import corpus, storage
 from artray.config import JobConfig
 from artray.corpora.fetch import FetchConfig, Fetcher
 from artray.corpus import ARTWORKS, MANIFEST, TEXTS, shard_name
+from artray.errors import UserError
 from artray.images import DEFAULT_MAX_PIXELS
 from artray.manifest import build_manifest
 from artray.schema import ARTWORK_SCHEMA, TEXT_SCHEMA
-from artray.stages.sink import StageSink, consolidate_failures, failed_result, latest_failures, ok_result, result_schema
+from artray.stages.sink import (
+    StageSink,
+    consolidate_failures,
+    failed_result,
+    latest_failures,
+    ok_result,
+    result_schema,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ WRITE_NUM_CPUS = 0.25  # write tasks are I/O; fractional so they never starve be
 RESULT_SCHEMA = result_schema(ARTWORK_SCHEMA, pa.field("_bytes", pa.int64()))
 
 
-class IngestError(RuntimeError):
+class IngestError(UserError, RuntimeError):
     """The ingest job cannot start or finish; the message says what to fix."""
 
 

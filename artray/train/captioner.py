@@ -1,0 +1,119 @@
+"""Captioner families (the ICCV work): GIT and BLIP captioning with the language-modelling loss.
+
+Validation decodes every val image with beam search (``num_beams``, ``max_new_tokens``) and
+scores the captions with CIDEr (pycocoevalcap's scorer, lower-cased whitespace tokens; the
+Java PTB tokenizer is not needed) against the artwork's captions, plus the val LM loss;
+``select_metric`` keeps the best by ``cider`` or ``val_loss``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import torch
+from torch import nn
+
+from artray.models.resolve import resolve_model_path
+from artray.train.config import TrainConfig
+
+ARCH = {"git-captioner": ("AutoModelForCausalLM", "AutoProcessor"),
+        "blip-captioner": ("BlipForConditionalGeneration", "BlipProcessor")}
+
+
+def _classes(family: str):
+    import transformers
+
+    model_name, processor_name = ARCH[family]
+    return getattr(transformers, model_name), getattr(transformers, processor_name)
+
+
+class CaptionerModule(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, input_ids, attention_mask, labels):
+        out = self.model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        return {"loss": out.loss}
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[\w']+", text.lower()))
+
+
+def cider(candidates: list[str], references: list[list[str]]) -> float:
+    """Corpus CIDEr-D of `candidates` against `references` (pycocoevalcap)."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts = {i: [_words(r) for r in refs] for i, refs in enumerate(references)}
+    res = {i: [_words(c) or "empty"] for i, c in enumerate(candidates)}
+    score, _ = Cider().compute_score(gts, res)
+    return float(score)
+
+
+class CaptionerFamily:
+    """GIT / BLIP captioner: LM loss on (image, caption); validation by beam-search CIDEr and val loss."""
+
+    retrieval = False
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.name = cfg.family
+        self.path = resolve_model_path(cfg.model, cfg.storage_options())
+        self.model_cls, processor_cls = _classes(cfg.family)
+        self.processor = processor_cls.from_pretrained(self.path)
+
+    def build_module(self) -> nn.Module:
+        model = self.model_cls.from_pretrained(self.path, dtype=torch.float32)
+        if self.cfg.grad_checkpointing:
+            model.gradient_checkpointing_enable()
+        return CaptionerModule(model)
+
+    def pixels(self, images) -> torch.Tensor:
+        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+
+    def train_batch(self, images, captions: list[str]) -> dict:
+        tok = self.processor.tokenizer
+        enc = tok(captions, padding=True, truncation=True, max_length=self.cfg.context_length or 128,
+                  return_tensors="pt")
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        return {"pixel_values": self.pixels(images), "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"], "labels": labels}
+
+    def loss(self, out: dict, gather: bool = True) -> torch.Tensor:
+        return out["loss"]
+
+    @torch.no_grad()
+    def validate(self, engine, arts: list[dict], texts: list[dict], dtype) -> dict:
+        from PIL import Image
+
+        from artray.train.loop import _to_device
+
+        bs, losses, generated = self.cfg.batch_size, [], []
+        model = engine.module.model
+        for i in range(0, len(arts), bs):
+            chunk = arts[i:i + bs]
+            images = [Image.open(io.BytesIO(a["image"])) for a in chunk]
+            batch = _to_device(self.train_batch(images, [a["captions"][0] for a in chunk]), engine.device, dtype)
+            losses.append(float(engine(**batch)["loss"]))
+            ids = model.generate(pixel_values=batch["pixel_values"], num_beams=self.cfg.num_beams,
+                                 max_new_tokens=self.cfg.max_new_tokens)
+            generated += self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        refs = [a["captions"] for a in arts]
+        return {"val_loss": sum(losses) / max(1, len(losses)), "cider": cider(generated, refs),
+                "example": generated[0] if generated else ""}
+
+    @classmethod
+    def export(cls, cfg: TrainConfig, state_dict: dict[str, torch.Tensor], out_dir: str) -> str:
+        """A ``save_pretrained`` folder that ``load_git_captioner`` / ``load_blip_captioner`` loads."""
+        model_cls, processor_cls = _classes(cfg.family)
+        path = resolve_model_path(cfg.model, cfg.storage_options())
+        model = model_cls.from_pretrained(path, dtype=torch.float32)
+        sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        model.save_pretrained(out_dir, safe_serialization=True)
+        processor_cls.from_pretrained(path).save_pretrained(out_dir)
+        return out_dir

@@ -1,0 +1,138 @@
+"""Training and validation examples: caption-source mixing, variant mixing (alpha) and the leakage guard.
+
+One training example per real train artwork (so an epoch is N real artworks, as in the
+ICCV work): its image, the captions it may be trained on, and the images of its augmented
+variants. Each time an example is drawn, :func:`draw_image` swaps the image for a variant
+chosen uniformly with probability ``alpha`` (``ArtpediaDataset._get_image``'s rule) and
+:func:`draw_caption` picks one caption uniformly.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from artray import corpus, storage
+from artray.errors import UserError
+from artray.schema import CAPTION_SCHEMA, VARIANT_SCHEMA
+from artray.train.config import TrainConfig
+
+log = logging.getLogger("artray.train")
+
+TRAIN_SCHEMA = pa.schema([
+    pa.field("artwork_id", pa.string()),
+    pa.field("image", pa.binary()),
+    pa.field("captions", pa.list_(pa.string())),
+    pa.field("variants", pa.list_(pa.binary())),
+])
+
+
+class LeakageError(UserError, ValueError):
+    """Something derived from a val/test artwork would reach training."""
+
+
+def check_leakage(kind: str, ids: list[str], splits: dict[str, str], source: str) -> None:
+    """Refuse rows of `kind` whose artwork is not a train artwork of the corpus, naming the first."""
+    for aid in ids:
+        split = splits.get(aid)
+        if split == "train":
+            continue
+        where = f"a {split} artwork" if split else "an artwork that is not in the corpus"
+        n = sum(1 for a in ids if splits.get(a) != "train")
+        raise LeakageError(
+            f"leakage: {source} holds {kind} of {where}, {aid!r} ({n} such rows in all). Nothing derived "
+            f"from val/test artworks may reach training: re-run that stage on the train split only "
+            f"(or point the trainer at an output made from this corpus)")
+
+
+def _read_variants(cfg: TrainConfig, splits: dict[str, str]) -> dict[str, list[bytes]]:
+    opts = cfg.storage_options()
+    table = corpus.read_table(storage.join(cfg.variants, "variants"), VARIANT_SCHEMA, opts,
+                              columns=["parent_id", "variant", "image", "passed_filter"])
+    check_leakage("variants", table.column("parent_id").to_pylist(), splits, f"variants at {cfg.variants}")
+    if cfg.only_passed_filter and table.num_rows:
+        table = table.filter(pc.invert(pc.fill_null(pc.equal(table["passed_filter"], False), False)))
+    out: dict[str, list[bytes]] = {}
+    for row in sorted(table.select(["parent_id", "variant", "image"]).to_pylist(),
+                      key=lambda r: (r["parent_id"], r["variant"])):
+        out.setdefault(row["parent_id"], []).append(row["image"])
+    return out
+
+
+def _read_generated(cfg: TrainConfig, splits: dict[str, str]) -> dict[str, list[str]]:
+    opts = cfg.storage_options()
+    table = corpus.read_table(storage.join(cfg.captions, "captions"), CAPTION_SCHEMA, opts,
+                              columns=["artwork_id", "captioner", "preset", "text", "flags"])
+    mine = table.filter(pc.and_(pc.equal(table["captioner"], cfg.captioner),
+                                pc.equal(table["preset"], cfg.caption_preset)))
+    if mine.num_rows == 0:
+        found = sorted(set(zip(table["captioner"].to_pylist(), table["preset"].to_pylist())))
+        raise ValueError(f"no captions by captioner {cfg.captioner!r} with preset {cfg.caption_preset!r} "
+                         f"in {cfg.captions}; it holds (captioner, preset) {found}")
+    check_leakage("generated captions", mine.column("artwork_id").to_pylist(), splits,
+                  f"captions at {cfg.captions} (captioner {cfg.captioner!r})")
+    out: dict[str, list[str]] = {}
+    flagged = 0
+    for aid, text, flags in zip(mine["artwork_id"].to_pylist(), mine["text"].to_pylist(), mine["flags"].to_pylist()):
+        if flags:
+            flagged += 1
+            continue
+        out.setdefault(aid, []).append(text)
+    log.info("captions: %d by %s, %d flagged and excluded", mine.num_rows, cfg.captioner, flagged)
+    return out
+
+
+def build_train_table(cfg: TrainConfig) -> pa.Table:
+    """One row per train artwork with an image and at least one caption (TRAIN_SCHEMA)."""
+    opts = cfg.storage_options()
+    arts = corpus.read_artworks(cfg.corpus, opts, columns=["artwork_id", "split", "image", "captions"])
+    if arts.num_rows == 0:
+        raise ValueError(f"no artworks in {cfg.corpus}: import a corpus there first (artray corpus import)")
+    splits = dict(zip(arts["artwork_id"].to_pylist(), arts["split"].to_pylist()))
+    variants = _read_variants(cfg, splits) if cfg.variants else {}
+    generated = _read_generated(cfg, splits) if cfg.caption_source != "human" else {}
+    rows, skipped = [], 0
+    for r in arts.filter(pc.equal(arts["split"], "train")).to_pylist():
+        human = list(r["captions"] or []) if cfg.caption_source in ("human", "both") else []
+        caps = human + generated.get(r["artwork_id"], [])
+        if not r["image"] or not caps:
+            skipped += 1
+            continue
+        rows.append({"artwork_id": r["artwork_id"], "image": r["image"], "captions": caps,
+                     "variants": variants.get(r["artwork_id"], [])})
+    if not rows:
+        raise ValueError(f"no train artwork of {cfg.corpus} has both an image and a {cfg.caption_source} caption")
+    with_var = sum(1 for r in rows if r["variants"])
+    log.info("train: %d artworks (%d skipped: no image or caption), %d with variants, alpha=%s, captions=%s",
+             len(rows), skipped, with_var, cfg.alpha, cfg.caption_source)
+    return pa.Table.from_pylist(rows, schema=TRAIN_SCHEMA)
+
+
+def build_val_tables(cfg: TrainConfig, split: str = "val") -> tuple[pa.Table, pa.Table]:
+    """(artworks with images, texts pointing at them) of `split`, for retrieval recall and val loss."""
+    opts = cfg.storage_options()
+    arts = corpus.read_artworks(cfg.corpus, opts, columns=["artwork_id", "split", "image", "captions"])
+    arts = arts.filter(pc.and_(pc.equal(arts["split"], split), pc.invert(pc.is_null(arts["image"]))))
+    ids = set(arts["artwork_id"].to_pylist())
+    texts = corpus.read_texts(cfg.corpus, opts)
+    keep = [i for i, a in enumerate(texts["artwork_ids"].to_pylist()) if set(a) & ids]
+    texts = texts.take(keep).select(["text_id", "text", "artwork_ids"])
+    if arts.num_rows == 0 or texts.num_rows == 0:
+        raise ValueError(f"{cfg.corpus} has no {split} artworks with images and texts: validation needs them")
+    return arts.select(["artwork_id", "image", "captions"]), texts
+
+
+def draw_image(example: dict, alpha: float, rng: random.Random) -> tuple[bytes, bool]:
+    """(image bytes, is_variant): with probability alpha a uniformly chosen variant, if the artwork has one."""
+    variants = example.get("variants") or []
+    if variants and rng.random() < alpha:
+        return variants[rng.randrange(len(variants))], True
+    return example["image"], False
+
+
+def draw_caption(example: dict, rng: random.Random) -> str:
+    caps = example["captions"]
+    return caps[rng.randrange(len(caps))]

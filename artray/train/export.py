@@ -1,0 +1,59 @@
+"""DeepSpeed checkpoint → consolidated fp32 state dict → the family's published layout.
+
+A ZeRO checkpoint is partitioned by the number of workers that wrote it. Resuming a run
+(``engine.load_checkpoint``) needs the same number of workers; to change it, or to use the
+model anywhere else, consolidate: :func:`consolidated_state_dict` merges the partitions on
+one machine into fp32 weights (DeepSpeed's ``zero_to_fp32``), and the family's ``export``
+writes them in the format its loader reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+from artray import storage
+from artray.train.loop import CKPT_TAG, STATE_FILE
+
+
+def consolidated_state_dict(ckpt_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    """fp32 weights of a local DeepSpeed checkpoint folder (any ZeRO stage), 0-dim parameters restored."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as f:
+        reshaped = json.load(f).get("reshaped", [])
+    if zero_stage == 0:
+        states = torch.load(os.path.join(ckpt_dir, CKPT_TAG, "mp_rank_00_model_states.pt"),
+                            map_location="cpu", weights_only=False)
+        sd = {k: v.float() for k, v in states["module"].items()}
+    else:
+        from deepspeed.utils.zero_to_fp32 import (
+            get_fp32_state_dict_from_zero_checkpoint,
+        )
+
+        sd = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=CKPT_TAG)
+    from artray.train.engine import unshape_0dim
+
+    return unshape_0dim(sd, reshaped)
+
+
+def export_checkpoint(checkpoint, cfg, family_cls) -> str:
+    """Consolidate a Ray Train checkpoint and write the family's export under ``<output>/<name>/export``."""
+    dest = storage.join(cfg.output, cfg.name, "export")
+    with checkpoint.as_directory() as d:
+        sd = consolidated_state_dict(d, cfg.zero_stage)
+    local = dest if not storage.is_s3(dest) else tempfile.mkdtemp(prefix="artray-export-")
+    try:
+        path = family_cls.export(cfg, sd, local)
+        if storage.is_s3(dest):
+            for name in sorted(os.listdir(local)):
+                with open(os.path.join(local, name), "rb") as f:
+                    storage.write_bytes_atomic(storage.join(dest, name), f.read(), cfg.storage_options())
+            path = storage.join(dest, os.path.basename(path))
+    finally:
+        if storage.is_s3(dest):
+            shutil.rmtree(local, ignore_errors=True)
+    return path

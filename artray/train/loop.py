@@ -1,0 +1,151 @@
+"""`train_loop_per_worker`: the one Ray Train loop every family runs, with DeepSpeed as the engine.
+
+Per worker: build the family's module from the checkpoint, ``deepspeed.initialize`` it,
+restore the latest Ray Train checkpoint if there is one (after a worker failure or a
+rerun of a stopped job), then per epoch: stream this worker's shard of the train set
+(``ray.train.get_dataset_shard``), draw each sample's image (alpha) and caption, step,
+validate on the full validation set (every rank, in lockstep, so ZeRO-3 works), save a
+DeepSpeed checkpoint on every rank and ``ray.train.report`` it with the metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+import time
+
+import torch
+
+CKPT_TAG = "ds"
+STATE_FILE = "train_state.json"
+
+
+def _images(blobs: list[bytes]):
+    from PIL import Image
+
+    return [Image.open(io.BytesIO(b)) for b in blobs]
+
+
+def _to_device(batch: dict, device, dtype) -> dict:
+    return {k: (v if not torch.is_tensor(v) else v.to(device, dtype) if v.is_floating_point() else v.to(device))
+            for k, v in batch.items()}
+
+
+def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: bool, dtype) -> list[float]:
+    """One pass over this worker's shard; returns the micro-batch losses."""
+    rng = random.Random(f"{cfg.seed}:{state['epoch']}:{rank}")
+    from artray.train.data import draw_caption, draw_image
+
+    losses, variants_seen = [], 0
+    batches = shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow",
+                                 local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
+                                 local_shuffle_seed=cfg.seed + state["epoch"])
+    for batch in batches:
+        rows = batch.to_pylist()
+        drawn = [draw_image(r, cfg.alpha, rng) for r in rows]
+        variants_seen += sum(v for _, v in drawn)
+        inputs = family.train_batch(_images([b for b, _ in drawn]), [draw_caption(r, rng) for r in rows])
+        loss = family.loss(engine(**_to_device(inputs, engine.device, dtype)))
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+        state["samples"] = state.get("samples", 0) + len(rows)
+        state["micro_step"] += 1
+        state["step"] = state["micro_step"] // cfg.grad_accum
+        if cfg.fail_at_step is not None and not restored and rank == 0 and state["step"] == cfg.fail_at_step:
+            raise RuntimeError(f"fail_at_step={cfg.fail_at_step}: injected failure (test hook)")
+        if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+            break
+    state["variants_seen"] = state.get("variants_seen", 0) + variants_seen
+    return losses
+
+
+def _save(engine, state: dict, rank: int) -> str:
+    path = tempfile.mkdtemp(prefix=f"artray-ckpt-r{rank}-")
+    engine.save_checkpoint(path, tag=CKPT_TAG)
+    if rank == 0:
+        with open(os.path.join(path, STATE_FILE), "w", encoding="utf-8") as f:
+            json.dump(state, f)
+    return path
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry: `loop_config` = {"cfg": TrainConfig dump, "steps_per_epoch": optimizer steps}."""
+    if not loop_config["cfg"].get("use_gpu"):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import shutil
+
+    import ray.train
+
+    from artray.train.config import TrainConfig
+    from artray.train.engine import deepspeed_config, initialize
+    from artray.train.families import make_family
+    from artray.train.validate import validate
+
+    cfg = TrainConfig.model_validate(loop_config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)
+    family = make_family(cfg)
+    module = family.build_module()
+    epochs_total = cfg.epochs * loop_config["steps_per_epoch"]
+    total_steps = min(epochs_total, cfg.max_steps) if cfg.max_steps else epochs_total
+    engine, _, _, reshaped = initialize(cfg, module, world, total_steps, rank)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+
+    state = {"epoch": 0, "micro_step": 0, "step": 0, "history": [], "initial": None, "reshaped": reshaped,
+             "restored": 0, "deepspeed": deepspeed_config(cfg, world), "world_size": world}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            with open(os.path.join(d, STATE_FILE), encoding="utf-8") as f:
+                state = json.load(f)
+            if state["world_size"] != world:
+                raise RuntimeError(
+                    f"checkpoint {checkpoint.path} was written by {state['world_size']} workers (ZeRO partitions "
+                    f"per worker); resume with num_workers={state['world_size']}, or start a new run (new name) "
+                    f"from the consolidated export as model")
+            engine.load_checkpoint(d, tag=CKPT_TAG)
+        state["restored"] += 1
+        print(f"[train] rank {rank}: resumed from {checkpoint.path} at epoch {state['epoch']}, "
+              f"step {state['step']}", flush=True)
+
+    val_arts = list(ray.train.get_dataset_shard("val_images").iter_rows())
+    val_texts = list(ray.train.get_dataset_shard("val_texts").iter_rows())
+    if state["initial"] is None:
+        state["initial"] = validate(cfg, family, engine, val_arts, val_texts, dtype)
+        if rank == 0:
+            print(f"[train] before training: {state['initial']}", flush=True)
+    shard = ray.train.get_dataset_shard("train")
+    while state["epoch"] < cfg.epochs and (cfg.max_steps is None or state["step"] < cfg.max_steps):
+        t0 = time.time()
+        engine.train()
+        samples_before = state.get("samples", 0)
+        losses = _train_epoch(cfg, family, engine, shard, state, rank, checkpoint is not None, dtype)
+        train_s, samples = time.time() - t0, state.get("samples", 0) - samples_before
+        engine.eval()
+        metrics = validate(cfg, family, engine, val_arts, val_texts, dtype)
+        state["epoch"] += 1
+        metrics.update(epoch=state["epoch"], step=state["step"], train_loss=sum(losses) / max(1, len(losses)),
+                       epoch_s=round(time.time() - t0, 2), train_s=round(train_s, 3),
+                       samples_per_s=round(samples * world / max(train_s, 1e-9), 3), variants_seen=state.get("variants_seen", 0),
+                       restored=state["restored"],
+                       **{f"initial_{k}": v for k, v in state["initial"].items()})
+        if hasattr(family, "truncation"):
+            cut = family.truncation()
+            metrics["text_truncated_frac"] = cut["truncated"] / max(1, cut["texts"])
+        previous = state["history"][-1] if state["history"] else None
+        state["history"].append(metrics)
+        stop = bool(cfg.early_stop and previous and metrics["val_loss"] > previous["val_loss"])
+        if rank == 0:
+            print(f"[train] epoch {state['epoch']}: {json.dumps(metrics)}" + (" (val loss rose: early stop)"
+                                                                              if stop else ""), flush=True)
+        path = _save(engine, state, rank)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
+                         checkpoint_dir_name=f"checkpoint_epoch{state['epoch']:04d}")
+        shutil.rmtree(path, ignore_errors=True)
+        if stop:
+            break

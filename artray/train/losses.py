@@ -1,0 +1,77 @@
+"""Contrastive losses shared by the CLIP-like families: symmetric InfoNCE over all workers' batches,
+Long-CLIP's primary-component matching, and in-batch recall for validation."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(all workers' rows concatenated, offset of this worker's rows); gradients flow back to each rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    parts = all_gather(x.contiguous())
+    return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
+
+
+def symmetric_infonce(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
+                      label_smoothing: float = 0.0, gather: bool = True) -> torch.Tensor:
+    """(CE(image→text) + CE(text→image)) / 2 on normalised features; local rows against all gathered rows."""
+    img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+    scale = logit_scale.float().exp().reshape(())
+    if gather:
+        all_img, offset = gather_with_grad(img)
+        all_txt, _ = gather_with_grad(txt)
+    else:
+        all_img, all_txt, offset = img, txt, 0
+    labels = torch.arange(img.shape[0], device=img.device) + offset
+    logits_i2t = scale * img @ all_txt.T
+    logits_t2i = scale * txt @ all_img.T
+    return (F.cross_entropy(logits_i2t, labels, label_smoothing=label_smoothing)
+            + F.cross_entropy(logits_t2i, labels, label_smoothing=label_smoothing)) / 2
+
+
+def pca_reconstruct(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """`x` projected on its top-`dim` principal components and mapped back (Long-CLIP's ``PCA``).
+
+    The basis is computed without gradient (eigenvectors of near-equal eigenvalues have
+    unstable gradients); the projection itself is differentiable in `x`.
+    """
+    x = x.float()
+    mean = x.mean(dim=0, keepdim=True)
+    centred = x - mean
+    with torch.no_grad():
+        _, vecs = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        basis = vecs[:, -min(dim, vecs.shape[1]):]
+    return centred @ basis @ basis.T + mean
+
+
+def first_sentence(caption: str) -> str:
+    """Long-CLIP's short caption: the text before the first '. '."""
+    return caption.split(". ")[0]
+
+
+@torch.no_grad()
+def recall_at_k(text_emb: torch.Tensor, image_emb: torch.Tensor, relevant: list[set[int]], k: int = 1) -> float:
+    """Text→image R@k: the fraction of texts with a relevant image among the k best by cosine."""
+    sims = F.normalize(text_emb.float(), dim=-1) @ F.normalize(image_emb.float(), dim=-1).T
+    top = sims.topk(min(k, sims.shape[1]), dim=1).indices.tolist()
+    return sum(1 for row, rel in zip(top, relevant) if set(row) & rel) / max(1, len(relevant))
+
+
+@torch.no_grad()
+def image_to_text_recall(text_emb: torch.Tensor, image_emb: torch.Tensor, relevant: list[set[int]],
+                         k: int = 1) -> float:
+    """Image→text R@k: an image counts when one of its texts is among its k best texts."""
+    sims = F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
+    texts_of: dict[int, set[int]] = {}
+    for t, rel in enumerate(relevant):
+        for i in rel:
+            texts_of.setdefault(i, set()).add(t)
+    top = sims.topk(min(k, sims.shape[1]), dim=1).indices.tolist()
+    hits = [bool(set(top[i]) & texts_of[i]) for i in texts_of]
+    return sum(hits) / max(1, len(hits))

@@ -1,0 +1,92 @@
+"""`run_train(cfg)`: Ray Data inputs → `TorchTrainer` (DeepSpeed inside) → keep-best checkpoints → export.
+
+Checkpoints go to ``<output>/<name>/`` (local or ``s3://``). Running the same config again
+with the same ``name`` resumes from the latest checkpoint there (Ray Train restores the run);
+a worker that dies mid-run restarts the worker group from the latest checkpoint, up to
+``max_failures`` times.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from artray import storage
+from artray.train.config import TrainConfig
+from artray.train.data import build_train_table, build_val_tables
+
+log = logging.getLogger("artray.train")
+
+MAXIMISE = {"val_r1": True, "cider": True, "val_loss": False}
+
+
+def _datasets(cfg: TrainConfig) -> tuple[dict, int]:
+    import ray.data
+
+    train = build_train_table(cfg)
+    arts, texts = build_val_tables(cfg)
+    return {"train": ray.data.from_arrow(train), "val_images": ray.data.from_arrow(arts),
+            "val_texts": ray.data.from_arrow(texts)}, train.num_rows
+
+
+def _run_config(cfg: TrainConfig):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    path, fs = cfg.output, None
+    if storage.is_s3(cfg.output):
+        fs, path = storage.filesystem(cfg.output, cfg.storage_options())
+    return RunConfig(
+        name=cfg.name, storage_path=path, storage_filesystem=fs,
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.select_metric,
+            checkpoint_score_order="max" if MAXIMISE[cfg.select_metric] else "min"),
+    )
+
+
+def best_checkpoint(result, metric: str):
+    """(checkpoint, metrics) with the best `metric` among the kept ones (ties → the later one)."""
+    if not result.best_checkpoints:
+        raise RuntimeError("the run reported no checkpoint: nothing to export (did it train at least one epoch?)")
+    sign = 1 if MAXIMISE[metric] else -1
+    return max(enumerate(result.best_checkpoints), key=lambda im: (sign * im[1][1][metric], im[0]))[1]
+
+
+def run_train(cfg: TrainConfig) -> dict:
+    """Train `cfg` on the current Ray cluster; returns metrics, the best checkpoint and the export path."""
+    from ray.train import DataConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from artray.train.export import export_checkpoint
+    from artray.train.families import family_class
+    from artray.train.loop import train_loop_per_worker
+
+    family_cls = family_class(cfg.family)
+    datasets, n_train = _datasets(cfg)
+    per_worker = n_train // cfg.num_workers
+    if per_worker == 0:
+        raise ValueError(f"{n_train} train artworks cannot be split over {cfg.num_workers} workers: "
+                         "lower num_workers")
+    steps_per_epoch = max(1, math.ceil(per_worker / cfg.batch_size) // cfg.grad_accum)
+    log.info("train: %s on %d workers, %d artworks, %d steps/epoch", cfg.family, cfg.num_workers, n_train,
+             steps_per_epoch)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=cfg.timeout_s),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=_run_config(cfg),
+    )
+    result = trainer.fit()
+    checkpoint, metrics = best_checkpoint(result, cfg.select_metric)
+    out = {"metrics": result.metrics, "best_metrics": metrics, "best_checkpoint": checkpoint.path,
+           "run_path": storage.join(cfg.output, cfg.name), "export": None}
+    if cfg.export:
+        out["export"] = export_checkpoint(checkpoint, cfg, family_cls)
+        log.info("exported %s (best %s=%s)", out["export"], cfg.select_metric, metrics[cfg.select_metric])
+    print(f"[train] {cfg.family} {cfg.name}: best {cfg.select_metric}={metrics.get(cfg.select_metric)} "
+          f"→ checkpoint {out['best_checkpoint']}, export {out['export']}")
+    return out
