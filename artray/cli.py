@@ -34,9 +34,17 @@ def _cmd_import(args) -> int:
 RAY_JOBS = [
     (("corpus", "ingest"), "artray.stages.ingest:IngestConfig", "artray.stages.ingest:run_ingest", ("input", "output"),
      "download the img_url images of a corpus on Ray Data"),
+    (("caption",), "artray.stages.caption:CaptionConfig", "artray.stages.caption:run_caption", (),
+     "write MLLM captions / search queries for a corpus on Ray Data"),
+    (("evaluate", "captions"), "artray.evaluate.caption_metrics:CaptionMetricsConfig",
+     "artray.evaluate.caption_metrics:run_caption_metrics", (), "BLEU/METEOR/ROUGE-L/CIDEr/SPICE/BERTScore of two caption sources"),
     (("train",), "artray.train.config:TrainConfig", "artray.train.run:run_train", (),
      "fine-tune Long-CLIP / Chinese-CLIP / BLIP / captioners on Ray Train + DeepSpeed"),
 ]
+
+
+# Jobs that run in one process and need no Ray cluster.
+LOCAL_JOBS = {"artray.evaluate.caption_metrics:run_caption_metrics"}
 
 
 def _load(ref: str):
@@ -48,7 +56,8 @@ def _run_job(args) -> int:
     from artray.runtime import init_ray
 
     cfg = config_from_args(args.config_cls, args, {name: getattr(args, name) for name in args.positionals})
-    init_ray(args.address)
+    if args.runner not in LOCAL_JOBS:
+        init_ray(args.address)
     _load(args.runner)(cfg)
     return 0
 

@@ -1,0 +1,1 @@
+"""Evaluation: caption-similarity metrics (`caption_metrics`), retrieval metrics and reports."""

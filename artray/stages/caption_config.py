@@ -1,0 +1,127 @@
+"""The config of `artray caption`: prompt presets, generation settings, and the resume guard on them.
+
+A captioner name (default: the model's last path part) labels every row a run makes.
+`_caption_params.json` in the output records per captioner the model, prompts and
+generation settings, so a later run cannot add rows made differently under the same name.
+"""
+
+from __future__ import annotations
+
+from artray.errors import UserError
+
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from artray import storage
+from artray.config import JobConfig
+from artray.images import DEFAULT_MAX_PIXELS
+from artray.schema import SPLITS
+
+PARAMS = "_caption_params.json"  # per captioner: model, prompts, generation settings
+PRESETS = {
+    "caption": "Caption this image",  # method (B), LLaVA-1.5
+    "query": "Generate a query for this image, suitable for text-to-image retrieval",  # method (B), query generator
+}
+
+
+class CaptionError(UserError, RuntimeError):
+    """The caption job cannot start or finish; the message says what to fix."""
+
+
+class CaptionConfig(JobConfig):
+    """Config of `artray caption`."""
+
+    input: str = Field(description="corpus URI with images (written by `artray corpus import` or `ingest`)")
+    output: str = Field(description="captions URI to write; running again resumes it")
+    model: str = Field("llava-hf/llava-1.5-7b-hf", description="MLLM: hub id, local folder or s3:// folder")
+    captioner: str | None = Field(None, description="name stored in each row (default: last part of model)")
+    presets: list[str] | None = Field(None, description="presets to run: caption, query or names in prompts "
+                                      "(default: caption + every user prompt)")
+    prompts: dict[str, str] = Field(default_factory=dict, description="user-defined presets: name → prompt text")
+    splits: list[str] | None = Field(None, description="only caption these splits (default: all)")
+    max_new_tokens: int = Field(200, ge=1)
+    do_sample: bool = Field(False, description="sample instead of greedy decoding")
+    temperature: float = Field(1.0, gt=0, description="sampling only")
+    top_p: float = Field(1.0, gt=0, le=1, description="sampling only")
+    top_k: int | None = Field(None, ge=1, description="sampling only")
+    num_beams: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int = Field(0, description="sampling seed (per batch)")
+    ignore_eos: bool = Field(False, description="always generate max_new_tokens (throughput benchmarks)")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="vllm: ray.data.llm, GPU only")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the cluster has GPUs")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    batch_size: int = Field(8, ge=1, description="prompts per generate call")
+    actors: int | None = Field(None, ge=1, description="model actors (default: one per GPU, or per actor_num_cpus)")
+    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
+    gpus_per_actor: float = Field(1.0, gt=0, description="GPUs per actor on CUDA (a fraction shares a GPU)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per CPU actor (default: actor_num_cpus)")
+    shard_rows: int = Field(500, ge=1, description="rows per committed Parquet shard at most")
+    retry_failed: bool = Field(False, description="also re-attempt permanent failures (missing/undecodable images)")
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse images with more pixels")
+    loop_repeats: int = Field(3, ge=2, description="repeats of a phrase or sentence that flag a loop")
+    vllm_engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm backend: engine kwargs")
+
+    @field_validator("splits")
+    @classmethod
+    def _known_splits(cls, v):
+        if v is not None and (bad := [s for s in v if s not in SPLITS]):
+            raise ValueError(f"unknown splits {bad}; use {list(SPLITS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_names(self):
+        if clash := sorted(set(self.prompts) & set(PRESETS)):
+            raise ValueError(f"prompts {clash} reuse built-in preset names; pick other names")
+        names = [*self.prompt_texts(), self.captioner or ""]
+        if any("|" in n for n in names):
+            raise ValueError("captioner and preset names may not contain '|' (it separates caption_id parts)")
+        return self
+
+    def prompt_texts(self) -> dict[str, str]:
+        """preset name → prompt text, for the presets this run makes."""
+        names = self.presets if self.presets is not None else ["caption", *self.prompts]
+        known = {**PRESETS, **self.prompts}
+        if unknown := [n for n in names if n not in known]:
+            raise ValueError(f"unknown presets {unknown}: use {sorted(PRESETS)} or define them under prompts")
+        if not names:
+            raise ValueError("presets is empty: name at least one")
+        return {n: known[n] for n in dict.fromkeys(names)}
+
+    def captioner_name(self) -> str:
+        return self.captioner or PurePosixPath(self.model.rstrip("/")).name
+
+    def generation(self) -> dict:
+        """The settings that shape the captions (recorded in every row, checked on resume)."""
+        gen = {"backend": self.backend, "max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+               "num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty, "ignore_eos": self.ignore_eos}
+        if self.do_sample:
+            gen.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)
+        return gen
+
+
+def check_params(cfg: CaptionConfig, captioner: str, prompts: dict, generation: dict,
+                  opts: storage.StorageOptions) -> None:
+    """Refuse to add rows under `captioner` that another model, prompt or setting made before."""
+    uri = storage.join(cfg.output, PARAMS)
+    params = storage.read_json(uri, opts) or {}
+    old = params.get(captioner)
+    if old:
+        problems = [f"model {old['model']!r} → {cfg.model!r}"] if old["model"] != cfg.model else []
+        if old["generation"] != generation:
+            problems.append(f"generation {old['generation']} → {generation}")
+        problems += [f"preset {p!r} prompt {old['prompts'][p]!r} → {t!r}" for p, t in prompts.items()
+                     if old["prompts"].get(p, t) != t]
+        if problems:
+            raise CaptionError(
+                f"{cfg.output} already holds captions of captioner {captioner!r} made differently ("
+                + "; ".join(problems) + "); committed rows would mix both. Set another `captioner` name, "
+                "use a new output, or restore the old settings")
+        prompts = {**old["prompts"], **prompts}
+    entry = {"model": cfg.model, "generation": generation, "prompts": prompts}
+    if old != entry:
+        storage.write_json_atomic(uri, {**params, captioner: entry}, opts)
+
+
