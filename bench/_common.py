@@ -1,0 +1,139 @@
+"""Small helpers shared by the benchmarks in bench/: a timer, machine notes, result tables.
+
+Benchmarks here run on shared, noisy machines, so every benchmark measures the tools it
+compares side by side in one run and reports ratios; absolute figures are context only.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Self
+
+
+class Timer:
+    """`with Timer() as t: ...` then `t.s` (seconds, perf_counter); `t.s` also works while running."""
+
+    def __enter__(self) -> Self:
+        self.start = time.perf_counter()
+        self.end: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end = time.perf_counter()
+
+    @property
+    def s(self) -> float:
+        return (self.end if self.end is not None else time.perf_counter()) - self.start
+
+
+class SessionCPU:
+    """CPU seconds (user + system) used by every process of one session, sampled from /proc.
+
+    Start the measured command with ``subprocess.Popen(..., start_new_session=True)`` and
+    pass its pid: every descendant keeps that session id (Ray's raylet, workers and actors
+    included, though they change process group), so the whole tree is counted. CPU time
+    is far less disturbed by other people's load than wall time, which makes it the
+    steadier number on a shared machine. Sampled every `interval` s: a process that ends
+    between samples loses at most its last interval, so figures are slight underestimates.
+    Linux only; `seconds` is None elsewhere.
+    """
+
+    def __init__(self, sid: int, interval: float = 0.2):
+        import threading
+
+        self.sid, self.interval = sid, interval
+        self._seen: dict[tuple[int, str], float] = {}
+        self._stop = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = os.path.isdir("/proc/self")
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        if self.available:
+            self._thread.start()
+
+    def _sample(self) -> None:
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as fh:
+                    raw = fh.read().decode(errors="replace")
+            except OSError:
+                continue
+            rest = raw[raw.rfind(")") + 2:].split()
+            if len(rest) < 20 or int(rest[3]) != self.sid:
+                continue
+            cpu = (int(rest[11]) + int(rest[12])) / self._tick  # utime + stime
+            key = (int(name), rest[19])  # pid + start time: pids get reused
+            self._seen[key] = max(cpu, self._seen.get(key, 0.0))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float | None:
+        """Stop sampling; the CPU seconds seen (call right after the process exits)."""
+        if not self.available:
+            return None
+        self._stop.set()
+        self._thread.join()
+        return self.seconds
+
+    @property
+    def seconds(self) -> float | None:
+        return sum(self._seen.values()) if self.available else None
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (benchmarks never bind any other address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_average() -> tuple[float, float, float]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return (float("nan"),) * 3
+
+
+def machine_line() -> str:
+    """One line describing where the numbers came from (paste it next to them)."""
+    la = load_average()
+    return (f"{time.strftime('%Y-%m-%d %H:%M')} | {os.cpu_count()} CPUs ({platform.machine()}), "
+            f"Python {platform.python_version()} | load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either side is missing or b is zero."""
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence], digits: int = 1) -> str:
+    """A plain-text table (also valid Markdown), columns padded to their widest cell."""
+    cells = [list(headers)] + [[fmt(c, digits) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
