@@ -34,17 +34,26 @@ def _cmd_import(args) -> int:
 RAY_JOBS = [
     (("corpus", "ingest"), "artray.stages.ingest:IngestConfig", "artray.stages.ingest:run_ingest", ("input", "output"),
      "download the img_url images of a corpus on Ray Data"),
+    (("augment",), "artray.stages.augment:AugmentConfig", "artray.stages.augment:run_augment", (),
+     "write M diffusion img2img variants of every train artwork on Ray Data"),
     (("caption",), "artray.stages.caption:CaptionConfig", "artray.stages.caption:run_caption", (),
      "write MLLM captions / search queries for a corpus on Ray Data"),
     (("evaluate", "captions"), "artray.evaluate.caption_metrics:CaptionMetricsConfig",
      "artray.evaluate.caption_metrics:run_caption_metrics", (), "BLEU/METEOR/ROUGE-L/CIDEr/SPICE/BERTScore of two caption sources"),
     (("train",), "artray.train.config:TrainConfig", "artray.train.run:run_train", (),
      "fine-tune Long-CLIP / Chinese-CLIP / BLIP / captioners on Ray Train + DeepSpeed"),
+    (("embed",), "artray.stages.embed:EmbedConfig", "artray.stages.embed:run_embed", (),
+     "embed a corpus's images and texts with a retrieval checkpoint on Ray Data"),
+    (("index", "build"), "artray.index.build:IndexConfig", "artray.index.build:build_index", (),
+     "build FAISS galleries + metadata from `artray embed` output"),
+    (("search",), "artray.serve.client:SearchClientConfig", "artray.serve.client:run_search", (),
+     "query a running search API (serve run serve_configs/retrieval.yaml)"),
 ]
 
 
 # Jobs that run in one process and need no Ray cluster.
-LOCAL_JOBS = {"artray.evaluate.caption_metrics:run_caption_metrics"}
+LOCAL_JOBS = {"artray.evaluate.caption_metrics:run_caption_metrics", "artray.index.build:build_index",
+              "artray.serve.client:run_search"}
 
 
 def _load(ref: str):

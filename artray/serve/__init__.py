@@ -1,0 +1,9 @@
+"""The search API on Ray Serve (see serve_configs/ and the README's "Search API").
+
+- ``artray.serve.app``          FastAPI ingress + ``build_app`` (the Serve config's import_path)
+- ``artray.serve.deployments``  per-model encoder (``@serve.batch``) and index deployments
+- ``artray.serve.config``       the app's ``args``: models, limits, auth, CORS
+- ``artray.serve.queries``      request parsing and validation (every bad request → 4xx)
+- ``artray.serve.client``       `artray search`
+- ``artray.serve.local``        tiny demo indexes and `serve run` as a subprocess (tests, bench, demo)
+"""

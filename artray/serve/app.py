@@ -1,0 +1,192 @@
+"""The search API on Ray Serve: a FastAPI ingress composed with per-model encoder and index deployments.
+
+    serve run serve_configs/retrieval.yaml        (or `serve deploy` it to a running cluster)
+
+Routes: ``POST /search`` (text, base64 or uploaded image, or artwork id → ranked
+artworks or texts), ``POST /embed``, ``GET /models``, ``GET /healthz``. Errors are JSON
+``{"error": code, "detail": message}`` with a 4xx status for anything the client can fix.
+Prometheus metrics (``artray_http_*``, ``artray_encoder_*``, ``artray_index_*``) go through
+Ray's metrics export, which Prometheus scrapes on every node.
+
+`build_app(args)` is the ``import_path`` of the Serve config: it validates ``args``
+(`RetrievalAppConfig`), checks each index against the configured encoder, and binds
+``ingress`` → ``encoder-<model>`` + ``index-<model>`` handles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
+from starlette.exceptions import HTTPException
+
+from artray.encoders import EncoderMismatchError
+from artray.index.retrieval import read_index_manifest
+from artray.serve.config import RetrievalAppConfig
+from artray.serve.deployments import (
+    LATENCY_BOUNDARIES_MS,
+    EncoderDeployment,
+    IndexDeployment,
+)
+from artray.serve.queries import ApiError, parse_embed, parse_search
+
+logger = logging.getLogger("ray.serve")
+ROUTES = ("/search", "/embed", "/models", "/healthz")
+OPEN_ROUTES = ("/healthz",)  # load balancers probe it without a token
+
+
+def error_response(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _authorized(header: str | None, token: str) -> bool:
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+@serve.deployment(name="ingress")
+@serve.ingress()
+class Ingress:
+    """HTTP front: checks requests, calls the model's encoder and index, shapes the answers."""
+
+    def __init__(self, config: dict, encoders: dict[str, DeploymentHandle], indexes: dict[str, DeploymentHandle],
+                 models: list[dict]):
+        self.cfg = RetrievalAppConfig.model_validate(config)
+        self.encoders, self.indexes, self.models = encoders, indexes, models
+        self.token = self.cfg.auth.token()
+        if self.token is None:
+            logger.warning("artray search API: AUTH IS OFF — anyone who can reach this port can query it. "
+                           "Set auth.token_env or auth.token_file in the Serve config to require a bearer token.")
+        self.requests = Counter("artray_http_requests_total", description="HTTP requests by route and status",
+                                tag_keys=("route", "status", "model"))
+        self.latency = Histogram("artray_http_request_latency_ms", description="HTTP request latency",
+                                 boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("route",))
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return make_fastapi(self)
+
+    def _info(self, model: str) -> dict:
+        return next(m for m in self.models if m["name"] == model)
+
+    async def search(self, request: Request) -> dict:
+        started = time.perf_counter()
+        q = await parse_search(request, self.cfg)
+        request.state.model = q.model
+        if not self._info(q.model)["galleries"].get(q.target):
+            raise ApiError(400, "no_gallery", f"model {q.model!r} has no {q.target} gallery; search another target, "
+                           f"or embed the corpus with {q.target}s and rebuild its index")
+        encoder, index = self.encoders[q.model], self.indexes[q.model]
+        if q.kind == "text":  # the encoder's answer goes straight to the index, not back through here first
+            results = await index.search.remote(encoder.embed_text.remote(q.value), q.k, q.target)
+        elif q.kind == "image":
+            vector, problem = await encoder.embed_image.remote(q.value)
+            if problem:
+                raise ApiError(415, "not_an_image", f"image is not a readable image: {problem}")
+            results = await index.search.remote(vector, q.k, q.target)
+        else:
+            results = await index.search_artwork.remote(q.value, q.k, q.target)
+            if results is None:
+                raise ApiError(404, "unknown_artwork", f"artwork {q.value!r} is not in the image gallery of model {q.model!r}")
+        return {"model": q.model, "query": q.kind, "target": q.target, "k": q.k, "results": results,
+                "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    async def embed(self, request: Request) -> dict:
+        model, texts, images = await parse_embed(request, self.cfg)
+        request.state.model = model
+        encoder = self.encoders[model]
+        text_vectors = await asyncio.gather(*(encoder.embed_text.remote(t) for t in texts))
+        image_results = await asyncio.gather(*(encoder.embed_image.remote(im) for im in images))
+        for i, (_, problem) in enumerate(image_results):
+            if problem:
+                raise ApiError(415, "not_an_image", f"images[{i}] is not a readable image: {problem}")
+        info = self._info(model)
+        return {"model": model, "family": info["family"], "checkpoint": info["checkpoint"], "dim": info["dim"],
+                "texts": [v.tolist() for v in text_vectors], "images": [v.tolist() for v, _ in image_results]}
+
+
+def make_fastapi(ingress: Ingress) -> FastAPI:
+    """The FastAPI app of one ingress replica: routes, error shapes, auth, metrics and CORS."""
+    app = FastAPI(title="artray search", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        logger.exception("artray search API: internal error on %s", request.url.path)
+        return error_response(500, "internal_error", f"{type(exc).__name__}: the server failed; see the ingress log")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        route = request.url.path if request.url.path in ROUTES else "other"
+        if ingress.token and route not in OPEN_ROUTES and not _authorized(request.headers.get("authorization"), ingress.token):
+            response = error_response(401, "unauthorized", "send the API token as `Authorization: Bearer <token>`",
+                                      headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
+        model = getattr(request.state, "model", "-")
+        ingress.requests.inc(tags={"route": route, "status": str(response.status_code), "model": model})
+        ingress.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
+        return response
+
+    if ingress.cfg.cors.allow_origins:  # added last, so it is outermost: preflights never need the token
+        cors = ingress.cfg.cors
+        app.add_middleware(CORSMiddleware, allow_origins=cors.allow_origins, allow_methods=cors.allow_methods,
+                           allow_headers=cors.allow_headers, allow_credentials=cors.allow_credentials,
+                           max_age=cors.max_age_s)
+
+    @app.post("/search")
+    async def search(request: Request):
+        return await ingress.search(request)
+
+    @app.post("/embed")
+    async def embed(request: Request):
+        return await ingress.embed(request)
+
+    @app.get("/models")
+    async def models():
+        return {"default": ingress.cfg.default_model, "models": ingress.models}
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "models": [m["name"] for m in ingress.models]}
+
+    return app
+
+
+def build_app(args: dict) -> serve.Application:
+    """Serve application builder (``import_path: artray.serve.app:build_app``; ``args`` as in
+    `RetrievalAppConfig`). Refuses a model whose index was built by another encoder."""
+    cfg = RetrievalAppConfig.model_validate(args)
+    opts = cfg.storage_options()
+    encoders, indexes, models = {}, {}, []
+    for m in cfg.models:
+        manifest = read_index_manifest(m.index, opts)
+        recorded = manifest["encoder"]
+        family, checkpoint = m.expected(recorded)
+        if (family, checkpoint) != (recorded["family"], recorded["checkpoint"]):
+            raise EncoderMismatchError(
+                f"model {m.name!r} is configured as {family}:{checkpoint}, but its index {m.index} was built from "
+                f"{recorded['family']}:{recorded['checkpoint']}; embed and index with this checkpoint, or drop "
+                "family/checkpoint from the model to use the index's")
+        encoders[m.name] = EncoderDeployment.options(name=f"encoder-{m.name}").bind(
+            m.name, family, checkpoint, m.device, m.dtype, recorded, cfg.limits.max_image_pixels, cfg.s3_endpoint)
+        indexes[m.name] = IndexDeployment.options(name=f"index-{m.name}").bind(m.name, m.index, recorded, cfg.s3_endpoint)
+        models.append({"name": m.name, "family": family, "checkpoint": checkpoint, "dim": recorded["dim"],
+                       "index": m.index, "galleries": {k: v["vectors"] for k, v in manifest["counts"].items()},
+                       "faiss": manifest["faiss"], "built": manifest.get("finished")})
+    return Ingress.bind(cfg.model_dump(mode="json"), encoders, indexes, models)

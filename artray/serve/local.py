@@ -1,0 +1,122 @@
+"""The search app on this machine: tiny demo indexes, and `serve run` of a config with overrides.
+
+`demo_indexes` runs the real chain (sample corpora → import → `artray embed` →
+`artray index build`) with the tiny checkpoints, for two families: Long-CLIP on the
+Artpedia sample and Chinese-CLIP on the CulTi sample. `ServeProcess` starts
+``serve run <config>`` as a subprocess attached to the current Ray cluster — exactly
+what a user runs — and waits until ``/healthz`` answers. Tests, bench/serve.py and the
+demo use both.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from artray import corpus
+
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "retrieval-tiny.yaml"
+# model name → (sample corpus, import format, tiny checkpoint, encoder family)
+DEMO_MODELS = {"longclip": ("artpedia", "artpedia", "longclip", "longclip"),
+               "cnclip": ("culti", "cnclip", "cnclip", "cnclip")}
+
+
+def demo_indexes(workdir: str, n: int = 50, tiny_dir: str | None = None) -> dict[str, str]:
+    """Build (or reuse) the tiny demo indexes under `workdir`; returns {model name: index path}.
+
+    Tiny checkpoints go to `tiny_dir` (default ``<workdir>/models``). Needs a running Ray (the
+    embed job runs on it). Every step resumes or skips finished work.
+    """
+    from artray.corpora.importer import ImportConfig, import_corpus
+    from artray.corpora.sample import make_samples
+    from artray.index.build import IndexConfig, build_index
+    from artray.models.tiny import make_tiny
+    from artray.stages.embed import EmbedConfig, run_embed
+
+    root = Path(workdir).absolute()
+    samples = make_samples(str(root / "samples"), n=n)
+    models = make_tiny(tiny_dir or str(root / "models"))
+    out = {}
+    for name, (sample, fmt, tiny, family) in DEMO_MODELS.items():
+        corpus_uri, emb, idx = (str(root / d / name) for d in ("corpora", "embeddings", "indexes"))
+        if corpus.read_manifest(corpus_uri) is None:
+            import_corpus(ImportConfig(format=fmt, src=samples[sample], dest=corpus_uri))
+        if corpus.read_manifest(emb) is None:
+            run_embed(EmbedConfig(input=corpus_uri, output=emb, family=family, checkpoint=models[tiny], device="cpu"))
+        if corpus.read_manifest(idx) is None:
+            build_index(IndexConfig(embeddings=emb, output=idx))
+        out[name] = idx
+    return out
+
+
+def serve_config(indexes: dict[str, str], port: int, template: Path = TINY_CONFIG, **args) -> dict:
+    """The tiny Serve config for the models in `indexes` (name → index path), on this HTTP port, with
+    `args` merged into the app's args."""
+    config = yaml.safe_load(template.read_text(encoding="utf-8"))
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["models"] = [{**m, "index": indexes[m["name"]]} for m in app["args"]["models"] if m["name"] in indexes]
+    app["deployments"] = [d for d in app["deployments"]
+                          if d["name"] == "ingress" or d["name"].split("-", 1)[1] in indexes]
+    app["args"].update(copy.deepcopy(args))
+    return config
+
+
+class ServeProcess:
+    """``serve run`` of a config (a dict) as a subprocess on the current Ray cluster; a context manager."""
+
+    def __init__(self, config: dict, address: str, env: dict | None = None, timeout_s: float = 240):
+        self.port = config["http_options"]["port"]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._dir = tempfile.mkdtemp(prefix="artray-serve-")
+        path = Path(self._dir) / "serve.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        self.log = Path(self._dir) / "serve.log"
+        serve_cli = Path(sys.executable).with_name("serve")
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen([str(serve_cli), "run", str(path), "--address", address],
+                                     stdout=self._out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self._wait(timeout_s)
+
+    def _wait(self, timeout_s: float) -> None:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        tail = self.log.read_text(errors="replace")[-4000:]
+        self.stop()
+        raise RuntimeError(f"the search app did not become healthy on {self.url} within {timeout_s:.0f}s; "
+                           f"`serve run` said:\n{tail}")
+
+    def stop(self) -> None:
+        """Ctrl-C the `serve run` process (it shuts Serve down), and wait for it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._out.close()
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,131 @@
+"""Search API overhead: `/search` over HTTP vs the same encoder + index called in-process.
+
+    python bench/serve.py                              # tiny models, CPU, ~2-3 minutes
+    python bench/serve.py --requests 2000 --duration-s 60 --concurrency 1 8
+
+Builds the tiny demo indexes (sample corpus → embed → index, reused across runs), starts
+`serve run serve_configs/retrieval-tiny.yaml` on a local Ray, then for each concurrency
+level sends the same text queries (a) to ``POST /search`` on 127.0.0.1 and (b) straight
+to ``encoder.encode_texts`` + ``index.search`` in this process. Each run stops at
+``--requests`` requests or ``--duration-s`` seconds, whichever comes first. Prints QPS,
+p50 and p99 side by side, and the overhead ratios (HTTP / direct). Loopback only: the
+load never leaves this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from itertools import cycle
+from pathlib import Path
+
+import httpx
+import ray
+
+from artray import corpus
+from artray.encoders import load_encoder
+from artray.index.retrieval import load_index, read_index_manifest
+from artray.serve.local import ServeProcess, demo_indexes, serve_config
+
+
+def run_load(call, queries: list[str], concurrency: int, max_requests: int, max_seconds: float) -> dict:
+    """Call `call(query)` from `concurrency` threads until `max_requests` calls or `max_seconds` pass."""
+    latencies: list[float] = []
+    lock, source = threading.Lock(), cycle(queries)
+    started = time.perf_counter()
+    deadline = started + max_seconds
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if len(latencies) >= max_requests or time.perf_counter() >= deadline:
+                    return
+                query = next(source)
+                latencies.append(float("nan"))  # reserve the slot so the count bound holds
+                slot = len(latencies) - 1
+            t0 = time.perf_counter()
+            call(query)
+            latencies[slot] = time.perf_counter() - t0
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        for f in [pool.submit(worker) for _ in range(concurrency)]:
+            f.result()
+    wall = time.perf_counter() - started
+    done = sorted(x for x in latencies if not math.isnan(x))
+    return {"requests": len(done), "wall_s": round(wall, 2), "qps": round(len(done) / wall, 1),
+            "p50_ms": round(1000 * statistics.median(done), 2),
+            "p99_ms": round(1000 * done[min(len(done) - 1, int(0.99 * len(done)))], 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "artray-bench-serve"),
+                        help="tiny models, corpora and indexes (reused across runs)")
+    parser.add_argument("--model", default="longclip", choices=["longclip", "cnclip"])
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=600, help="at most this many requests per run")
+    parser.add_argument("--duration-s", type=float, default=20.0, help="at most this long per run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--port", type=int, default=8765, help="HTTP port on 127.0.0.1")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.duration_s <= 0 or min(args.concurrency) < 1:
+        parser.error("--requests, --duration-s and --concurrency must be positive")
+
+    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level="WARNING",
+             log_to_driver=False)
+    indexes = demo_indexes(args.workdir)
+    uri = indexes[args.model]
+    texts = corpus.read_texts(str(Path(args.workdir).absolute() / "corpora" / args.model))["text"].to_pylist()
+
+    recorded = read_index_manifest(uri)["encoder"]
+    encoder = load_encoder(recorded["family"], recorded["checkpoint"], device="cpu")
+    index = load_index(uri, encoder=encoder.identity())
+
+    def direct(query: str) -> list:
+        return index.search(encoder.encode_texts([query]), args.k, "image")[0]
+
+    results = []
+    config = serve_config({args.model: uri}, args.port)
+    with (ServeProcess(config, ray.get_runtime_context().gcs_address) as app,
+          httpx.Client(base_url=app.url, timeout=30, limits=httpx.Limits(max_connections=64)) as client):
+        def http(query: str) -> list:
+            response = client.post("/search", json={"text": query, "k": args.k, "model": args.model})
+            response.raise_for_status()
+            return response.json()["results"]
+
+        assert [h["id"] for h in http(texts[0])] == [h["id"] for h in direct(texts[0])], "HTTP and direct disagree"
+        for call in (http, direct):  # warm-up: first batches, connection pool, allocator
+            run_load(call, texts, max(args.concurrency), 50, 10)
+        for c in args.concurrency:
+            row = {"concurrency": c}
+            for name, call in (("http", http), ("direct", direct)):
+                row[name] = run_load(call, texts, c, args.requests, args.duration_s)
+            row["overhead"] = {"p50": round(row["http"]["p50_ms"] / row["direct"]["p50_ms"], 2),
+                               "p99": round(row["http"]["p99_ms"] / row["direct"]["p99_ms"], 2),
+                               "qps": round(row["direct"]["qps"] / row["http"]["qps"], 2)}
+            results.append(row)
+
+    print(f"[bench serve] {args.model} tiny ({recorded['family']}, dim {recorded['dim']}), text → image, k={args.k}, "
+          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    print(f"{'conc':>4} | {'HTTP qps':>8} {'p50 ms':>8} {'p99 ms':>8} | {'direct qps':>10} {'p50 ms':>8} {'p99 ms':>8} "
+          f"| {'p50 x':>6} {'p99 x':>6} {'qps x':>6}")
+    for r in results:
+        h, d, o = r["http"], r["direct"], r["overhead"]
+        print(f"{r['concurrency']:>4} | {h['qps']:>8} {h['p50_ms']:>8} {h['p99_ms']:>8} | {d['qps']:>10} "
+              f"{d['p50_ms']:>8} {d['p99_ms']:>8} | {o['p50']:>6} {o['p99']:>6} {o['qps']:>6}")
+    print("overhead ratio = HTTP / direct for latency, direct / HTTP for QPS")
+    summary = {"model": args.model, "k": args.k, "cpus": os.cpu_count(), "results": results}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
