@@ -140,6 +140,21 @@ class BlipEncoder(Encoder):
                                               return_tensors="pt")
         return blip_text_embeds(self.bundle, tok.input_ids, tok.attention_mask)
 
+    @torch.no_grad()
+    def itm_scores(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
+        """ITM match probability of each (images[i], texts[i]) pair, float32 (n,)."""
+        from artray.models.blip import blip_itm_scores
+
+        if len(images) != len(texts):
+            raise ValueError(f"itm_scores pairs images with texts: got {len(images)} images, {len(texts)} texts")
+        out = []
+        for i in range(0, len(images), self.max_batch):
+            pixels = self.bundle.processor(images=images[i:i + self.max_batch], return_tensors="pt").pixel_values
+            tok = self.bundle.processor.tokenizer(texts[i:i + self.max_batch], padding=True, truncation=True,
+                                                  max_length=self.max_length, return_tensors="pt")
+            out.append(blip_itm_scores(self.bundle, pixels, tok.input_ids, tok.attention_mask).cpu())
+        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
 
 class OpenClipEncoder(Encoder):
     """open_clip models: Long-CLIP and OpenAI-layout ``.pt`` files, hub/local/named models."""

@@ -85,3 +85,11 @@ def s3_bucket(s3_endpoint) -> str:
     name = f"artray-test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    """Every tiny checkpoint (``artray.models.tiny``), written once per session; name → path."""
+    from artray.models.tiny import make_tiny
+
+    return make_tiny(str(tmp_path_factory.getbasetemp() / "tiny"))

@@ -32,6 +32,7 @@ from artray.serve.local import ServeProcess, demo_indexes, serve_config
 from artray.stages.embed import read_embeddings
 
 TOKEN = "test-token-" + "x" * 24
+IDENTITY_LACLIP = {"crops": 1, "scale": 1.0, "global_weight": 0.0}
 ORIGIN = "https://collection.example.org"
 LIMITS = {"max_body_bytes": 3_000_000, "max_image_bytes": 2_000_000, "max_image_pixels": 1_000_000,
           "max_text_chars": 300, "max_k": 20}
@@ -50,6 +51,8 @@ def app(ray_local, tmp_path_factory):
     (root / "token").write_text(TOKEN + "\n")
     config = serve_config(indexes, _free_port(), auth={"token_file": str(root / "token")}, limits=LIMITS,
                           cors={"allow_origins": [ORIGIN]})
+    by_name = {m["name"]: m for m in config["applications"][0]["args"]["models"]}
+    by_name["cnclip"]["rerank"] = {"candidates": 6, "laclip": IDENTITY_LACLIP}  # LACLIP that is the plain cosine
     with ServeProcess(config, ray.get_runtime_context().gcs_address) as proc:
         yield proc, indexes, root
 
@@ -178,7 +181,7 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_app_keeps_serving(client,
         (dict(json={"text": "a red circle", "k": 0}), 400, "bad_k"),
         (dict(json={"text": "a red circle", "k": 21}), 400, "bad_k"),
         (dict(json={"text": "a red circle", "k": "many"}), 400, "invalid_request"),
-        (dict(json={"text": "a red circle", "rerank": "itm"}), 400, "invalid_request"),
+        (dict(json={"text": "a red circle", "rerank": "bm25"}), 400, "invalid_request"),
         (dict(json={"text": "a", "artwork_id": "1"}), 400, "one_query"),
         (dict(json={"k": 3}), 400, "one_query"),
         (dict(json=["text"]), 400, "malformed_json"),
@@ -270,3 +273,67 @@ def test_search_cli_prints_ranked_hits_and_names_a_refused_token(app, refs, monk
     monkeypatch.setenv("ARTRAY_API_TOKEN", "wrong")
     assert main(["search", "--url", url, "--text", "a red circle"]) == 2
     assert "answered 401" in capsys.readouterr().err
+
+
+def test_laclip_rerank_rescores_the_top_candidates_in_both_directions(client, refs):
+    from artray.evaluate.laclip import LaclipOptions, laclip_rerank
+
+    ref = refs["longclip"]
+    text = ref.texts[1]["text"]
+    plain = client.post("/search", json={"text": text, "k": 10}).json()["results"]
+    answer = client.post("/search", json={"text": text, "k": 4, "rerank": "laclip"}).json()["results"]
+    assert [h["rank"] for h in answer] == [1, 2, 3, 4] and all(h["reranked_by"] == "laclip" for h in answer)
+    pool = {h["id"]: h["score"] for h in plain}  # rerank candidates: the model's top 10 by cosine
+    assert all(pool[h["id"]] == pytest.approx(h["retrieval_score"], abs=1e-5) for h in answer)
+    images = {a["artwork_id"]: Image.open(io.BytesIO(a["image"])).convert("RGB") for a in ref.artworks}
+    ids = list(pool)
+    expected = laclip_rerank(ref.encoder, [images[i] for i in ids], ref.encoder.encode_texts([text]),
+                             LaclipOptions(crops=4, scale=0.5, layout="grid"),
+                             image_emb=np.stack([ref.vectors["image"][ref.ids["image"].index(i)] for i in ids]),
+                             keys=ids)[:, 0]
+    best = sorted(zip(ids, expected), key=lambda p: -p[1])[:4]
+    assert [h["id"] for h in answer] == [i for i, _ in best]
+    assert [h["score"] for h in answer] == pytest.approx([s for _, s in best], abs=1e-4)
+
+    art = ref.artworks[2]  # image → texts, query by an uploaded image
+    up = client.post("/search", files={"image": ("q.png", art["image"], "image/png")},
+                     data={"k": "3", "rerank": "laclip"}).json()["results"]
+    assert len(up) == 3 and up[0]["kind"] == "text" and up[0]["score"] >= up[-1]["score"]
+
+
+def test_identity_laclip_keeps_the_cosine_order_and_itm_needs_blip(client, refs):
+    art = refs["cnclip"].artworks[0]
+    for query in ({"text": refs["cnclip"].texts[0]["text"]}, {"artwork_id": art["artwork_id"]}):
+        plain = client.post("/search", json={**query, "model": "cnclip", "k": 5}).json()["results"]
+        reranked = client.post("/search", json={**query, "model": "cnclip", "k": 5, "rerank": "laclip"}).json()["results"]
+        assert [h["id"] for h in reranked] == [h["id"] for h in plain]
+        assert [h["score"] for h in reranked] == pytest.approx([h["score"] for h in plain], abs=1e-4)
+    itm = client.post("/search", json={"text": "a red circle", "rerank": "itm"})
+    assert itm.status_code == 400 and "BLIP" in itm.json()["detail"]
+    same_modal = client.post("/search", json={"text": "a red circle", "target": "text", "rerank": "laclip"})
+    assert same_modal.status_code == 400 and same_modal.json()["error"] == "bad_rerank"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_itm_rerank_scores_are_the_blip_itm_heads_match_probability(tiny_models):
+    import torch
+
+    from artray.encoders import load_encoder
+    from artray.serve.rerank import RerankConfig, apply_scores, rerank_scores
+
+    enc = load_encoder("blip", tiny_models["blip-retrieval"], device="cpu")
+    images = [Image.new("RGB", (48, 40), c) for c in ("red", "navy", "gold")]
+    hits = [{"id": str(i), "artwork_id": str(i), "score": 0.5 - i / 10, "text": None} for i in range(3)]
+    query = "a red square"
+    scores = rerank_scores(enc, "itm", RerankConfig(), "image", enc.encode_texts([query])[0], hits,
+                           query_text=query, gallery_images=images, hit_vectors=enc.encode_images(images))
+    for image, score in zip(images, scores):
+        pixels = enc.bundle.processor(images=[image], return_tensors="pt").pixel_values
+        tok = enc.bundle.processor.tokenizer([query], return_tensors="pt")
+        with torch.no_grad():
+            out = enc.bundle.model(input_ids=tok.input_ids, attention_mask=tok.attention_mask, pixel_values=pixels,
+                                   use_itm_head=True)
+        assert score == pytest.approx(out.itm_score.softmax(-1)[0, 1].item(), abs=1e-5)
+    ranked = apply_scores(hits, scores, "itm", 2)
+    assert [h["rank"] for h in ranked] == [1, 2] and ranked[0]["score"] == pytest.approx(max(scores), abs=1e-6)
+    assert {h["retrieval_score"] for h in ranked} <= {h["score"] for h in hits}

@@ -98,3 +98,18 @@ def blip_text_embeds(
         attention_mask = attention_mask.to(bundle.device)
     text = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return F.normalize(model.text_proj(text[:, 0, :]).float(), dim=-1)
+
+
+@torch.no_grad()
+def blip_itm_scores(
+    bundle: BlipRetrievalBundle, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Match probability of each (image i, text i) pair from the ITM head, shape (batch,).
+
+    The ITM head attends from the text to the image tokens, so it judges a pair jointly; it
+    re-ranks the ITC top-k (BLIP's own retrieval protocol uses k=256)."""
+    out = bundle.model(input_ids=input_ids.to(bundle.device),
+                       attention_mask=None if attention_mask is None else attention_mask.to(bundle.device),
+                       pixel_values=pixel_values.to(bundle.device, bundle.dtype), use_itm_head=True)
+    return out.itm_score.float().softmax(dim=-1)[:, 1]

@@ -36,7 +36,8 @@ from artray.serve.deployments import (
     EncoderDeployment,
     IndexDeployment,
 )
-from artray.serve.queries import ApiError, parse_embed, parse_search
+from artray.serve.queries import ApiError, SearchQuery, parse_embed, parse_search
+from artray.serve.rerank import apply_scores, unsupported
 
 logger = logging.getLogger("ray.serve")
 ROUTES = ("/search", "/embed", "/models", "/healthz")
@@ -84,7 +85,9 @@ class Ingress:
             raise ApiError(400, "no_gallery", f"model {q.model!r} has no {q.target} gallery; search another target, "
                            f"or embed the corpus with {q.target}s and rebuild its index")
         encoder, index = self.encoders[q.model], self.indexes[q.model]
-        if q.kind == "text":  # the encoder's answer goes straight to the index, not back through here first
+        if q.rerank:
+            results = await self._reranked(q, encoder, index)
+        elif q.kind == "text":  # the encoder's answer goes straight to the index, not back through here first
             results = await index.search.remote(encoder.embed_text.remote(q.value), q.k, q.target)
         elif q.kind == "image":
             vector, problem = await encoder.embed_image.remote(q.value)
@@ -97,6 +100,25 @@ class Ingress:
                 raise ApiError(404, "unknown_artwork", f"artwork {q.value!r} is not in the image gallery of model {q.model!r}")
         return {"model": q.model, "query": q.kind, "target": q.target, "k": q.k, "results": results,
                 "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    async def _reranked(self, q: SearchQuery, encoder: DeploymentHandle, index: DeploymentHandle) -> list[dict]:
+        info = self._info(q.model)
+        problem = unsupported(q.rerank, info["family"])
+        if problem:
+            raise ApiError(400, "bad_rerank", f"model {q.model!r}: {problem}")
+        if q.kind == "text":
+            vector = await encoder.embed_text.remote(q.value)
+        elif q.kind == "image":
+            vector, problem = await encoder.embed_image.remote(q.value)
+            if problem:
+                raise ApiError(415, "not_an_image", f"image is not a readable image: {problem}")
+        else:
+            vector = await index.artwork_vector.remote(q.value)
+            if vector is None:
+                raise ApiError(404, "unknown_artwork", f"artwork {q.value!r} is not in the image gallery of model {q.model!r}")
+        hits, vectors = await index.candidates.remote(vector, max(q.k, info["rerank_candidates"]), q.target)
+        scores = await encoder.rerank.remote(q.rerank, q.target, q.kind, q.value, vector, hits, vectors)
+        return apply_scores(hits, scores, q.rerank, q.k)
 
     async def embed(self, request: Request) -> dict:
         model, texts, images = await parse_embed(request, self.cfg)
@@ -184,9 +206,12 @@ def build_app(args: dict) -> serve.Application:
                 f"{recorded['family']}:{recorded['checkpoint']}; embed and index with this checkpoint, or drop "
                 "family/checkpoint from the model to use the index's")
         encoders[m.name] = EncoderDeployment.options(name=f"encoder-{m.name}").bind(
-            m.name, family, checkpoint, m.device, m.dtype, recorded, cfg.limits.max_image_pixels, cfg.s3_endpoint)
+            m.name, family, checkpoint, m.device, m.dtype, recorded, cfg.limits.max_image_pixels, cfg.s3_endpoint,
+            manifest.get("corpus"), m.rerank.model_dump(mode="json"))
         indexes[m.name] = IndexDeployment.options(name=f"index-{m.name}").bind(m.name, m.index, recorded, cfg.s3_endpoint)
         models.append({"name": m.name, "family": family, "checkpoint": checkpoint, "dim": recorded["dim"],
                        "index": m.index, "galleries": {k: v["vectors"] for k, v in manifest["counts"].items()},
-                       "faiss": manifest["faiss"], "built": manifest.get("finished")})
+                       "faiss": manifest["faiss"], "built": manifest.get("finished"),
+                       "rerank": ["laclip"] + (["itm"] if not unsupported("itm", family) else []),
+                       "rerank_candidates": m.rerank.candidates})
     return Ingress.bind(cfg.model_dump(mode="json"), encoders, indexes, models)

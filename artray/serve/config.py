@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from artray.encoders import Device, DType, Family, canonical_checkpoint
+from artray.serve.rerank import RerankConfig
 from artray.storage import StorageOptions
 
 MODEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,40}$"
@@ -35,6 +36,7 @@ class ModelConfig(_Section):
     checkpoint: str | None = Field(None, description="default: the index's; set it to make a mismatch an error")
     device: Device = "auto"
     dtype: DType = "auto"
+    rerank: RerankConfig = Field(default_factory=RerankConfig, description="how `rerank` requests are re-scored")
 
     def expected(self, recorded: dict) -> tuple[str, str]:
         """(family, checkpoint) to load: the configured ones, else those the index records."""

@@ -21,6 +21,7 @@ from ray.serve.metrics import Histogram
 from artray.encoders import EncoderMismatchError, check_same_encoder, load_encoder
 from artray.images import ImageError, to_rgb
 from artray.index.retrieval import load_index
+from artray.serve.rerank import CorpusImages, RerankConfig, rerank_scores
 from artray.storage import StorageOptions
 
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
@@ -32,10 +33,14 @@ class EncoderDeployment:
     """One model's encoder; single queries are batched (``@serve.batch``) into one forward pass."""
 
     def __init__(self, model: str, family: str, checkpoint: str, device: str, dtype: str, expected: dict,
-                 max_image_pixels: int, s3_endpoint: str | None = None):
+                 max_image_pixels: int, s3_endpoint: str | None = None, corpus: str | None = None,
+                 rerank: dict | None = None):
         self.model, self.max_image_pixels = model, max_image_pixels
-        self.encoder = load_encoder(family, checkpoint, device, dtype, StorageOptions(endpoint_url=s3_endpoint))
+        options = StorageOptions(endpoint_url=s3_endpoint)
+        self.encoder = load_encoder(family, checkpoint, device, dtype, options)
         check_same_encoder(expected, self.encoder.identity(), f"the index of model {model!r}")
+        self.rerank_cfg = RerankConfig.model_validate(rerank or {})
+        self.images = CorpusImages(corpus, options, max_image_pixels, self.rerank_cfg.image_cache) if corpus else None
         self.batch_size = Histogram("artray_encoder_batch_size", description="queries per encoder forward pass",
                                     boundaries=BATCH_BOUNDARIES, tag_keys=("model", "kind"))
         self.latency = Histogram("artray_encoder_batch_latency_ms", description="encoder forward pass latency",
@@ -58,6 +63,26 @@ class EncoderDeployment:
     async def embed_image(self, data: bytes) -> tuple[np.ndarray | None, str | None]:
         """(vector, None), or (None, why) when the image cannot be decoded."""
         return await self._images(data)
+
+    async def rerank(self, method: str, target: str, query_kind: str, query_value: str | bytes,
+                     query_vector: np.ndarray, hits: list[dict], hit_vectors: np.ndarray) -> list[float]:
+        """Re-ranking scores of `hits` for one query (see ``artray.serve.rerank``)."""
+        return await asyncio.to_thread(self._rerank, method, target, query_kind, query_value, query_vector,
+                                       hits, hit_vectors)
+
+    def _rerank(self, method, target, query_kind, query_value, query_vector, hits, hit_vectors) -> list[float]:
+        if not hits:
+            return []
+        if self.images is None:
+            raise RuntimeError(f"model {self.model!r} has no corpus to read gallery images from; rebuild its index")
+        kwargs = {"hit_vectors": hit_vectors}
+        if target == "image":
+            kwargs.update(query_text=query_value, gallery_images=self.images.get([h["artwork_id"] for h in hits]))
+        elif query_kind == "image":
+            kwargs["query_image"] = to_rgb(query_value, self.max_image_pixels)
+        else:
+            kwargs["query_image"] = self.images.get([query_value])[0]
+        return rerank_scores(self.encoder, method, self.rerank_cfg, target, query_vector, hits, **kwargs).tolist()
 
     def _observe(self, kind: str, n: int, started: float) -> None:
         tags = {"model": self.model, "kind": kind}
@@ -101,6 +126,16 @@ class IndexDeployment:
 
     def info(self) -> dict:
         return self.index.info()
+
+    def artwork_vector(self, artwork_id: str) -> np.ndarray | None:
+        """The stored image vector of an artwork, None if it is not in the image gallery."""
+        return self.index.vector("image", artwork_id)
+
+    def candidates(self, vector: np.ndarray, n: int, target: str) -> tuple[list[dict], np.ndarray]:
+        """The top-`n` hits and their stored vectors (n, dim): what a re-ranker re-scores."""
+        hits = self.search(vector, n, target)
+        vectors = [self.index.vector(target, h["id"]) for h in hits]
+        return hits, np.stack(vectors) if vectors else np.zeros((0, self.index.dim), np.float32)
 
     def search_artwork(self, artwork_id: str, k: int, target: str) -> list[dict] | None:
         """Search with an artwork's stored image vector; None if it is not in the image gallery."""

@@ -22,6 +22,7 @@ from starlette.requests import Request
 
 from artray import images as imaging
 from artray.serve.config import Limits, RetrievalAppConfig
+from artray.serve.rerank import Method
 
 Target = Literal["image", "text"]
 
@@ -44,6 +45,7 @@ class SearchRequest(BaseModel):
     k: int = 10
     model: str | None = None
     target: Target | None = None  # default: cross-modal (text → images, image/artwork → texts)
+    rerank: Method | None = None  # laclip (any model) or itm (BLIP): re-score the top candidates
 
 
 class EmbedRequest(BaseModel):
@@ -62,6 +64,7 @@ class SearchQuery:
     k: int
     model: str
     target: Target
+    rerank: Method | None = None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -173,14 +176,19 @@ async def parse_search(request: Request, cfg: RetrievalAppConfig) -> SearchQuery
     if not 1 <= req.k <= cfg.limits.max_k:
         raise ApiError(400, "bad_k", f"k must be between 1 and max_k={cfg.limits.max_k}, got {req.k}")
     model = check_model(req.model, cfg)
-    if req.text is not None:
-        return SearchQuery("text", check_text(req.text, cfg.limits), req.k, model, req.target or "image")
-    if req.image is not None:
-        return SearchQuery("image", decode_image(upload if upload is not None else req.image, cfg.limits),
-                           req.k, model, req.target or "text")
+    kind = "text" if req.text is not None else "image" if req.image is not None else "artwork_id"
+    target = req.target or ("image" if kind == "text" else "text")
+    if req.rerank and (kind == "text") == (target == "text"):
+        raise ApiError(400, "bad_rerank", f"rerank re-scores text→image and image→text searches, not {kind}→{target}; "
+                       "drop `rerank` or change `target`")
+    if kind == "text":
+        return SearchQuery(kind, check_text(req.text, cfg.limits), req.k, model, target, req.rerank)
+    if kind == "image":
+        return SearchQuery(kind, decode_image(upload if upload is not None else req.image, cfg.limits),
+                           req.k, model, target, req.rerank)
     if not req.artwork_id.strip():
         raise ApiError(400, "empty_artwork_id", "artwork_id is empty")
-    return SearchQuery("artwork_id", req.artwork_id, req.k, model, req.target or "text")
+    return SearchQuery(kind, req.artwork_id, req.k, model, target, req.rerank)
 
 
 async def parse_embed(request: Request, cfg: RetrievalAppConfig) -> tuple[str, list[str], list[bytes]]:
