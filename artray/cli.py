@@ -40,6 +40,10 @@ RAY_JOBS = [
      "write MLLM captions / search queries for a corpus on Ray Data"),
     (("evaluate", "captions"), "artray.evaluate.caption_metrics:CaptionMetricsConfig",
      "artray.evaluate.caption_metrics:run_caption_metrics", (), "BLEU/METEOR/ROUGE-L/CIDEr/SPICE/BERTScore of two caption sources"),
+    (("evaluate", "retrieval"), "artray.evaluate.retrieval:RetrievalEvalConfig",
+     "artray.evaluate.retrieval:run_retrieval_eval", (), "R@K/MRR/MR of checkpoints both ways, ITM, LACLIP, RRF fusion, significance"),
+    (("report",), "artray.evaluate.report:ReportConfig", "artray.evaluate.report:run_report", (),
+     "one self-contained HTML report of retrieval metrics, captions and augmentation"),
     (("train",), "artray.train.config:TrainConfig", "artray.train.run:run_train", (),
      "fine-tune Long-CLIP / Chinese-CLIP / BLIP / captioners on Ray Train + DeepSpeed"),
     (("embed",), "artray.stages.embed:EmbedConfig", "artray.stages.embed:run_embed", (),
@@ -53,7 +57,7 @@ RAY_JOBS = [
 
 # Jobs that run in one process and need no Ray cluster.
 LOCAL_JOBS = {"artray.evaluate.caption_metrics:run_caption_metrics", "artray.index.build:build_index",
-              "artray.serve.client:run_search"}
+              "artray.serve.client:run_search", "artray.evaluate.report:run_report"}
 
 
 def _load(ref: str):
@@ -163,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the chain on the sample corpora with tiny models")
     p.add_argument("--workdir", default="demo_out", help="where the demo writes everything")
     p.set_defaults(func=_cmd_demo)
+
+    from artray.submit import add_parsers as add_submit_parsers  # `artray submit`, `artray jobs`
+
+    add_submit_parsers(sub)
     return parser
 
 

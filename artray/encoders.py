@@ -140,20 +140,24 @@ class BlipEncoder(Encoder):
                                               return_tensors="pt")
         return blip_text_embeds(self.bundle, tok.input_ids, tok.attention_mask)
 
-    @torch.no_grad()
-    def itm_scores(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
-        """ITM match probability of each (images[i], texts[i]) pair, float32 (n,)."""
-        from artray.models.blip import blip_itm_scores
+    def itm_logits(self, images: list[Image.Image], texts: list[str], image_index: list[int] | None = None) -> np.ndarray:
+        """ITM logits (no match, match) of texts[i] with images[image_index[i]] (default: images[i]),
+        float32 (len(texts), 2); each image is encoded once per micro-batch of texts."""
+        from artray.models.blip import blip_itm_logits
 
-        if len(images) != len(texts):
-            raise ValueError(f"itm_scores pairs images with texts: got {len(images)} images, {len(texts)} texts")
+        index = list(range(len(texts))) if image_index is None else list(image_index)
+        if len(index) != len(texts) or any(not 0 <= i < len(images) for i in index):
+            raise ValueError(f"itm_logits: {len(texts)} texts need as many image indexes into {len(images)} images")
         out = []
-        for i in range(0, len(images), self.max_batch):
-            pixels = self.bundle.processor(images=images[i:i + self.max_batch], return_tensors="pt").pixel_values
-            tok = self.bundle.processor.tokenizer(texts[i:i + self.max_batch], padding=True, truncation=True,
+        for start in range(0, len(texts), self.max_batch):
+            chunk = index[start:start + self.max_batch]
+            used = sorted(set(chunk))
+            pixels = self.bundle.processor(images=[images[i] for i in used], return_tensors="pt").pixel_values
+            tok = self.bundle.processor.tokenizer(texts[start:start + self.max_batch], padding=True, truncation=True,
                                                   max_length=self.max_length, return_tensors="pt")
-            out.append(blip_itm_scores(self.bundle, pixels, tok.input_ids, tok.attention_mask).cpu())
-        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+            local = [used.index(i) for i in chunk]
+            out.append(blip_itm_logits(self.bundle, pixels, tok.input_ids, tok.attention_mask, local).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, 2), np.float32)
 
 
 class OpenClipEncoder(Encoder):

@@ -100,16 +100,25 @@ def blip_text_embeds(
     return F.normalize(model.text_proj(text[:, 0, :]).float(), dim=-1)
 
 
-@torch.no_grad()
-def blip_itm_scores(
-    bundle: BlipRetrievalBundle, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Match probability of each (image i, text i) pair from the ITM head, shape (batch,).
 
-    The ITM head attends from the text to the image tokens, so it judges a pair jointly; it
-    re-ranks the ITC top-k (BLIP's own retrieval protocol uses k=256)."""
-    out = bundle.model(input_ids=input_ids.to(bundle.device),
-                       attention_mask=None if attention_mask is None else attention_mask.to(bundle.device),
-                       pixel_values=pixel_values.to(bundle.device, bundle.dtype), use_itm_head=True)
-    return out.itm_score.float().softmax(dim=-1)[:, 1]
+@torch.no_grad()
+def blip_itm_logits(
+    bundle: BlipRetrievalBundle, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None, image_index: list[int] | None = None,
+) -> torch.Tensor:
+    """ITM head logits (no match, match) of text i with image ``image_index[i]`` (default: image i),
+    shape (texts, 2). Each image crosses the vision tower once, however many texts it is paired with.
+
+    The ITM head attends from the text to the image tokens, so it judges a pair jointly; BLIP
+    re-ranks its ITC top-k this way (k=256 in its retrieval protocol)."""
+    model = bundle.model
+    vision = model.vision_model(pixel_values=pixel_values.to(bundle.device, bundle.dtype)).last_hidden_state
+    if image_index is not None:
+        vision = vision[torch.as_tensor(image_index, dtype=torch.long, device=vision.device)]
+    text = model.text_encoder(
+        input_ids=input_ids.to(bundle.device),
+        attention_mask=None if attention_mask is None else attention_mask.to(bundle.device),
+        encoder_hidden_states=vision,
+        encoder_attention_mask=torch.ones(vision.shape[:-1], dtype=torch.long, device=vision.device),
+    ).last_hidden_state
+    return model.itm_head(text[:, 0, :]).float()

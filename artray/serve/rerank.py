@@ -97,12 +97,17 @@ def rerank_scores(encoder, method: Method, opts: RerankConfig, target: str, quer
     laclip = opts.laclip
     if target == "image":
         if method == "itm":
-            return encoder.itm_scores(gallery_images, [query_text] * len(gallery_images))
+            return _match_probability(encoder.itm_logits(gallery_images, [query_text] * len(gallery_images)))
         keys = [h["artwork_id"] or h["id"] for h in hits]
         return laclip_rerank(encoder, gallery_images, query_vector, laclip, image_emb=hit_vectors, keys=keys)[:, 0]
     if method == "itm":
-        return encoder.itm_scores([query_image] * len(hits), [h["text"] or "" for h in hits])
+        return _match_probability(encoder.itm_logits([query_image], [h["text"] or "" for h in hits], [0] * len(hits)))
     return laclip_rerank(encoder, [query_image], hit_vectors, laclip, image_emb=query_vector[None, :])[0]
+
+
+def _match_probability(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return np.exp(z[:, 1]) / np.exp(z).sum(axis=1)
 
 
 def apply_scores(hits: list[dict], scores: np.ndarray, method: Method, k: int) -> list[dict]:

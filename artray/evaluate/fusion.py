@@ -1,0 +1,74 @@
+"""Runs as ranx sees them: TREC text, reciprocal rank fusion and paired significance tests.
+
+A run is ``{query_id: {item_id: score}}`` and qrels ``{query_id: {item_id: 1}}``, the
+dicts ranx's ``Run``/``Qrels`` are built from. Fusion and the tests are ranx's own
+(``fuse(method="rrf")`` and ``compare``, as jcgohr/artwork-caption-gen uses them), so a
+number here is the number ranx gives on the same runs.
+"""
+
+from __future__ import annotations
+
+STAT_TESTS = ("student", "fisher", "tukey")
+
+
+def to_trec(run: dict, name: str) -> str:
+    """TREC run text: ``qid Q0 item rank score name`` per line, items by descending score."""
+    lines = []
+    for qid, items in run.items():
+        ranked = sorted(items.items(), key=lambda kv: -kv[1])
+        lines += [f"{qid} Q0 {doc} {rank} {score!r} {name}" for rank, (doc, score) in enumerate(ranked, 1)]
+    return "\n".join(lines) + "\n"
+
+
+def qrels_trec(qrels: dict) -> str:
+    """TREC qrels text: ``qid 0 item relevance`` per line."""
+    return "".join(f"{qid} 0 {doc} {rel}\n" for qid, docs in qrels.items() for doc, rel in docs.items())
+
+
+def parse_trec(text: str) -> dict:
+    """The run dict of TREC run text (the inverse of `to_trec`)."""
+    run: dict = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 6:
+            raise ValueError(f"line {n} of the run is not 'qid Q0 item rank score name': {line[:80]!r}")
+        run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+    return run
+
+
+def _ranx_run(run: dict, name: str):
+    from ranx import Run
+
+    return Run(run, name=name)
+
+
+def fuse_rrf(runs: dict[str, dict], name: str = "rrf", k: int = 60) -> dict:
+    """Reciprocal rank fusion (ranx ``fuse(method="rrf")``): score = Σ 1 / (k + rank)."""
+    from ranx import fuse
+
+    fused = fuse([_ranx_run(r, n) for n, r in runs.items()], method="rrf", params={"k": k})
+    return {q: dict(items) for q, items in fused.to_dict().items()}
+
+
+def significance(qrels: dict, runs: dict[str, dict], metrics: list[str], stat_test: str = "student",
+                 max_p: float = 0.05, seed: int = 42) -> dict:
+    """ranx ``compare`` of every pair of runs on `metrics`: scores, p-values and, per run and
+    metric, the runs it beats significantly (higher score and p < `max_p`)."""
+    from ranx import Qrels, compare
+
+    if len(runs) < 2:
+        return {}
+    report = compare(Qrels(qrels), [_ranx_run(r, n) for n, r in runs.items()], metrics=metrics,
+                     max_p=max_p, stat_test=stat_test, random_seed=seed)
+    data = report.to_dict()
+    out = {"stat_test": stat_test, "max_p": max_p, "metrics": metrics, "runs": {}}
+    for name in data["model_names"]:
+        entry = data[name]
+        beats = {m: sorted(o for o, ps in entry["comparisons"].items()
+                           if ps[m] < max_p and entry["scores"][m] > data[o]["scores"][m]) for m in metrics}
+        out["runs"][name] = {"scores": {m: float(v) for m, v in entry["scores"].items()},
+                             "p_values": {o: {m: float(p) for m, p in ps.items()} for o, ps in entry["comparisons"].items()},
+                             "beats": beats}
+    return out

@@ -1,0 +1,287 @@
+"""`artray submit <stage>` and `artray jobs …`: run stages on a remote Ray cluster through its Jobs API.
+
+A submitted job is exactly `ray job submit --working-dir . -- python jobs/<stage>.py --config …`:
+the repository (minus the excludes in jobs/runtime_env.yaml) is uploaded as the job's
+`working_dir`, and the entrypoint runs on the head with the cluster's own Python.
+
+Token authentication (Ray 2.60): when the cluster requires a token, the client sends it as
+`Authorization: Bearer …`. It is read, like Ray's own CLI does, from `$RAY_AUTH_TOKEN`, then the
+file at `$RAY_AUTH_TOKEN_PATH`, then `~/.ray/auth_token`; `RAY_AUTH_MODE=disabled` sends none.
+The token is never printed, logged, or put into the job's runtime_env.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import sys
+import time
+import tomllib
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from artray.errors import UserError
+
+# stage → (entrypoint script relative to the working dir, leading arguments)
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "import": ("jobs/import_corpus.py", ()),
+    "ingest": ("jobs/ingest.py", ()),
+    "augment": ("jobs/augment.py", ()),
+    "caption": ("jobs/caption.py", ()),
+    "train": ("jobs/train.py", ()),
+    "evaluate-captions": ("jobs/evaluate.py", ("captions",)),
+    "evaluate-retrieval": ("jobs/evaluate.py", ("retrieval",)),
+    "embed": ("jobs/embed.py", ()),
+    "index": ("jobs/index.py", ()),
+}
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+DEFAULT_RUNTIME_ENV = "jobs/runtime_env.yaml"
+# Never uploaded, whatever the runtime_env file says (Ray also honours .gitignore).
+ALWAYS_EXCLUDE = [".git", ".venv", "demo_out", ".torch_extensions", "__pycache__", "*.egg-info",
+                  ".pytest_cache", "tests", "bench", ".whl", ".gl"]
+# Ray CLI (`pip install ray`) is not artray's dependency set on a stock image: installed from the pins.
+_NOT_INSTALLED_BY_JOB = ("ray",)
+# env_vars a runtime_env must not carry: it is stored in the job table, readable by whoever lists jobs.
+_CREDENTIAL_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)")
+
+
+# --- connection -----------------------------------------------------------------------------
+
+def read_auth_token() -> str | None:
+    """The Ray auth token the client should send, or None (never printed or logged)."""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
+        return None
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def resolve_address(address: str | None) -> str:
+    """--address, else $RAY_API_SERVER_ADDRESS / $RAY_ADDRESS (as Ray's client), else the local head."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
+    if "://" not in address:
+        address = "http://" + address
+    return address
+
+
+def _is_loopback(address: str) -> bool:
+    host = urlparse(address).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def make_client(address: str | None = None):
+    """A `JobSubmissionClient` for the cluster, with the auth header when a token is available."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = resolve_address(address)
+    headers = {}
+    token = read_auth_token()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+        if urlparse(address).scheme == "http" and not _is_loopback(address):
+            print(f"artray: warning: sending the Ray auth token over plain HTTP to {urlparse(address).hostname}; "
+                  "use an SSH tunnel / kubectl port-forward or an HTTPS proxy", file=sys.stderr)
+    try:
+        return JobSubmissionClient(address, headers=headers or None)
+    except Exception as exc:  # connection refused, 401/403, wrong scheme …
+        raise UserError(f"cannot reach the Ray job API at {address}: {_scrub(str(exc), token)}") from exc
+
+
+def _scrub(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+# --- runtime_env ----------------------------------------------------------------------------
+
+def pinned_requirements(pyproject: Path) -> list[str]:
+    """artray's own pinned dependencies from pyproject.toml, minus Ray (the cluster's own)."""
+    deps = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    return [d for d in deps if not d.split("[")[0].split("=")[0].split("<")[0].split(">")[0].strip().lower()
+            in _NOT_INSTALLED_BY_JOB]
+
+
+def build_runtime_env(working_dir: str | Path = ".", runtime_env_file: str | None = DEFAULT_RUNTIME_ENV,
+                      install_deps: bool = False) -> dict:
+    """The job's runtime_env: the YAML file's, with `working_dir` set and the excludes ensured."""
+    working_dir = Path(working_dir)
+    env: dict = {}
+    if runtime_env_file:
+        path = Path(runtime_env_file)
+        if not path.is_absolute() and not path.exists():
+            path = working_dir / path
+        if not path.exists():
+            raise UserError(f"runtime_env file {runtime_env_file} does not exist")
+        env = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(env, dict):
+            raise UserError(f"runtime_env file {runtime_env_file} must hold a mapping")
+    env["working_dir"] = str(working_dir)
+    env["excludes"] = list(dict.fromkeys([*(env.get("excludes") or []), *ALWAYS_EXCLUDE]))
+    if install_deps:
+        reqs = pinned_requirements(working_dir / "pyproject.toml")
+        pip = env.get("pip") or {}
+        if isinstance(pip, list):
+            pip = {"packages": pip}
+        pip["packages"] = list(dict.fromkeys([*reqs, *(pip.get("packages") or [])]))
+        pip.setdefault("pip_check", False)
+        env["pip"] = pip
+    for name in (env.get("env_vars") or {}):
+        if _CREDENTIAL_NAME.search(name.upper()):
+            raise UserError(f"runtime_env env_vars.{name}: credentials do not belong in a runtime_env "
+                                "(they are visible to everyone who can list jobs); use instance profiles / IRSA")
+    return env
+
+
+def build_entrypoint(stage: str, config: str | None, working_dir: str | Path = ".",
+                     overrides: list[str] = (), extra: list[str] = ()) -> str:
+    """`python jobs/<stage>.py [sub-command] --config <path relative to working_dir> [--set …] …`."""
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r}; use one of {sorted(STAGES)}")
+    script, lead = STAGES[stage]
+    argv = ["python", script, *lead]
+    if config:
+        cfg = Path(config)
+        if not cfg.exists():
+            raise UserError(f"config file {config} does not exist")
+        wd = Path(working_dir).resolve()
+        try:
+            rel = cfg.resolve().relative_to(wd)
+        except ValueError as exc:
+            raise UserError(f"config file {config} is outside the working dir {working_dir}: the job could not "
+                            "read it on the cluster; put it under the working dir (e.g. jobs/configs/)") from exc
+        argv += ["--config", rel.as_posix()]
+    for pair in overrides:
+        argv += ["--set", pair]
+    argv += list(extra)
+    return shlex.join(argv)
+
+
+# --- submit / follow ------------------------------------------------------------------------
+
+def submit(stage: str, config: str | None, *, address: str | None = None, working_dir: str | Path = ".",
+           runtime_env_file: str | None = DEFAULT_RUNTIME_ENV, install_deps: bool = False,
+           overrides: list[str] = (), extra: list[str] = (), submission_id: str | None = None,
+           client=None) -> str:
+    """Submit one stage as a Ray job; returns its submission id."""
+    entrypoint = build_entrypoint(stage, config, working_dir, overrides, extra)
+    runtime_env = build_runtime_env(working_dir, runtime_env_file, install_deps)
+    client = client or make_client(address)
+    submission_id = submission_id or f"artray-{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, submission_id=submission_id,
+                             metadata={"artray_stage": stage, "artray_config": str(config or "")})
+
+
+async def _tail(client, job_id: str, out) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        out.write(lines)
+        out.flush()
+
+
+def wait(client, job_id: str, *, follow: bool = True, out=None, poll_s: float = 1.0) -> int:
+    """Stream the job's logs until it ends; 0 if it SUCCEEDED, 1 otherwise (status on stderr)."""
+    from ray.job_submission import JobStatus
+
+    out = out or sys.stdout
+    if follow:
+        try:
+            asyncio.run(_tail(client, job_id, out))
+        except Exception as exc:  # noqa: BLE001  (any aiohttp/websocket error) the stream dropped: poll instead
+            print(f"artray: log stream ended early ({type(exc).__name__}); polling status", file=sys.stderr)
+    while True:
+        info = client.get_job_info(job_id)
+        if info.status.is_terminal():
+            break
+        time.sleep(poll_s)
+    if info.status == JobStatus.SUCCEEDED:
+        print(f"[submit] {job_id}: SUCCEEDED", file=sys.stderr)
+        return 0
+    print(f"[submit] {job_id}: {info.status.value}: {info.message or ''}".rstrip(), file=sys.stderr)
+    return 1
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+def _cmd_submit(args) -> int:
+    client = make_client(args.address)
+    job_id = submit(args.stage, args.config, working_dir=args.working_dir, runtime_env_file=args.runtime_env,
+                    install_deps=args.install_deps, overrides=args.overrides,
+                    submission_id=args.job_id, client=client)
+    print(f"[submit] {args.stage}: submitted {job_id}", file=sys.stderr)
+    if not args.wait:
+        print(job_id)
+        return 0
+    try:
+        return wait(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\n[submit] stopped following; the job keeps running. Stop it with: artray jobs stop {job_id}",
+              file=sys.stderr)
+        return 130
+
+
+def _cmd_jobs(args) -> int:
+    client = make_client(args.address)
+    if args.jobs_command == "list":
+        jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)
+        for j in jobs:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000)) if j.start_time else "-"
+            print(f"{j.submission_id or j.job_id}\t{j.status.value}\t{started}\t{j.entrypoint}")
+        return 0
+    if args.jobs_command == "status":
+        info = client.get_job_info(args.job_id)
+        print(f"{args.job_id}\t{info.status.value}\t{info.message or ''}")
+        return 0 if info.status.value == "SUCCEEDED" else (0 if not info.status.is_terminal() else 1)
+    if args.jobs_command == "logs":
+        if args.follow:
+            return wait(client, args.job_id)
+        sys.stdout.write(client.get_job_logs(args.job_id))
+        return 0
+    if args.jobs_command == "stop":
+        stopped = client.stop_job(args.job_id)
+        print(f"[jobs] {args.job_id}: {'stop requested' if stopped else 'already finished'}", file=sys.stderr)
+        return 0
+    raise UserError(f"unknown jobs command {args.jobs_command}")
+
+
+def add_parsers(sub) -> None:
+    """`artray submit …` and `artray jobs list|status|logs|stop` on the CLI's sub-parsers."""
+    addr_help = f"Ray job API (dashboard) address (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, {DEFAULT_ADDRESS})"
+    p = sub.add_parser("submit", help="run a stage as a Ray job on a cluster (Jobs API), optionally following it",
+                       description="Submit `python jobs/<stage>.py --config … [--set …]` with the repository as "
+                                   "working_dir.")
+    p.add_argument("stage", choices=sorted(STAGES))
+    p.add_argument("--config", help="the stage's YAML config, a path under the working dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override passed to the stage; repeatable")
+    p.add_argument("--address", help=addr_help)
+    p.add_argument("--wait", action="store_true", help="stream the logs and exit with the job's status (0 = SUCCEEDED)")
+    p.add_argument("--working-dir", default=".", help="uploaded as the job's working_dir (default: .)")
+    p.add_argument("--runtime-env", default=DEFAULT_RUNTIME_ENV,
+                   help=f"runtime_env YAML (default: {DEFAULT_RUNTIME_ENV}); '' for none")
+    p.add_argument("--install-deps", action="store_true",
+                   help="also pip-install artray's pinned dependencies in the job (stock rayproject/ray images)")
+    p.add_argument("--job-id", help="submission id (default: artray-<stage>-<time>-<random>)")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs on a cluster")
+    jobs_sub = p.add_subparsers(dest="jobs_command", required=True)
+    for name, help_text in (("list", "all jobs: id, status, start time, entrypoint"),
+                            ("status", "one job's status and message"), ("logs", "one job's logs"),
+                            ("stop", "stop a running job")):
+        q = jobs_sub.add_parser(name, help=help_text)
+        q.add_argument("--address", help=addr_help)
+        if name != "list":
+            q.add_argument("job_id")
+        if name == "logs":
+            q.add_argument("--follow", "-f", action="store_true", help="stream until the job ends; exit with its status")
+    p.set_defaults(func=_cmd_jobs)

@@ -1,0 +1,214 @@
+"""Augment benchmark: artray's `run_augment` vs a bare diffusers loop, same images, same pipeline.
+
+    .venv/bin/python bench/augment.py [--n 50] [--variants 4] [--steps 20] [--long-side 256] [--rounds 1]
+    .venv/bin/python bench/augment.py --full-size      # GPU only: SD-1.5 architecture, 576 px, fp16
+
+One run, side by side:
+
+1. writes the sample Artpedia corpus (`make_samples`, `--n` artworks, ~70% train) and imports it;
+2. builds the model: the tiny SD img2img checkpoint (`make_tiny`), or with ``--full-size`` an
+   SD-1.5-architecture pipeline with random weights (same compute as the real one; 576 px,
+   40 steps, fp16 on the GPU);
+3. per round, in an order that alternates:
+   * **artray**: `run_augment` (prepare → Generate actor pool → encode → Parquet shards) on a
+     local Ray started once before timing (with Ray Data's system actors); its wall time
+     includes planning, the actor's start, imports and model load, and committing the output;
+   * **bare**: a fresh Python process (at the niceness of Ray's workers) that loads the same pipeline with `load_img2img`, then
+     for each train artwork decodes and resizes the image exactly as artray does and calls
+     the pipeline once for its M variants (one ``torch.Generator`` per image, artray's seeds),
+     and writes PNG files; timed from spawn to exit (imports and model load included);
+4. checks both made the same number of images and whether they are byte-identical (they
+   are when artray's batches are one artwork each: ``batch_size == variants``, one size).
+
+Prints images/s for both and the ratio artray / bare (goal: >= 0.9). On CPU both sides run
+one torch thread (`--threads`, exported as OMP_NUM_THREADS to the actor and the bare process
+alike): on a shared 2-core machine two threads make either side swing by 10x between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Timer, machine_line, median, ratio, table
+
+
+def _full_size_sd15(out: Path) -> str:
+    """An SD-1.5-architecture img2img folder with random weights (UNet 860M, VAE 84M, CLIP-L text 123M)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from artray.models import tiny_tokenizers as tt
+
+    if (out / "model_index.json").exists():
+        return str(out)
+    torch.manual_seed(0)
+    tokenizer = tt.clip_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        projection_dim=768, hidden_act="quick_gelu"))
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+                                block_out_channels=(320, 640, 1280, 1280))
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        sample_size=512)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return str(out)
+
+
+def _bare(args: dict) -> None:
+    """The bare loop (runs in its own process): load, then per artwork one pipeline call for its M variants."""
+    import diffusers
+    import torch
+    import transformers
+    from PIL import Image
+
+    from artray import corpus, images
+    from artray.models.diffusion import load_img2img
+    from artray.stages.augment_generate import encode_image
+    from artray.stages.augment_plan import target_size, variant_seed
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    cuda = torch.cuda.is_available() and args["gpu"]
+    bundle = load_img2img(args["model"], "cuda" if cuda else "cpu", torch.float16 if cuda else torch.float32)
+    rows = [r for r in corpus.read_artworks(args["input"]).sort_by("artwork_id").to_pylist() if r["split"] == "train"]
+    out = Path(args["output"])
+    out.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        im = images.to_rgb(r["image"])
+        size = target_size(*im.size, args["long_side"])
+        init = im.resize(size, Image.Resampling.LANCZOS)
+        m = args["variants"]
+        gens = [torch.Generator("cpu").manual_seed(variant_seed(0, r["artwork_id"], v)) for v in range(m)]
+        with torch.inference_mode():
+            res = bundle.pipeline(prompt=[r["captions"][0]] * m, image=[init] * m, strength=0.34, guidance_scale=10.0,
+                                  num_inference_steps=args["steps"], generator=gens, output_type="np").images
+        for v, px in enumerate((res * 255).round().clip(0, 255).astype("uint8")):
+            (out / f"{r['artwork_id']}#{v}.png").write_bytes(encode_image(px.tobytes(), size, "png", 95))
+
+
+def _worker_niceness() -> None:
+    """Run the bare process at the niceness Ray gives its worker processes (15 unless RAY_worker_niceness
+    says otherwise), so that on a shared machine both sides yield to other people's work alike."""
+    os.nice(int(os.environ.get("RAY_worker_niceness", "15")))
+
+
+def _run_bare(args: dict) -> tuple[float, dict[str, bytes]]:
+    with Timer() as t:
+        subprocess.run([sys.executable, __file__, "--_bare", json.dumps(args)], check=True, preexec_fn=_worker_niceness)
+    files = {p.stem: p.read_bytes() for p in Path(args["output"]).glob("*.png")}
+    return t.s, files
+
+
+def _run_artray(cfg) -> tuple[float, dict[str, bytes], dict]:
+    from artray import corpus, storage
+    from artray.schema import VARIANT_SCHEMA
+    from artray.stages.augment import run_augment
+
+    with Timer() as t:
+        manifest = run_augment(cfg)
+    table = corpus.read_table(storage.join(cfg.output, "variants"), VARIANT_SCHEMA)
+    return t.s, dict(zip(table["variant_id"].to_pylist(), table["image"].to_pylist())), manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=50, help="sample artworks (about 70%% are train)")
+    p.add_argument("--variants", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--long-side", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads on both sides on CPU (default 1: on a shared 2-core machine two threads "
+                        "swing 10x between runs)")
+    p.add_argument("--full-size", action="store_true", help="SD-1.5 architecture, random weights, 576 px, 40 steps, GPU")
+    p.add_argument("--workdir", help="keep inputs/outputs here (default: a temp dir)")
+    p.add_argument("--_bare", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._bare:
+        _bare(json.loads(a._bare))
+        return 0
+
+    import ray
+    import torch
+
+    from artray.corpora.importer import ImportConfig, import_corpus
+    from artray.corpora.sample import make_samples
+    from artray.models.tiny import make_tiny
+    from artray.stages.augment import AugmentConfig
+
+    if a.full_size and not torch.cuda.is_available():
+        print("--full-size needs a CUDA GPU (the full SD-1.5 architecture would take hours on CPU)")
+        return 2
+    if a.full_size:
+        a.long_side, a.steps = 576, 40
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="artray-bench-augment-"))
+    src = make_samples(str(work / "samples"), n=a.n)["artpedia"]
+    inp = str(work / "corpus")
+    import_corpus(ImportConfig(format="artpedia", src=src, dest=inp))
+    model = _full_size_sd15(work / "sd15-random") if a.full_size else make_tiny(str(work / "tiny"))["sd-img2img"]
+
+    cpus = os.cpu_count() or 2
+    threads = None if a.full_size else a.threads
+    if threads:  # the same OpenMP pool size for the actor (Ray's workers inherit it) and the bare process
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
+    # Ray Data's own actors (stats, autoscaling) live as long as the cluster: start them before timing,
+    # as on a cluster that has run any Ray Data job before (cold, they add ~15 s on 2 busy cores).
+    ray.data.range(2).map_batches(lambda b: b, num_cpus=0.25).materialize()
+    print(machine_line())
+    rows, ratios = [], []
+    for rnd in range(a.rounds):
+        cfg = AugmentConfig(input=inp, output=str(work / f"artray-r{rnd}"), model=model, variants=a.variants,
+                            steps=a.steps, long_side=a.long_side, batch_size=a.variants,
+                            actor_num_cpus=1.0 if a.full_size else max(1.0, cpus - 0.75), torch_threads=threads)
+        bare_args = {"model": model, "input": inp, "output": str(work / f"bare-r{rnd}"), "variants": a.variants,
+                     "steps": a.steps, "long_side": a.long_side, "gpu": a.full_size, "threads": threads}
+        for stale in (cfg.output, bare_args["output"]):  # a kept --workdir must not make artray resume
+            shutil.rmtree(stale, ignore_errors=True)
+        order = ("artray", "bare") if rnd % 2 == 0 else ("bare", "artray")
+        res = {}
+        for tool in order:
+            res[tool] = _run_artray(cfg)[:2] if tool == "artray" else _run_bare(bare_args)
+        (t_art, img_art), (t_bare, img_bare) = res["artray"], res["bare"]
+        n = len(img_art)
+        if n != len(img_bare) or n == 0:
+            print(f"round {rnd}: artray made {n} images, bare {len(img_bare)}: not comparable")
+            return 1
+        same = sum(img_art[k] == img_bare.get(k) for k in img_art)
+        ratios.append(ratio(n / t_art, n / t_bare))
+        rows.append([rnd, n, n / t_art, n / t_bare, ratios[-1], f"{same}/{n}"])
+    print(table(["round", "images", "artray img/s", "bare img/s", "ratio", "byte-identical"], rows, digits=3))
+    setup = "full-size SD-1.5 (random weights), fp16, GPU" if a.full_size else "tiny SD img2img, fp32, CPU"
+    setup += "" if a.full_size else f", {threads} torch threads each"
+    print(f"{setup}; {a.long_side} px long side, {a.steps} steps (strength 0.34), {a.variants} variants/artwork, "
+          f"batch {a.variants}; ratio artray/bare (median of {a.rounds}): {median(ratios):.3f} (goal >= 0.9)")
+    ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    sys.exit(main())
