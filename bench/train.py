@@ -7,10 +7,12 @@ Same model, same data, same batch size per step, one run, side by side:
 
 * **artray**: ``run_train`` with ``num_workers`` Ray Train workers, DeepSpeed (ZeRO stage
   ``--zero``), the family's objective; samples/s = all workers' train samples / train time
-  of the fastest-reported epoch after the first (the first includes warm-up), as reported
-  by the loop (validation and checkpointing excluded);
+  per epoch as reported by the loop (validation and checkpointing excluded), the median of
+  the epochs after the first (the first includes warm-up; one short epoch on a noisy machine
+  can be far off, so not the best one);
 * **plain**: one process, the same family module and objective (no gathering across
-  workers), ``torch.optim.AdamW``, the same number of samples per epoch.
+  workers), ``torch.optim.AdamW``, the same number of samples per epoch; the same median,
+  with 1 and with 2 torch threads (the faster one is compared).
 
 Prints one JSON line with both samples/s and the ratio (artray / plain). On 2 CPU cores two
 workers share the cores with Ray itself, so the ratio there measures overhead, not scaling.
@@ -22,10 +24,12 @@ with ZeRO-2: meant for a GPU machine, it is not run on CPU.
 from __future__ import annotations
 
 import argparse
+import glob
 import io
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -63,7 +67,7 @@ def plain_loop(cfg, epochs: int) -> float:
     module.to(device)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
     rows = build_train_table(cfg).to_pylist()
-    rng, best = random.Random(0), 0.0
+    rng, rates = random.Random(0), []
     for _ in range(epochs):
         start, seen = time.perf_counter(), 0
         for i in range(0, len(rows), cfg.batch_size):
@@ -77,8 +81,8 @@ def plain_loop(cfg, epochs: int) -> float:
             loss.backward()
             opt.step()
             seen += len(chunk)
-        best = max(best, seen / (time.perf_counter() - start))
-    return best
+        rates.append(seen / (time.perf_counter() - start))
+    return statistics.median(rates[1:] or rates)
 
 
 def main() -> int:
@@ -114,18 +118,31 @@ def main() -> int:
     cfg = TrainConfig(family=args.family, model=model, corpus=os.path.join(root, name), output=os.path.join(root, "runs"),
                       epochs=args.epochs, batch_size=args.batch_size, num_workers=args.workers, zero_stage=args.zero,
                       use_gpu=args.use_gpu, precision="bf16" if args.full_size else "fp32", lr=1e-4,
-                      warmup_steps=0, max_failures=0, export=False, keep_checkpoints=1)
+                      warmup_steps=0, max_failures=0, export=False, keep_checkpoints=args.epochs)
     ray.init(num_cpus=None if args.use_gpu else 2, include_dashboard=False, logging_level="ERROR")
     out = run_train(cfg)
     ray.shutdown()
-    with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
+    # the latest checkpoint holds every epoch's figures (the best one only those up to it)
+    latest = sorted(glob.glob(os.path.join(out["run_path"], "checkpoint_epoch*")))[-1]
+    with open(os.path.join(latest, "train_state.json"), encoding="utf-8") as f:
         state = json.load(f)
     epochs = state["history"][1:] or state["history"]
-    artray_sps = max(h["samples_per_s"] for h in epochs)
-    plain_sps = plain_loop(cfg, args.epochs)
+    artray_sps = statistics.median(h["samples_per_s"] for h in epochs)
+    # Ray runs each worker with OMP_NUM_THREADS=1; the plain loop is timed with 1 and with 2 torch threads
+    # (2 intra-op threads on tiny matrices can be far slower on a loaded 2-core machine).
+    import torch
+
+    plain = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        plain[threads] = plain_loop(cfg, args.epochs)
+    plain_sps = max(plain.values())
     print(json.dumps({"family": args.family, "full_size": args.full_size, "workers": args.workers,
-                      "zero": args.zero, "batch_size": args.batch_size, "artray_samples_per_s": round(artray_sps, 2),
-                      "plain_samples_per_s": round(plain_sps, 2), "ratio": round(artray_sps / plain_sps, 3)}))
+                      "zero": args.zero, "batch_size": args.batch_size, "n": args.n, "epochs": args.epochs,
+                      "artray_epochs_samples_per_s": [h["samples_per_s"] for h in state["history"]],
+                      "artray_samples_per_s": round(artray_sps, 2),
+                      "plain_samples_per_s_1thread": round(plain[1], 2),
+                      "plain_samples_per_s_2threads": round(plain[2], 2), "plain_samples_per_s": round(plain_sps, 2), "ratio": round(artray_sps / plain_sps, 3)}))
     return 0
 
 

@@ -1,6 +1,10 @@
 """Chinese-CLIP, BLIP retrieval and the captioners on 2 Ray Train workers (CPU, DeepSpeed ZeRO-2) with
-their tiny checkpoints and the sample corpora: every run completes with validation metrics, the
-captioners' losses fall, and each export loads through artray.models."""
+their tiny checkpoints and the sample corpora: Chinese-CLIP's training loss falls and its
+validation recall beats the untrained tiny model by a margin (3+ more R@1 hits of 30 and the mean of
+R@1/5/10 both ways; BLIP retrieval: mechanics only, see its test), the captioners' losses fall, and each export loads through artray.models.
+
+Learning rates and step counts are for the tiny models and the sample corpora (presets keep the papers'
+values); they were picked from measured runs, not from one lucky hit."""
 
 from __future__ import annotations
 
@@ -17,10 +21,8 @@ COMMON = {"warmup_steps": 0, "timeout_s": 180, "max_failures": 0, "keep_checkpoi
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
-
-    return make_tiny(str(tmp_path_factory.mktemp("tiny")))
+def tiny(tiny_models) -> dict[str, str]:
+    return tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,29 @@ def corpora(tmp_path_factory) -> dict[str, str]:
     return {"culti": str(root / "culti"), "artpedia": str(root / "artpedia")}
 
 
+@pytest.fixture(scope="module")
+def retrieval_corpora(tmp_path_factory) -> dict[str, str]:
+    """200 artworks each (140 train, 30 val): recall over 30 val items."""
+    from artray.corpora.importer import ImportConfig, import_corpus
+    from artray.corpora.sample import make_samples
+
+    root = tmp_path_factory.mktemp("train-retrieval")
+    src = make_samples(str(root / "samples"), n=200)
+    import_corpus(ImportConfig(format="cnclip", src=src["culti"], dest=str(root / "culti")))
+    import_corpus(ImportConfig(format="artpedia", src=src["artpedia"], dest=str(root / "artpedia")))
+    return {"culti": str(root / "culti"), "artpedia": str(root / "artpedia")}
+
+
+def assert_learns(out: dict, min_r1_gain: float = 0.1, min_mean_gain: float = 0.15) -> None:
+    final, best = out["metrics"], out["best_metrics"]
+    summary = [{k: round(h[k], 3) for k in ("epoch", "train_loss", "val_loss", "val_r1", "val_mean_recall")}
+               for h in _history(out)]
+    assert summary[0]["train_loss"] > final["train_loss"], summary
+    assert best["val_r1"] >= best["initial_val_r1"] + min_r1_gain, (best["initial_val_r1"], summary)
+    assert best["val_mean_recall"] >= best["initial_val_mean_recall"] + min_mean_gain, \
+        (best["initial_val_mean_recall"], summary)
+
+
 def _history(out) -> list[dict]:
     """Epoch metrics up to the best checkpoint (its first entry is always epoch 1)."""
     with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
@@ -42,16 +67,16 @@ def _history(out) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_cnclip_long_context_trains_and_exports(ray_local, tiny, corpora, tmp_path):
+def test_cnclip_long_context_learns_and_exports(ray_local, tiny, retrieval_corpora, tmp_path):
     from artray.models.cnclip import cnclip_text_embeds, load_cnclip
 
-    cfg = TrainConfig(**COMMON, preset="cnclip", model=tiny["cnclip"], corpus=corpora["culti"],
-                      output=str(tmp_path / "runs"), context_length=96, lr=3e-4, epochs=5, batch_size=8)
+    # The tiny Chinese-CLIP needs many steps at a high lr (1e-4 – 3e-4 barely move it): 10 × 18 steps at 3e-3.
+    cfg = TrainConfig(**COMMON, preset="cnclip", model=tiny["cnclip"], corpus=retrieval_corpora["culti"],
+                      output=str(tmp_path / "runs"), context_length=96, lr=3e-3, epochs=10, batch_size=4)
     out = run_train(cfg)
     final = out["metrics"]
-    # The tiny Chinese-CLIP does not yet learn this corpus reliably in 5 short epochs (it drifts towards
-    # constant embeddings at lr ≥ 3e-4): this test covers the mechanics, not a recall gain.
-    assert final["epoch"] == 5 and 0 <= final["val_r1"] <= 1 and final["text_truncated_frac"] == 0.0
+    assert final["epoch"] == 10 and final["text_truncated_frac"] == 0.0
+    assert_learns(out)
     bundle = load_cnclip(out["export"])
     ids = bundle.processor.tokenizer(["窠内一飞鸟" * 20], truncation=True, max_length=96, return_tensors="pt")
     assert ids["input_ids"].shape[1] == 96
@@ -67,7 +92,10 @@ def test_blip_retrieval_itc_itm_reports_truncation(ray_local, tiny, corpora, tmp
     out = run_train(cfg)
     final = out["metrics"]
     assert 0 < final["text_truncated_frac"] <= 1  # Artpedia paragraphs are longer than 16 tokens
-    assert final["epoch"] == 5 and 0 <= final["val_r1"] <= 1  # mechanics only: see the Chinese-CLIP note
+    # Mechanics only. The tiny BLIP learns in a plain single-process loop (lr 1e-3, batch 4–8: R@1 1 → 4–6
+    # of 30) but under this 2-worker DeepSpeed loop its loss stays at chance (ln 8 + ITM) at 1e-4 – 1e-3,
+    # with or without warm-up: an open issue, not a tuning one.
+    assert final["epoch"] == 5 and 0 <= final["val_r1"] <= 1
     assert load_blip_retrieval(out["export"]).model.itm_head.out_features == 2
 
 

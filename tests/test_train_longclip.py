@@ -1,6 +1,13 @@
 """Long-CLIP fine-tuning end to end: 2 Ray Train workers on CPU, DeepSpeed ZeRO-2, the tiny Long-CLIP
-checkpoint and the sample Artpedia corpus with hand-made variants (alpha 0.5) and generated captions;
-then a worker failure mid-run that resumes from the last checkpoint and completes."""
+checkpoint and the sample Artpedia corpus (200 artworks: 140 train, 30 val).
+
+Default run: one training run whose loss falls and whose validation recall rises by a wide margin
+(several more hits of 30, and the mean of R@1/5/10 both ways), and a worker failure mid-run that
+resumes from the last checkpoint. Slow: Long-CLIP's PCM loss with variants (alpha 0.5) and generated
+captions plus the export; resume by re-running the same name; checkpoints on S3; ZeRO-3 and bf16.
+
+Learning rates here are for the tiny model and the sample corpus (the presets keep the papers' values).
+"""
 
 from __future__ import annotations
 
@@ -17,15 +24,32 @@ from artray.schema import CAPTION_SCHEMA, VARIANT_SCHEMA
 from artray.train.config import TrainConfig
 from artray.train.run import run_train
 
-N_SAMPLE = 60
-FAST = {"family": "longclip", "lr": 3e-3, "warmup_steps": 0, "batch_size": 8, "timeout_s": 180, "keep_checkpoints": 2}
+N_SAMPLE = 200  # 140 train / 30 val: recall over 30 val items, not 9
+# 5 epochs × 18 steps of 2 workers × 4 samples at 1e-3 (cosine; 2e-3 was unstable from run to run):
+# untrained R@1 1/30, mean recall 0.16; a measured run had R@1 10/30 after 90 steps (asserted: +3 hits, +0.2)
+FAST = {"family": "longclip", "lr": 1e-3, "warmup_steps": 0, "batch_size": 4, "timeout_s": 180, "keep_checkpoints": 2}
+# smoke runs (mechanics only): 5 steps per epoch
+SMOKE = {**FAST, "batch_size": 16, "loss": "infonce", "keep_checkpoints": 1}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
+def tiny(tiny_models) -> dict[str, str]:
+    return tiny_models
 
-    return make_tiny(str(tmp_path_factory.mktemp("tiny")))
+
+def assert_learns(out: dict, min_r1_gain: float = 0.1, min_mean_gain: float = 0.2) -> None:
+    """Training loss falls, val loss falls, and val recall beats the untrained model by a margin
+    (0.1 = 3 more text→image hits of 30; the mean of R@1/5/10 in both directions by 0.2)."""
+    final, best = out["metrics"], out["best_metrics"]
+    with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
+        history = json.load(f)["history"]
+    summary = [{k: round(h[k], 3) for k in ("epoch", "train_loss", "val_loss", "val_r1", "val_mean_recall")}
+               for h in history]
+    assert history[0]["train_loss"] > 1.2 * final["train_loss"], summary  # first epoch vs last
+    assert final["val_loss"] < final["initial_val_loss"], summary
+    assert best["val_r1"] >= best["initial_val_r1"] + min_r1_gain, (best["initial_val_r1"], summary)
+    assert best["val_mean_recall"] >= best["initial_val_mean_recall"] + min_mean_gain, \
+        (best["initial_val_mean_recall"], summary)
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +85,43 @@ def _derived(artpedia: str, root) -> tuple[str, str]:
     return variants, captions
 
 
+def test_longclip_two_workers_deepspeed_loss_falls_and_recall_rises(ray_local, tiny, artpedia, tmp_path):
+    cfg = TrainConfig(**FAST, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="learn",
+                      loss="infonce", epochs=5, max_failures=0, export=False)
+    out = run_train(cfg)
+    assert out["metrics"]["epoch"] == 5 and out["metrics"]["step"] == 5 * 18 and out["metrics"]["restored"] == 0
+    assert_learns(out)
+    # The DeepSpeed config used (also printed by rank 0 at start) is recorded with every checkpoint.
+    with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
+        state = json.load(f)
+    assert state["deepspeed"]["zero_optimization"] == {"stage": 2} and state["world_size"] == 2
+    assert state["deepspeed"]["train_batch_size"] == 8
+
+
+def test_worker_failure_resumes_from_last_checkpoint(ray_local, tiny, artpedia, tmp_path):
+    # 5 steps per epoch: rank 0 raises at step 7 (epoch 2, after the epoch-1 checkpoint); the group restarts
+    # from that checkpoint, finishes epoch 2 and exports.
+    cfg = TrainConfig(**SMOKE, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="fail",
+                      epochs=2, fail_at_step=7, max_failures=1)
+    out = run_train(cfg)
+    assert out["metrics"]["epoch"] == 2 and out["metrics"]["step"] == 10 and out["metrics"]["restored"] == 1
+    with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
+        assert [h["epoch"] for h in json.load(f)["history"]][-2:] == [1, 2]
+    assert os.path.exists(out["export"])
+
+
 @pytest.mark.slow
 def test_longclip_pcm_two_workers_mixing_improves_recall_and_exports(ray_local, tiny, artpedia, tmp_path):
     from artray.models.longclip import load_longclip
 
     variants, captions = _derived(artpedia, tmp_path)
-    # more, smaller steps (val R@1 over 9 val artworks needs ~30 steps to move); 3e-3 can collapse at batch 4
-    cfg = TrainConfig(**{**FAST, "batch_size": 4, "lr": 1e-3}, model=tiny["longclip"], corpus=artpedia,
-                      output=str(tmp_path / "runs"), name="pcm",
-                      loss="longclip", label_smoothing=0.1, pca_dim=16, epochs=6, alpha=0.5, variants=variants,
+    cfg = TrainConfig(**FAST, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="pcm",
+                      loss="longclip", label_smoothing=0.1, pca_dim=16, epochs=4, alpha=0.5, variants=variants,
                       captions=captions, captioner="tiny", caption_source="both", max_failures=0)
     out = run_train(cfg)
-    final, best = out["metrics"], out["best_metrics"]
-    history = [best] if final["epoch"] == best["epoch"] else [best, final]
-    assert final["epoch"] == 6 and final["variants_seen"] > 0 and final["restored"] == 0
-    assert final["val_loss"] < final["initial_val_loss"]
-    assert best["val_r1"] > best["initial_val_r1"], history
-    # The DeepSpeed config used is recorded with every checkpoint.
-    with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
-        state = json.load(f)
-    assert state["deepspeed"]["zero_optimization"] == {"stage": 2} and state["world_size"] == 2
-    assert state["history"][0]["train_loss"] > final["train_loss"]  # loss falls: first epoch vs last
+    final = out["metrics"]
+    assert final["epoch"] == 4 and final["variants_seen"] > 0 and final["restored"] == 0
+    assert_learns(out)
     # Export: the longclip-L.pt layout, loadable by load_longclip at 248 tokens, kept positions untouched.
     sd = torch.load(out["export"], map_location="cpu", weights_only=True)
     src = torch.load(tiny["longclip"], map_location="cpu", weights_only=True)
@@ -96,9 +136,47 @@ def test_longclip_pcm_two_workers_mixing_improves_recall_and_exports(ray_local, 
 
 
 @pytest.mark.slow
-def test_worker_failure_resumes_from_last_checkpoint(ray_local, tiny, artpedia, tmp_path):
-    cfg = TrainConfig(**FAST, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="fail",
-                      loss="infonce", epochs=2, fail_at_step=4, max_failures=1)
+def test_rerun_with_same_name_resumes_from_latest_checkpoint(ray_local, tiny, artpedia, tmp_path):
+    base = dict(**SMOKE, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="again",
+                max_failures=0, export=False)
+    first = run_train(TrainConfig(**base, epochs=1))
+    assert first["metrics"]["epoch"] == 1 and first["metrics"]["restored"] == 0
+    second = run_train(TrainConfig(**base, epochs=2))  # a stopped run, started again with the same name
+    assert second["metrics"]["epoch"] == 2 and second["metrics"]["step"] == 10
+    assert second["metrics"]["restored"] == 1  # continued from epoch 1's checkpoint, not from scratch
+    assert second["metrics"]["initial_val_r1"] == first["metrics"]["initial_val_r1"]
+
+
+@pytest.mark.slow
+def test_checkpoints_and_export_on_s3(ray_local, tiny, artpedia, s3_endpoint, s3_bucket):
+    from artray import storage
+    from artray.storage import StorageOptions
+
+    cfg = TrainConfig(**SMOKE, model=tiny["longclip"], corpus=artpedia, output=f"{s3_bucket}/runs", name="s3",
+                      s3_endpoint=s3_endpoint, epochs=1, max_failures=0)
     out = run_train(cfg)
-    assert out["metrics"]["epoch"] == 2 and out["metrics"]["restored"] == 1
-    assert os.path.exists(out["export"])
+    assert "/runs/s3/checkpoint_" in out["best_checkpoint"]  # Ray Train wrote it through the S3 filesystem
+    assert out["export"] == f"{s3_bucket}/runs/s3/export/longclip.pt"
+    data = storage.read_bytes(out["export"], StorageOptions(endpoint_url=s3_endpoint))
+    sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    assert sd["logit_scale"].shape == ()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage,precision", [
+    (3, "fp32"),
+    # DeepSpeed's bf16 keeps the weights in bf16; open_clip's LayerNorm casts activations to fp32, and CPU
+    # layer_norm refuses fp32 input with bf16 weights ("mixed dtype (CPU)"). Kept as a strict xfail so a fix
+    # (in artray or upstream) is noticed.
+    pytest.param(2, "bf16", marks=pytest.mark.xfail(raises=Exception, strict=True,
+                                                    reason="Long-CLIP bf16 under DeepSpeed on CPU: mixed-dtype layer_norm")),
+])
+def test_zero3_and_bf16_on_cpu(ray_local, tiny, artpedia, tmp_path, zero_stage, precision):
+    cfg = TrainConfig(**SMOKE, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"),
+                      name=f"z{zero_stage}-{precision}", epochs=1, max_steps=3, zero_stage=zero_stage,
+                      precision=precision, max_failures=0)
+    out = run_train(cfg)
+    assert out["metrics"]["step"] == 3 and out["metrics"]["train_loss"] == out["metrics"]["train_loss"]  # not NaN
+    with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
+        assert json.load(f)["deepspeed"]["zero_optimization"] == {"stage": zero_stage}
+    assert torch.load(out["export"], map_location="cpu", weights_only=True)["logit_scale"].shape == ()
