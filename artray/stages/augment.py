@@ -42,7 +42,12 @@ from artray.runtime import init_ray
 from artray.schema import FAILURE_SCHEMA, VARIANT_SCHEMA
 from artray.stages import augment_generate as gen
 from artray.stages.augment_plan import make_plan, read_train, variant_id
-from artray.stages.sink import StageSink, consolidate_failures, latest_failures
+from artray.stages.sink import (
+    StageSink,
+    consolidate_failures,
+    failed_phrase,
+    latest_failures,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -295,11 +300,9 @@ def run_augment(cfg: AugmentConfig) -> dict:
 def summary_line(manifest: dict) -> str:
     """One line for people: artworks, variants, failures, speed."""
     c = manifest["counts"]
-    failed = sum(c["failed_this_run"].values())
-    reasons = ", ".join(f"{k}={v}" for k, v in c["failed_this_run"].items())
     return (
         f"[augment] {manifest['output']}: {c['train_artworks']} train artworks x {c['variants_per_artwork']}; "
-        f"generated {c['generated']}, failed {failed}" + (f" ({reasons})" if reasons else "")
+        f"generated {c['generated']}, {failed_phrase(c['failed_this_run'])}"
         + f", skipped {c['done']} done + {c['skipped_failed']} failed; {c['output_variants']} variants of "
         f"{c['artworks_augmented']} artworks, {sum(c['failures_total'].values())} in _failures, "
         f"{c['prompts_truncated']} prompts cut at 77 tokens; {manifest['images_per_s']} images/s "

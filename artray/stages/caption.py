@@ -42,7 +42,12 @@ from artray.stages.caption_generate import (
     CaptionJob,
     caption_id,
 )
-from artray.stages.sink import StageSink, consolidate_failures, latest_failures
+from artray.stages.sink import (
+    StageSink,
+    consolidate_failures,
+    failed_phrase,
+    latest_failures,
+)
 
 STAGE = "caption"
 CAPTIONS = "captions"
@@ -201,12 +206,10 @@ def run_caption(cfg: CaptionConfig) -> dict:
 def summary_line(manifest: dict) -> str:
     """One line for people: what was captioned, what failed and why, what got flagged, how fast."""
     c = manifest["counts"]
-    failed = sum(c["failed_this_run"].values())
-    reasons = ", ".join(f"{k}={v}" for k, v in c["failed_this_run"].items())
     flags = " ".join(f"{k}={v}" for k, v in c["flagged"].items())
     return (
         f"[caption] {manifest['output']} ({manifest['captioner']}: {'+'.join(c['presets'])}): captioned "
-        f"{c['captioned']}, failed {failed}" + (f" ({reasons})" if reasons else "")
+        f"{c['captioned']}, {failed_phrase(c['failed_this_run'])}"
         + f", skipped {c['skipped_done']} done + {c['skipped_failed']} failed; {c['captioner_captions']} captions "
         f"of {manifest['captioner']} in output, flagged {flags}, {c['unusable']} unusable for training; "
         f"{manifest['captions_per_s']} captions/s, {manifest['tokens_per_s']} tokens/s on {manifest['actors']} "

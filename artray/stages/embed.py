@@ -44,6 +44,7 @@ from artray.schema import EMBEDDING_SCHEMA
 from artray.stages.sink import (
     StageSink,
     consolidate_failures,
+    failed_phrase,
     failed_result,
     latest_failures,
     ok_result,
@@ -309,10 +310,8 @@ def read_embeddings(uri: str, options: storage.StorageOptions = storage.DEFAULT_
 def summary_line(manifest: dict) -> str:
     """One line for people: what was embedded, skipped and failed, and how fast."""
     c, enc = manifest["counts"], manifest.get("encoder") or {}
-    failed = sum(c["failed_this_run"].values())
-    reasons = ", ".join(f"{k}={v}" for k, v in c["failed_this_run"].items())
     return (
-        f"[embed] {manifest['output']}: embedded {c['embedded']}, failed {failed}" + (f" ({reasons})" if reasons else "")
+        f"[embed] {manifest['output']}: embedded {c['embedded']}, {failed_phrase(c['failed_this_run'])}"
         + f", skipped {c['skipped_done']} done + {c['skipped_failed']} failed; {c['output_images']} images + "
         f"{c['output_texts']} texts ({enc.get('family')}, dim {enc.get('dim')}), "
         f"{sum(c['failures_total'].values())} in _failures; {manifest['wall_s']:.1f}s ({manifest['rows_per_s']} rows/s)"

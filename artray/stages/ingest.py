@@ -42,6 +42,7 @@ from artray.schema import ARTWORK_SCHEMA, TEXT_SCHEMA
 from artray.stages.sink import (
     StageSink,
     consolidate_failures,
+    failed_phrase,
     failed_result,
     latest_failures,
     ok_result,
@@ -263,10 +264,8 @@ def run_ingest(cfg: IngestConfig) -> dict:
 def summary_line(manifest: dict) -> str:
     """One line for people: what was fetched, what failed and why, how fast."""
     c = manifest["counts"]
-    failed = sum(c["failed_this_run"].values())
-    reasons = ", ".join(f"{k}={v}" for k, v in c["failed_this_run"].items())
     return (
-        f"[ingest] {manifest['output']}: fetched {c['fetched']}, failed {failed}" + (f" ({reasons})" if reasons else "")
+        f"[ingest] {manifest['output']}: fetched {c['fetched']}, {failed_phrase(c['failed_this_run'])}"
         + f", skipped {c['skipped_done']} done + {c['skipped_failed']} failed, carried {c['carried_over']}; "
         f"{c['output_artworks']} artworks, {sum(c['failures_total'].values())} in _failures; "
         f"{manifest['bytes_downloaded'] / 1e6:.1f} MB in {manifest['wall_s']:.1f}s ({manifest['images_per_s']} images/s)"

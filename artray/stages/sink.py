@@ -141,3 +141,9 @@ def consolidate_failures(output: str, stage: str, final_keys: set[str], run_id: 
         for shard in shards:
             storage.delete(shard, options)
     return kept
+
+
+def failed_phrase(failed_this_run: dict[str, int]) -> str:
+    """``failed N (reason=count, ...)``: the failure part of a stage's one-line summary."""
+    reasons = ", ".join(f"{k}={v}" for k, v in failed_this_run.items())
+    return f"failed {sum(failed_this_run.values())}" + (f" ({reasons})" if reasons else "")
