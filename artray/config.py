@@ -11,18 +11,29 @@ import argparse
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from artray.errors import UserError
+from artray.schema import SPLITS
 from artray.storage import StorageOptions
 
 
 class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the job's config; says which key and why."""
 
+
+
+def _known_splits(value: list[str] | None) -> list[str] | None:
+    if value is not None and (bad := [s for s in value if s not in SPLITS]):
+        raise ValueError(f"unknown splits {bad}; use {list(SPLITS)}")
+    return value
+
+
+# A config field naming corpus splits (None: all of them); an unknown name is a config error.
+SplitList = Annotated[list[str] | None, AfterValidator(_known_splits)]
 
 class JobConfig(BaseModel):
     """Base of every job config: unknown keys are errors, not silently ignored."""

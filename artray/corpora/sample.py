@@ -26,8 +26,8 @@ from artray.corpora.sample_scenes import (
     title_en,
     visual_sentences_en,
 )
+from artray.schema import SPLITS
 
-SPLITS = ("train", "val", "test")
 CNCLIP_PREFIX = {"train": "train", "val": "valid", "test": "test"}  # Chinese-CLIP's file prefixes
 IMAGE_SIZE = 120
 SAMPLES_JSON = "samples.json"

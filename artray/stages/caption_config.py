@@ -7,17 +7,15 @@ generation settings, so a later run cannot add rows made differently under the s
 
 from __future__ import annotations
 
-from artray.errors import UserError
-
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from artray import storage
-from artray.config import JobConfig
+from artray.config import JobConfig, SplitList
+from artray.errors import UserError
 from artray.images import DEFAULT_MAX_PIXELS
-from artray.schema import SPLITS
 
 PARAMS = "_caption_params.json"  # per captioner: model, prompts, generation settings
 PRESETS = {
@@ -40,7 +38,7 @@ class CaptionConfig(JobConfig):
     presets: list[str] | None = Field(None, description="presets to run: caption, query or names in prompts "
                                       "(default: caption + every user prompt)")
     prompts: dict[str, str] = Field(default_factory=dict, description="user-defined presets: name → prompt text")
-    splits: list[str] | None = Field(None, description="only caption these splits (default: all)")
+    splits: SplitList = Field(None, description="only caption these splits (default: all)")
     max_new_tokens: int = Field(200, ge=1)
     do_sample: bool = Field(False, description="sample instead of greedy decoding")
     temperature: float = Field(1.0, gt=0, description="sampling only")
@@ -63,13 +61,6 @@ class CaptionConfig(JobConfig):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse images with more pixels")
     loop_repeats: int = Field(3, ge=2, description="repeats of a phrase or sentence that flag a loop")
     vllm_engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm backend: engine kwargs")
-
-    @field_validator("splits")
-    @classmethod
-    def _known_splits(cls, v):
-        if v is not None and (bad := [s for s in v if s not in SPLITS]):
-            raise ValueError(f"unknown splits {bad}; use {list(SPLITS)}")
-        return v
 
     @model_validator(mode="after")
     def _check_names(self):
