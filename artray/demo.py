@@ -64,16 +64,14 @@ def _search_demo(indexes: dict[str, str], text: str, image: bytes, saved_config:
     """Start the search API on the demo indexes, ask one text and one image query, stop it; the
     config is kept at `saved_config` (port 8000) for `serve run`."""
     import base64
-    import socket
     import urllib.request
 
     import ray
 
+    from artray.runtime import free_port
     from artray.serve.local import ServeProcess, serve_config
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     import yaml
 
     saved_config.write_text(yaml.safe_dump(serve_config(indexes, 8000), sort_keys=False), encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 
 def init_ray(address: str | None = None) -> None:
@@ -20,3 +21,10 @@ def init_ray(address: str | None = None) -> None:
         ray.init(address=address, logging_level="WARNING")
     else:
         ray.init(include_dashboard=False, logging_level="WARNING")
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (artray's local servers never bind another address)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import statistics
 import time
 from collections.abc import Sequence
@@ -87,13 +86,6 @@ class SessionCPU:
     @property
     def seconds(self) -> float | None:
         return sum(self._seen.values()) if self.available else None
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (benchmarks never bind any other address)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def load_average() -> tuple[float, float, float]:

@@ -55,13 +55,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     SessionCPU,
     Timer,
-    free_port,
     load_average,
     machine_line,
     median,
     ratio,
     table,
 )
+
+from artray.runtime import free_port
 
 TARGET = 576
 SEED = 20240611

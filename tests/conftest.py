@@ -28,11 +28,7 @@ for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
 
 import pytest  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from artray.runtime import free_port  # noqa: E402  (tests/test_submit.py imports it from here)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import socket
 import threading
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ from PIL import Image
 
 from artray import corpus, storage
 from artray.corpora.fetch import FetchConfig, Fetcher, default_user_agent, parse_retry_after
+from artray.runtime import free_port
 from artray.schema import ARTWORK_SCHEMA, FAILURE_SCHEMA, TEXT_SCHEMA, artwork_row
 from artray.stages.ingest import IngestConfig, IngestError, run_ingest
 from artray.storage import StorageOptions
@@ -93,12 +93,6 @@ def server():
     yield srv
     srv.httpd.shutdown()
     srv.httpd.server_close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ok(body, **headers):
@@ -216,7 +210,7 @@ def test_transient_failures_are_retried_and_consolidated(ray_local, server, tmp_
     server.routes["/down.jpg"] = lambda n: (503, {"Retry-After": "0"}, b"")
     server.routes["/later.jpg"] = lambda n: (200, {}, GOOD_JPEG) if phase["healthy"] else (429, {"Retry-After": "0"}, b"")
     items = {"slow": f"{server.url}/slow.jpg", "down": f"{server.url}/down.jpg", "later": f"{server.url}/later.jpg",
-             "refused": f"http://127.0.0.1:{_free_port()}/x.jpg"}
+             "refused": f"http://127.0.0.1:{free_port()}/x.jpg"}
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     _make_input(inp, items)
     cfg = _cfg(inp, out, retries=1, timeout_s=0.5, connect_timeout_s=1)

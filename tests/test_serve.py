@@ -26,6 +26,7 @@ from PIL import Image
 from artray import corpus
 from artray.encoders import EncoderMismatchError, load_encoder
 from artray.index.retrieval import read_index_manifest
+from artray.runtime import free_port
 from artray.serve.app import build_app
 from artray.serve.config import AuthConfig
 from artray.serve.local import ServeProcess, demo_indexes, serve_config
@@ -38,18 +39,12 @@ LIMITS = {"max_body_bytes": 3_000_000, "max_image_bytes": 2_000_000, "max_image_
           "max_text_chars": 300, "max_k": 20}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     indexes = demo_indexes(str(root), n=20, tiny_dir=str(tmp_path_factory.getbasetemp() / "tiny"))
     (root / "token").write_text(TOKEN + "\n")
-    config = serve_config(indexes, _free_port(), auth={"token_file": str(root / "token")}, limits=LIMITS,
+    config = serve_config(indexes, free_port(), auth={"token_file": str(root / "token")}, limits=LIMITS,
                           cors={"allow_origins": [ORIGIN]})
     by_name = {m["name"]: m for m in config["applications"][0]["args"]["models"]}
     by_name["cnclip"]["rerank"] = {"candidates": 6, "laclip": IDENTITY_LACLIP}  # LACLIP that is the plain cosine

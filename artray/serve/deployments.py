@@ -139,7 +139,7 @@ class IndexDeployment:
 
     def search_artwork(self, artwork_id: str, k: int, target: str) -> list[dict] | None:
         """Search with an artwork's stored image vector; None if it is not in the image gallery."""
-        vector = self.index.vector("image", artwork_id)
+        vector = self.artwork_vector(artwork_id)
         return None if vector is None else self.search(vector, k, target)
 
     def search(self, vector: np.ndarray, k: int, target: str) -> list[dict]:
