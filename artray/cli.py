@@ -114,6 +114,14 @@ def _cmd_make_tiny(args) -> int:
     return 0
 
 
+def _cmd_to_safetensors(args) -> int:
+    from artray.models.weights import convert_to_safetensors
+
+    n = convert_to_safetensors(args.src, args.dst)
+    print(f"[to-safetensors] {args.src}: {n} tensors → {args.dst}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from artray.demo import run_demo
 
@@ -155,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_tiny)
+    p = models_sub.add_parser(
+        "to-safetensors", help="convert a trusted pickle state dict (.pt/.pth/.bin, e.g. longclip-L.pt) to safetensors",
+        description="Loads SRC with torch.load(weights_only=True) (run it only on a file you trust) and writes "
+                    "its tensors to DST as safetensors, which artray loads without ARTRAY_ALLOW_PICKLE.")
+    p.add_argument("src", help="local pickle checkpoint")
+    p.add_argument("dst", help="local .safetensors file to write")
+    p.set_defaults(func=_cmd_to_safetensors)
 
     groups = {("corpus",): corpus_sub}
     for path, config_ref, runner, positionals, help_text in RAY_JOBS:

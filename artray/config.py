@@ -69,7 +69,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise ConfigError(f"--set {pair!r}: expected key=value")
         key, raw = pair.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except (yaml.YAMLError, RecursionError, ValueError) as exc:
+            raise ConfigError(f"--set {pair!r}: the value is not a valid YAML scalar or list ({exc}); quote it") from exc
+        _set_dotted(data, key.strip(), value)
     return data
 
 
@@ -90,6 +94,13 @@ def load_config(cls: type[C], path: str | None = None, overrides: dict | None = 
             raise ConfigError(f"config file {path} does not exist") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              "re-save it as UTF-8") from exc
+        except OSError as exc:  # a folder, no permission
+            raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from exc
+        except (RecursionError, ValueError) as exc:  # nesting too deep; an integer over Python's digit limit
+            raise ConfigError(f"config file {path} cannot be parsed ({type(exc).__name__}: {str(exc)[:200]})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of keys to values")
         data = loaded

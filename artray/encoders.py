@@ -9,11 +9,14 @@ is what keeps a gallery and its queries in the same space.
 Families (a plain dict, ``FAMILIES``):
 
 - ``blip``      BLIP ITC features (``BlipForImageTextRetrieval``; hub id, folder or s3://)
-- ``longclip``  Long-CLIP ``.pt`` (248 tokens) in open_clip; a 77-token OpenAI ``.pt`` too
+- ``longclip``  a Long-CLIP state dict file (248 tokens) in open_clip; a 77-token OpenAI one too
 - ``cnclip``    Chinese-CLIP (transformers)
 - ``open_clip`` ``hf-hub:org/name``, ``local-dir:/path``, ``ViT-B-32@laion2b_s34b_b79k``
-                (architecture@pretrained tag) or an OpenAI-layout ``.pt`` file
+                (architecture@pretrained tag) or an OpenAI-layout state dict file
 - ``hf_clip``   transformers ``CLIPModel`` (hub id, folder or s3://)
+
+Weight files from user paths load as safetensors; pickle checkpoints need the opt-in of
+``artray.models.weights`` (``ARTRAY_ALLOW_PICKLE=1``).
 
 ``Encoder.identity()`` says which weights produced a vector: family, checkpoint, dim and
 a *fingerprint* (the embeddings of a fixed synthetic image and text). Two encoders agree
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from artray.errors import UserError
+from artray.models.weights import PICKLE_SUFFIXES, check_weights_path, pretrained_kwargs
 from artray.storage import StorageOptions
 
 FAMILIES_HELP = "blip, longclip, cnclip, open_clip or hf_clip"
@@ -161,13 +165,13 @@ class BlipEncoder(Encoder):
 
 
 class OpenClipEncoder(Encoder):
-    """open_clip models: Long-CLIP and OpenAI-layout ``.pt`` files, hub/local/named models."""
+    """open_clip models: Long-CLIP and OpenAI-layout state dict files, hub/local/named models."""
 
     family = "open_clip"
 
     def __init__(self, checkpoint, device, dtype, storage_options=None):
         super().__init__(checkpoint, device, dtype)
-        if self.family == "longclip" or checkpoint.endswith((".pt", ".pth", ".bin")):
+        if self.family == "longclip" or checkpoint.endswith((*PICKLE_SUFFIXES, ".safetensors")):
             from artray.models.longclip import load_longclip
 
             bundle = load_longclip(checkpoint, device, dtype, storage_options)
@@ -178,6 +182,9 @@ class OpenClipEncoder(Encoder):
             name, pretrained = checkpoint, None
             if "@" in checkpoint and not checkpoint.startswith(("hf-hub:", "local-dir:")):
                 name, pretrained = checkpoint.split("@", 1)
+                check_weights_path(pretrained)  # a local weights file; tags pass
+            elif checkpoint.startswith("local-dir:"):
+                check_weights_path(checkpoint.removeprefix("local-dir:"))
             precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained, device=device, precision=precision)
@@ -238,7 +245,7 @@ class HFClipEncoder(Encoder):
 
         super().__init__(checkpoint, device, dtype)
         path = resolve_model_path(checkpoint, storage_options)
-        self.model = CLIPModel.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.model = CLIPModel.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(path)
         self.max_length = self.model.config.text_config.max_position_embeddings
         self._set_dim()

@@ -2,6 +2,7 @@
 
 Pillow's decompression-bomb guard is enforced explicitly: the pixel count is read from
 the header *before* decoding, so a 30000×30000 PNG is refused without allocating it.
+Every image artray decodes goes through here (never a bare ``Image.open``).
 """
 
 from __future__ import annotations
@@ -64,6 +65,17 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
     im = _open_checked(data, max_pixels)
     _load(im)
     return im
+
+
+def header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Size and format read from the header alone (no pixels decoded), refusing more than `max_pixels`."""
+    im = _open_checked(data, max_pixels)
+    return ImageInfo(im.width, im.height, (im.format or "unknown").lower())
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `data` (pixel count checked from the header first), keeping its mode."""
+    return _decode(data, max_pixels)
 
 
 def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:

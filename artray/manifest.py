@@ -8,6 +8,7 @@ import time
 from importlib import metadata
 
 from artray import __version__
+from artray.redact import redact
 
 _PACKAGES = ("torch", "ray", "pyarrow", "transformers", "diffusers", "open_clip_torch", "deepspeed", "Pillow")
 
@@ -29,9 +30,10 @@ def build_manifest(
     started: float,
     **extra,
 ) -> dict:
-    """A manifest dict for a finished stage; `extra` adds stage-specific sections."""
+    """A manifest dict for a finished stage; `extra` adds stage-specific sections. Credentials in the
+    config (URL user-info, signed URLs, secret-named keys, secret env values) are masked."""
     finished = time.time()
-    return {
+    return redact({
         "stage": stage,
         "config": config,
         "counts": counts,
@@ -41,4 +43,4 @@ def build_manifest(
         "versions": package_versions(),
         "host": socket.gethostname(),
         **extra,
-    }
+    })

@@ -5,22 +5,62 @@ from __future__ import annotations
 import os
 import socket
 
+BIND_ENV = "ARTRAY_BIND"  # address a local cluster listens on; default loopback
+# Ray's switch for single-machine clusters (its default on macOS/Windows): with it off, Ray takes
+# 127.0.0.1 as the node address, and its gRPC servers (GCS, raylet, workers, agents) then listen
+# on loopback only instead of on every interface.
+_RAY_MULTI_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_IN_RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager for a submitted job's driver
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.x.x.x, ::1 and localhost."""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _loopback_only() -> None:
+    """Make the Ray cluster this process starts single-machine: every port on 127.0.0.1."""
+    os.environ[_RAY_MULTI_NODE_ENV] = "0"  # the processes Ray spawns read it at import
+    from ray._private import ray_constants
+
+    if hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):  # this process imported Ray already
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def worker_env() -> dict[str, str]:
+    """artray settings the driver's environment must hand to every Ray worker (the pickle opt-in)."""
+    from artray.models.weights import ENV as ALLOW_PICKLE
+
+    return {ALLOW_PICKLE: os.environ[ALLOW_PICKLE]} if os.environ.get(ALLOW_PICKLE) else {}
+
 
 def init_ray(address: str | None = None) -> None:
-    """Attach to the cluster at `address` / $RAY_ADDRESS, or start a local one bound to 127.0.0.1.
+    """Attach to the cluster at `address` / $RAY_ADDRESS, or start a local one that listens on 127.0.0.1.
 
     A job submitted with `ray job submit` already has RAY_ADDRESS set and joins its cluster.
-    A local cluster started here never opens the dashboard, so nothing listens beyond loopback.
+    A local cluster started here opens no dashboard and binds every Ray port to loopback, so
+    nothing listens beyond this machine; ``ARTRAY_BIND=<address of this machine>`` makes it
+    listen there instead (Ray then binds its gRPC ports on every interface: a trusted network
+    only, token auth stays on). `worker_env` travels to the workers as the job's runtime_env.
     """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"logging_level": "WARNING"}
+    env = worker_env()
+    if env and _IN_RAY_JOB_ENV not in os.environ:  # a submitted job has it in its runtime_env already
+        kwargs["runtime_env"] = {"env_vars": env}
     if address:
-        ray.init(address=address, logging_level="WARNING")
+        ray.init(address=address, **kwargs)
+        return
+    bind = os.environ.get(BIND_ENV, "").strip() or "127.0.0.1"
+    if is_loopback(bind):
+        _loopback_only()
     else:
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        kwargs["_node_ip_address"] = bind
+    ray.init(include_dashboard=False, **kwargs)
 
 
 def free_port() -> int:

@@ -156,14 +156,16 @@ def failure_row(
     row: str | int | None = None,
     retryable: bool = False,
 ) -> dict:
-    """A failures-table row: what failed, where (file/row), why, and how to fix it."""
+    """A failures-table row: what failed, where (file/row), why, and how to fix it (credentials masked)."""
+    from artray.redact import redact_text
+
     return {
         "key": key,
         "stage": stage,
-        "file": file,
+        "file": redact_text(file) if file else file,
         "row": None if row is None else str(row),
         "reason": reason,
-        "detail": detail,
+        "detail": redact_text(detail) if detail else detail,
         "retryable": retryable,
     }
 

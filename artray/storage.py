@@ -168,6 +168,10 @@ def read_parquet(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: l
         return pq.read_table(path, filesystem=fs, columns=columns)
     except FileNotFoundError as exc:
         raise StorageError(f"{uri} does not exist") from exc
+    except pa.ArrowInvalid as exc:  # truncated or not Parquet: never take its rows as committed
+        raise StorageError(
+            f"{uri} is not a complete Parquet file ({exc}). artray commits every shard in one step, so something "
+            "else left it (an interrupted copy or streaming writer, another tool): delete it and run again") from exc
     except OSError as exc:
         raise _wrap(uri, "read", exc) from exc
 

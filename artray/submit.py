@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shlex
 import sys
 import time
@@ -26,6 +25,8 @@ from urllib.parse import urlparse
 import yaml
 
 from artray.errors import UserError
+from artray.redact import is_credential_name
+from artray.runtime import worker_env
 
 # stage → (entrypoint script relative to the working dir, leading arguments)
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -47,8 +48,6 @@ ALWAYS_EXCLUDE = [".git", ".venv", "demo_out", ".torch_extensions", "__pycache__
                   ".pytest_cache", "tests", "bench", ".whl", ".gl"]
 # Ray CLI (`pip install ray`) is not artray's dependency set on a stock image: installed from the pins.
 _NOT_INSTALLED_BY_JOB = ("ray",)
-# env_vars a runtime_env must not carry: it is stored in the job table, readable by whoever lists jobs.
-_CREDENTIAL_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)")
 
 
 # --- connection -----------------------------------------------------------------------------
@@ -114,7 +113,8 @@ def pinned_requirements(pyproject: Path) -> list[str]:
 
 def build_runtime_env(working_dir: str | Path = ".", runtime_env_file: str | None = DEFAULT_RUNTIME_ENV,
                       install_deps: bool = False) -> dict:
-    """The job's runtime_env: the YAML file's, with `working_dir` set and the excludes ensured."""
+    """The job's runtime_env: the YAML file's, with `working_dir` set, the excludes ensured and this shell's
+    ``ARTRAY_ALLOW_PICKLE`` passed on."""
     working_dir = Path(working_dir)
     env: dict = {}
     if runtime_env_file:
@@ -127,6 +127,8 @@ def build_runtime_env(working_dir: str | Path = ".", runtime_env_file: str | Non
         if not isinstance(env, dict):
             raise UserError(f"runtime_env file {runtime_env_file} must hold a mapping")
     env["working_dir"] = str(working_dir)
+    if worker_env():  # this shell's pickle opt-in (ARTRAY_ALLOW_PICKLE) goes with the job; the file's wins
+        env["env_vars"] = {**worker_env(), **(env.get("env_vars") or {})}
     env["excludes"] = list(dict.fromkeys([*(env.get("excludes") or []), *ALWAYS_EXCLUDE]))
     if install_deps:
         reqs = pinned_requirements(working_dir / "pyproject.toml")
@@ -137,7 +139,7 @@ def build_runtime_env(working_dir: str | Path = ".", runtime_env_file: str | Non
         pip.setdefault("pip_check", False)
         env["pip"] = pip
     for name in (env.get("env_vars") or {}):
-        if _CREDENTIAL_NAME.search(name.upper()):
+        if is_credential_name(name):  # the runtime_env is stored in the job table, readable by whoever lists jobs
             raise UserError(f"runtime_env env_vars.{name}: credentials do not belong in a runtime_env "
                                 "(they are visible to everyone who can list jobs); use instance profiles / IRSA")
     return env

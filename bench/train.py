@@ -40,16 +40,16 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 def _full_size_longclip(root: str) -> str:
-    """A random ViT-L/14 CLIP (OpenAI layout) stretched to 248 positions, saved as longclip.pt."""
+    """A random ViT-L/14 CLIP (OpenAI layout) stretched to 248 positions, saved as safetensors."""
     import open_clip
-    import torch
 
     from artray.models.longclip import longclip_state_dict_from_clip
+    from artray.models.weights import save_state_dict
 
     model = open_clip.create_model("ViT-L-14-quickgelu", pretrained=None)
     sd = {k: v for k, v in model.state_dict().items()}
-    path = os.path.join(root, "longclip-L-random.pt")
-    torch.save(longclip_state_dict_from_clip(sd), path)
+    path = os.path.join(root, "longclip-L-random.safetensors")
+    save_state_dict(longclip_state_dict_from_clip(sd), path)
     return path
 
 

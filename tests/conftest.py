@@ -28,7 +28,7 @@ for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
 
 import pytest  # noqa: E402
 
-from artray.runtime import free_port  # noqa: E402  (tests/test_submit.py imports it from here)
+from artray.runtime import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")

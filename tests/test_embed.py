@@ -17,6 +17,7 @@ from artray import corpus, storage
 from artray.corpora.importer import ImportConfig, import_corpus
 from artray.corpora.sample import make_samples
 from artray.encoders import EncoderMismatchError, check_same_encoder, load_encoder
+from artray.models.weights import load_state_dict, save_state_dict
 from artray.schema import ARTWORK_SCHEMA, EMBEDDING_SCHEMA, TEXT_SCHEMA, artwork_row
 from artray.stages.embed import EmbedConfig, EmbedError, read_embeddings, run_embed
 from artray.storage import StorageOptions
@@ -163,12 +164,12 @@ def test_one_output_holds_one_encoder(embedded, tiny, s3, tmp_path):
         run_embed(other)
 
     # The same path, new weights: the actors' fingerprint check refuses to mix them in.
-    original = tmp_path / "original.pt"
+    original = tmp_path / "original.safetensors"
     shutil.copy(tiny["longclip"], original)
     try:
-        sd = torch.load(original, weights_only=True)
+        sd = load_state_dict(original)
         sd["visual.proj"] = sd["visual.proj"] * -1
-        torch.save(sd, tiny["longclip"])
+        save_state_dict(sd, tiny["longclip"])
         storage.delete(storage.list_files(storage.join(cfg.output, "embeddings"), ".parquet", opts)[0], opts)
         with pytest.raises(Exception, match="overwritten"):
             run_embed(cfg)

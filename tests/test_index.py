@@ -16,6 +16,7 @@ from artray.encoders import EncoderMismatchError, load_encoder
 from artray.index.build import IndexConfig, build_index
 from artray.index.faiss_types import IndexBuildError
 from artray.index.retrieval import IndexNotFoundError, load_index
+from artray.models.weights import load_state_dict, save_state_dict
 from artray.stages.embed import EmbedConfig, read_embeddings, run_embed
 from artray.storage import StorageOptions
 
@@ -91,12 +92,12 @@ def test_index_refuses_an_encoder_it_was_not_built_with(flat, tiny, tmp_path):
     with pytest.raises(EncoderMismatchError, match="not comparable"):
         load_index(flat, encoder=other.identity())
     # Same path, retrained weights: the fingerprint catches it.
-    original = tmp_path / "original.pt"
+    original = tmp_path / "original.safetensors"
     shutil.copy(tiny["longclip"], original)
     try:
-        sd = torch.load(original, weights_only=True)
+        sd = load_state_dict(original)
         sd["text_projection"] = sd["text_projection"] + 0.5 * torch.randn_like(sd["text_projection"])
-        torch.save(sd, tiny["longclip"])
+        save_state_dict(sd, tiny["longclip"])
         with pytest.raises(EncoderMismatchError, match="overwritten"):
             load_index(flat, encoder=load_encoder("longclip", tiny["longclip"], device="cpu").identity())
     finally:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from artray.models.weights import load_state_dict, save_state_dict
 from artray.storage import StorageOptions
 
 NAMES = ["sd-img2img", "llava", "blip-retrieval", "blip-captioner", "git-captioner", "clip-77", "longclip", "cnclip"]
@@ -158,12 +159,12 @@ def test_longclip_checkpoint_layout_and_load(tiny, tmp_path):
 
     from artray.models.longclip import load_longclip
 
-    sd = torch.load(tiny["longclip"], weights_only=True)
+    sd = load_state_dict(tiny["longclip"])  # safetensors: no pickle opt-in needed
     assert sd["positional_embedding"].shape == sd["positional_embedding_res"].shape == (248, 64)
     # Make the trained part differ, as after fine-tuning, to see the merge rule pe[:20] ++ pe_res[20:].
     sd["positional_embedding_res"] = sd["positional_embedding_res"] + 1.0
-    tuned = tmp_path / "longclip-tuned.pt"
-    torch.save(sd, tuned)
+    tuned = tmp_path / "longclip-tuned.safetensors"
+    save_state_dict(sd, tuned)
     bundle = load_longclip(str(tuned))
     assert bundle.context_length == 248 == bundle.model.context_length
     pe = bundle.model.positional_embedding.detach()
@@ -183,7 +184,7 @@ def test_longclip_checkpoint_layout_and_load(tiny, tmp_path):
 def test_clip77_loads_plain_or_stretched(tiny):
     from artray.models.longclip import load_longclip, stretch_positional_embedding
 
-    src = torch.load(tiny["clip-77"], weights_only=True)["positional_embedding"]
+    src = load_state_dict(tiny["clip-77"])["positional_embedding"]
     assert load_longclip(tiny["clip-77"]).context_length == 77
     stretched = load_longclip(tiny["clip-77"], stretch=True)
     assert stretched.context_length == 248
@@ -225,7 +226,7 @@ def test_resolve_model_path_downloads_s3_folder_once(tiny, s3_bucket, s3_endpoin
     for f in local.rglob("*"):
         if f.is_file():
             s3.upload_file(str(f), bucket, f"models/blip/{f.relative_to(local)}")
-    s3.upload_file(tiny["longclip"], bucket, "models/longclip-tiny.pt")
+    s3.upload_file(tiny["longclip"], bucket, "models/longclip-tiny.safetensors")
     opts = StorageOptions(endpoint_url=s3_endpoint)
 
     uri = f"{s3_bucket}/models/blip"
@@ -240,5 +241,5 @@ def test_resolve_model_path_downloads_s3_folder_once(tiny, s3_bucket, s3_endpoin
     ref_sd = ref.model.state_dict()
     assert all(torch.equal(v, ref_sd[k]) for k, v in remote.model.state_dict().items())
 
-    bundle = load_longclip(f"{s3_bucket}/models/longclip-tiny.pt", storage_options=opts)
+    bundle = load_longclip(f"{s3_bucket}/models/longclip-tiny.safetensors", storage_options=opts)
     assert bundle.context_length == 248

@@ -21,7 +21,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+import sockets
+from artray.runtime import free_port
 
 from artray import submit as sub
 from artray.cli import main
@@ -46,29 +47,29 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 1
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """A token-authenticated Ray head on 127.0.0.1 with the job API; yields (address, token file)."""
+def head_process():
+    """cluster/start-local.sh (as users run it: token auth, 127.0.0.1) with its own ports, token file and temp
+    dir, in the foreground (`--block`); yields (address, token file, the `ray start` process)."""
     tmp = Path(tempfile.mkdtemp(prefix="/tmp/arsub"))  # short: Ray's unix socket paths have a length limit
     token_file = tmp / "token"
     token_file.write_text(secrets.token_hex(32))
     token_file.chmod(0o600)
     dash = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_API_SERVER_ADDRESS")}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_API_SERVER_ADDRESS", "ARTRAY_BIND")}
+    env.update(RAY_AUTH_TOKEN_PATH=str(token_file), ARTRAY_RAY_PORT=str(free_port()), ARTRAY_DASHBOARD_PORT=str(dash),
                # jobs run `python …`: the venv's, like the head's own
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     log = tmp / "ray-start.log"
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-           f"--port={free_port()}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={dash}", f"--ray-client-server-port={free_port()}",
+    cmd = ["bash", str(REPO / "cluster" / "start-local.sh"), "--block", f"--ray-client-server-port={free_port()}",
            f"--dashboard-agent-listen-port={free_port()}", "--include-dashboard=true", "--num-cpus=2",
            "--object-store-memory=100000000", f"--temp-dir={tmp / 'ray'}"]
-    with open(log, "wb") as fh:
+    with open(log, "wb") as fh:  # the script execs `ray start`: this process is the head's
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
         _wait_http(address + "/api/version", proc, log)
-        yield address, token_file
+        yield address, token_file, proc
     finally:
         proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its own node on SIGTERM
         try:
@@ -77,6 +78,12 @@ def ray_head():
             os.killpg(proc.pid, signal.SIGKILL)  # the group this fixture started, nothing else
             proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(head_process):
+    """The token-authenticated head's job API; (address, token file)."""
+    return head_process[:2]
 
 
 @pytest.fixture
@@ -153,9 +160,7 @@ def test_failing_job_returns_nonzero_with_its_error(as_client, failing_job, caps
     assert main(["jobs", "status", job_id, "--address", address]) == 1
 
 
-@pytest.mark.parametrize("how", ["no token", "wrong token"])
-def test_job_api_refuses_without_the_token(ray_head, monkeypatch, how):
-    address, _ = ray_head
+def _client_without_token(monkeypatch, how: str) -> None:
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     if how == "no token":
         monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -163,9 +168,60 @@ def test_job_api_refuses_without_the_token(ray_head, monkeypatch, how):
     else:
         monkeypatch.setenv("RAY_AUTH_MODE", "token")
         monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token-" + secrets.token_hex(8))
+
+
+@pytest.mark.parametrize("how", ["no token", "wrong token"])
+def test_job_api_refuses_without_the_token(ray_head, monkeypatch, how):
+    address, _ = ray_head
+    _client_without_token(monkeypatch, how)
     with pytest.raises(UserError) as exc:
         sub.make_client(address).list_jobs()
     assert "not-the-token" not in str(exc.value)
+
+
+def _submission_ids(address: str, token_file: Path) -> set[str]:
+    from ray.job_submission import JobSubmissionClient
+
+    admin = JobSubmissionClient(address, headers={"Authorization": f"Bearer {token_file.read_text()}"})
+    return {j.submission_id for j in admin.list_jobs()}
+
+
+@pytest.mark.parametrize("how", ["no token", "wrong token"])
+def test_artray_submit_is_refused_without_the_token(ray_head, sample_dir, tmp_path, monkeypatch, capsys, how):
+    address, token_file = ray_head
+    _client_without_token(monkeypatch, how)
+    job_id = f"artray-test-refused-{secrets.token_hex(3)}"
+    rc = main(_submit_args(address, "--set", f"src={sample_dir / 'artcap'}", "--set", f"dest={tmp_path / 'out'}",
+                           "--job-id", job_id, "--wait"))
+    out, err = capsys.readouterr()
+    assert rc == 2 and f"artray: error: cannot reach the Ray job API at {address}" in err
+    assert "not-the-token" not in out + err
+    assert job_id not in _submission_ids(address, token_file) and not (tmp_path / "out").exists()
+
+
+def test_ray_job_submit_is_refused_without_the_token_and_runs_with_it(ray_head):
+    address, token_file = ray_head
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("RAY_AUTH") and k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    job_id = f"ray-cli-{secrets.token_hex(3)}"
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--submission-id", job_id,
+           "--", "python", "-c", "print('hello from the job')"]
+    for refused_env in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}):
+        refused = subprocess.run(cmd, env={**env, **refused_env}, capture_output=True, text=True, timeout=180)
+        assert refused.returncode != 0 and "hello from the job" not in refused.stdout
+    assert job_id not in _submission_ids(address, token_file)
+    ok = subprocess.run(cmd, env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)},
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "hello from the job" in ok.stdout, ok.stdout + ok.stderr
+    assert "succeeded" in ok.stdout.lower()
+
+
+def test_start_local_head_listens_on_loopback_only(head_process):
+    address, _, proc = head_process
+    found = sockets.listening(proc.pid)
+    names, ports = {name for name, _, _ in found}, {port for _, _, port in found}
+    assert {"gcs_server", "raylet"} <= names and int(address.rsplit(":", 1)[1]) in ports, found  # + the dashboard
+    assert sockets.wide(found) == [], f"the head listens beyond 127.0.0.1: {sockets.wide(found)}"
 
 
 # --- no cluster needed --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Chinese-CLIP, BLIP retrieval and the captioners on 2 Ray Train workers (CPU, DeepSpeed ZeRO-2) with
 their tiny checkpoints and the sample corpora: Chinese-CLIP's training loss falls and its
 validation recall beats the untrained tiny model by a margin (3+ more R@1 hits of 30 and the mean of
-R@1/5/10 both ways; BLIP retrieval: mechanics only, see its test), the captioners' losses fall, and each export loads through artray.models.
+R@1/5/10 both ways; BLIP retrieval too), the captioners' losses fall, and each export loads through artray.models.
 
 Learning rates and step counts are for the tiny models and the sample corpora (presets keep the papers'
 values); they were picked from measured runs, not from one lucky hit."""
@@ -84,18 +84,17 @@ def test_cnclip_long_context_learns_and_exports(ray_local, tiny, retrieval_corpo
 
 
 @pytest.mark.slow
-def test_blip_retrieval_itc_itm_reports_truncation(ray_local, tiny, corpora, tmp_path):
+def test_blip_retrieval_itc_itm_learns_and_reports_truncation(ray_local, tiny, retrieval_corpora, tmp_path):
     from artray.models.blip import load_blip_retrieval
 
-    cfg = TrainConfig(**COMMON, preset="blip", model=tiny["blip-retrieval"], corpus=corpora["artpedia"],
-                      output=str(tmp_path / "runs"), lr=1e-4, epochs=5, batch_size=8, max_length=16)
+    # 10 × 18 steps at 3e-3 (batch 4 per worker); the SIGIR preset's 5e-6 is for the pretrained BLIP.
+    cfg = TrainConfig(**COMMON, preset="blip", model=tiny["blip-retrieval"], corpus=retrieval_corpora["artpedia"],
+                      output=str(tmp_path / "runs"), lr=3e-3, epochs=10, batch_size=4, max_length=16)
     out = run_train(cfg)
     final = out["metrics"]
+    assert final["epoch"] == 10
     assert 0 < final["text_truncated_frac"] <= 1  # Artpedia paragraphs are longer than 16 tokens
-    # Mechanics only. The tiny BLIP learns in a plain single-process loop (lr 1e-3, batch 4–8: R@1 1 → 4–6
-    # of 30) but under this 2-worker DeepSpeed loop its loss stays at chance (ln 8 + ITM) at 1e-4 – 1e-3,
-    # with or without warm-up: an open issue, not a tuning one.
-    assert final["epoch"] == 5 and 0 <= final["val_r1"] <= 1
+    assert_learns(out)
     assert load_blip_retrieval(out["export"]).model.itm_head.out_features == 2
 
 

@@ -16,10 +16,12 @@ import json
 import os
 
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image, ImageEnhance
 
 from artray.corpus import ShardWriter, read_artworks
+from artray.models.weights import load_state_dict
 from artray.schema import CAPTION_SCHEMA, VARIANT_SCHEMA
 from artray.train.config import TrainConfig
 from artray.train.run import run_train
@@ -123,8 +125,8 @@ def test_longclip_pcm_two_workers_mixing_improves_recall_and_exports(ray_local, 
     assert final["epoch"] == 4 and final["variants_seen"] > 0 and final["restored"] == 0
     assert_learns(out)
     # Export: the longclip-L.pt layout, loadable by load_longclip at 248 tokens, kept positions untouched.
-    sd = torch.load(out["export"], map_location="cpu", weights_only=True)
-    src = torch.load(tiny["longclip"], map_location="cpu", weights_only=True)
+    sd = load_state_dict(out["export"])  # safetensors with longclip-L.pt's keys
+    src = load_state_dict(tiny["longclip"])
     assert set(sd) == set(src) and sd["logit_scale"].shape == ()
     assert torch.equal(sd["positional_embedding"], src["positional_embedding"])  # the frozen tensor
     assert not torch.equal(sd["positional_embedding_res"][20:], src["positional_embedding_res"][20:])
@@ -156,9 +158,9 @@ def test_checkpoints_and_export_on_s3(ray_local, tiny, artpedia, s3_endpoint, s3
                       s3_endpoint=s3_endpoint, epochs=1, max_failures=0)
     out = run_train(cfg)
     assert "/runs/s3/checkpoint_" in out["best_checkpoint"]  # Ray Train wrote it through the S3 filesystem
-    assert out["export"] == f"{s3_bucket}/runs/s3/export/longclip.pt"
+    assert out["export"] == f"{s3_bucket}/runs/s3/export/longclip.safetensors"
     data = storage.read_bytes(out["export"], StorageOptions(endpoint_url=s3_endpoint))
-    sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    sd = safetensors.torch.load(data)
     assert sd["logit_scale"].shape == ()
 
 
@@ -179,4 +181,4 @@ def test_zero3_and_bf16_on_cpu(ray_local, tiny, artpedia, tmp_path, zero_stage, 
     assert out["metrics"]["step"] == 3 and out["metrics"]["train_loss"] == out["metrics"]["train_loss"]  # not NaN
     with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
         assert json.load(f)["deepspeed"]["zero_optimization"] == {"stage": zero_stage}
-    assert torch.load(out["export"], map_location="cpu", weights_only=True)["logit_scale"].shape == ()
+    assert load_state_dict(out["export"])["logit_scale"].shape == ()

@@ -14,11 +14,23 @@ from artray.corpora.importer import (
     ImportConfig,
     ImportPlan,
     ImportSink,
+    bad_unicode,
     load_json,
 )
 
 INDEX = "ArtCap.json"
 IMAGES = "ArtCap_Images_Dataset"
+
+
+def bad_file_name(name: str) -> str | None:
+    """Why `name` cannot be a file in the image folder (a path, empty, a NUL byte...), or None."""
+    if name in ("", ".", ".."):
+        return "is not a file name"
+    if "/" in name or "\\" in name:
+        return "is a path, not a file name inside the image folder"
+    if "\x00" in name or bad_unicode(name):
+        return "holds a NUL byte or invalid Unicode"
+    return None
 
 
 def read(cfg: ImportConfig) -> ImportPlan:
@@ -40,6 +52,11 @@ def read(cfg: ImportConfig) -> ImportPlan:
                       key=ids.get(name, name), file=index, row=name)
         for name, captions in data.items():
             key = ids[name]
+            problem = bad_file_name(name)
+            if problem:
+                sink.fail("bad_file_name", f"image {name!r} {problem}; ArtCap keys are the images' file names in "
+                          f"{IMAGES}/; fix {index}", key=key, file=index, row=name)
+                continue
             if not isinstance(captions, list):
                 sink.fail("bad_entry", f"captions of {name!r} must be a list of strings; fix {index}",
                           key=key, file=index, row=name)

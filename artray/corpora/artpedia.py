@@ -18,6 +18,7 @@ from artray.corpora.importer import (
 )
 
 INDEX = "artpedia.json"
+INT32 = (-(2**31), 2**31 - 1)  # the schema's year column
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".tif", ".tiff", ".webp", ".bmp")
 
 
@@ -69,6 +70,9 @@ def _emit_one(sink: ImportSink, key: str, entry, index: str, image_files: dict[s
         sink.fail("bad_entry", f"entry {key!r} is a {type(entry).__name__}, not an object; fix it in {index}",
                   key=key, file=index, row=key)
         return
+    if getattr(entry, "duplicate_keys", ()):
+        sink.fail("duplicate_field", f"entry {key!r} has field(s) {sorted(set(entry.duplicate_keys))} more than once "
+                  f"in {index}; the first of each was kept", key=key, file=index, row=key)
     split = sink.split(entry.get("split"), key=key, file=index, row=key)
     visual = _sentences(entry.get("visual_sentences"))
     contextual = _sentences(entry.get("contextual_sentences"))
@@ -103,7 +107,7 @@ def _emit_one(sink: ImportSink, key: str, entry, index: str, image_files: dict[s
         file=index, row=key, artwork_id=key, split=split, captions=[caption] if caption else [],
         text_ids=[key] if caption else [], image=image, image_uri=image_uri, img_url=img_url,
         width=width, height=height, title=entry.get("title") if isinstance(entry.get("title"), str) else None,
-        year=year if isinstance(year, int) and not isinstance(year, bool) else None,
+        year=year if isinstance(year, int) and not isinstance(year, bool) and INT32[0] <= year <= INT32[1] else None,
         visual_sentences=visual, contextual_sentences=contextual,
     )
     if accepted:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import posixpath
+
+import pyarrow as pa
 
 from artray import storage
 from artray.corpora import splits
@@ -21,6 +24,9 @@ from artray.corpora.importer import (
     ImportConfig,
     ImportPlan,
     ImportSink,
+    bad_unicode,
+    line_of,
+    parse_json_line,
 )
 
 METADATA_NAMES = ("metadata.csv", "metadata.parquet", "metadata.jsonl")
@@ -28,20 +34,51 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
 def _records_from_table(uri: str, options) -> list[tuple[int, dict]]:
-    """(row number, record) pairs from a CSV/Parquet/JSONL metadata file."""
+    """(row number, record) pairs from a CSV/Parquet/JSONL metadata file.
+
+    A JSONL line that is not a JSON object becomes an ``__error__`` record (a failure row);
+    a CSV or Parquet file that cannot be parsed at all is a `CorpusImportError`."""
     if uri.endswith(".parquet"):
-        return list(enumerate(storage.read_parquet(uri, options).to_pylist(), start=1))
+        try:
+            return list(enumerate(storage.read_parquet(uri, options).to_pylist(), start=1))
+        except (pa.ArrowException, ValueError) as exc:  # not Parquet, or a corrupt footer/page
+            raise CorpusImportError(f"{uri} is not a readable Parquet file ({exc}); re-export it") from exc
     if uri.endswith(".jsonl"):
         out = []
         for lineno, raw in enumerate(storage.iter_lines(uri, options), start=1):
             if raw.strip():
                 try:
-                    out.append((lineno, json.loads(raw.decode("utf-8"))))
-                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                    out.append((lineno, {"__error__": f"not valid JSON ({exc})"}))
+                    rec = parse_json_line(raw)
+                except ValueError as exc:
+                    rec = {"__error__": f"not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"}
+                if not isinstance(rec, dict):
+                    rec = {"__error__": f"the line is a JSON {type(rec).__name__}, not an object of columns"}
+                out.append((lineno, rec))
         return out
-    text = storage.read_bytes(uri, options).decode("utf-8-sig")
-    return [(i, row) for i, row in enumerate(csv.DictReader(io.StringIO(text)), start=2)]
+    data = storage.read_bytes(uri, options)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CorpusImportError(f"{uri} is not UTF-8 text (line {line_of(data, exc.start)}: {exc.reason}); "
+                                "re-save it as UTF-8") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    out = []
+    try:
+        for row in reader:
+            out.append((reader.line_num, row))
+    except csv.Error as exc:  # a NUL byte, a field over csv's size limit
+        raise CorpusImportError(f"{uri} line {reader.line_num + 1}: not valid CSV ({exc}); fix the file") from exc
+    return out
+
+
+def bad_path(path: str) -> str | None:
+    """Why `path` may not name an image of the collection, or None: paths stay inside the folder."""
+    if "\x00" in path or bad_unicode(path):
+        return "holds a NUL byte or invalid Unicode"
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if norm.startswith("/") or norm == ".." or norm.startswith("../"):
+        return "points outside the collection's folder; give a path relative to it"
+    return None
 
 
 def _records_from_sidecars(src: str, options) -> list[tuple[str, dict]]:
@@ -52,10 +89,15 @@ def _records_from_sidecars(src: str, options) -> list[tuple[str, dict]]:
         name = storage.basename(uri)
         stem, dot, ext = name.rpartition(".")
         if dot and f".{ext.lower()}" in IMAGE_EXTS:
-            caption = None
+            rec = {"file_name": name, "caption": None}
             if f"{stem}.txt" in names:
-                caption = storage.read_bytes(storage.join(src, f"{stem}.txt"), options).decode("utf-8", "replace")
-            out.append((name, {"file_name": name, "caption": caption}))
+                txt = storage.join(src, f"{stem}.txt")
+                try:
+                    rec["caption"] = storage.read_bytes(txt, options).decode("utf-8-sig")
+                except UnicodeDecodeError as exc:
+                    rec = {"__error__": f"caption file {txt} is not UTF-8 text ({exc.reason}); re-save it as UTF-8",
+                           "__reason__": "bad_caption"}
+            out.append((name, rec))
     return out
 
 
@@ -96,13 +138,17 @@ def read(cfg: ImportConfig) -> ImportPlan:
     def emit(sink: ImportSink) -> None:
         for row, rec in records:
             if "__error__" in rec:
-                sink.fail("bad_line", rec["__error__"], file=where, row=row)
+                sink.fail(rec.get("__reason__", "bad_line"), rec["__error__"], file=where, row=row)
                 continue
             path = rec.get(image_col)
             if not path:
                 sink.fail("missing_image", f"row has no {image_col!r}; fill it in {where}", file=where, row=row)
                 continue
             key = artwork_id(rec)
+            problem = bad_path(str(path))
+            if problem:
+                sink.fail("bad_path", f"image path {str(path)!r} {problem}; fix {where}", key=key, file=where, row=row)
+                continue
             if has_split_col:
                 split = sink.split(rec.get(cfg.split_column), key=key, file=where, row=row)
             else:

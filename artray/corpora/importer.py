@@ -49,35 +49,88 @@ class ImportPlan:
     manifest_extra: dict = field(default_factory=dict)
 
 
+class JsonObject(dict):
+    """A parsed JSON object that remembers which of its keys appeared more than once."""
+
+    duplicate_keys: tuple[str, ...] = ()
+
+
+def _keep_first(pairs) -> JsonObject:
+    """`object_pairs_hook`: keep the first of duplicate keys and record the others."""
+    obj, dups = JsonObject(), []
+    for k, v in pairs:
+        if k in obj:
+            dups.append(k)
+            continue
+        obj[k] = v
+    obj.duplicate_keys = tuple(dups)
+    return obj
+
+
+def line_of(raw: bytes, offset: int) -> int:
+    """The 1-based line number of byte `offset` in `raw`."""
+    return raw.count(b"\n", 0, offset) + 1
+
+
+def parse_json_line(raw: bytes):
+    """One JSON value from one line of a JSONL file; ValueError (with the cause) if it is not one.
+
+    Beyond `json.JSONDecodeError`: bytes that are not UTF-8, nesting too deep for Python's
+    parser and integers over Python's digit limit — all bad input, never a crash.
+    """
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_keep_first)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
 def load_json(uri: str, options) -> tuple[object, list[str]]:
-    """Parse a JSON index file; returns the data and any object keys that appear twice.
+    """Parse a JSON index file; returns the data and the top-level keys that appear twice.
 
     Python's json silently keeps the last of duplicate keys; corpora keyed by id must not.
+    Every object of the result is a `JsonObject`, so a reader can report repeated fields too.
     """
-    duplicates: list[str] = []
-
-    def pairs_hook(pairs):
-        seen = {}
-        for k, v in pairs:
-            if k in seen:
-                duplicates.append(k)
-                continue
-            seen[k] = v
-        return seen
-
     try:
         raw = storage.read_bytes(uri, options)
     except storage.StorageError as exc:
         raise CorpusImportError(f"{exc}; pass the path of the dataset's index file or folder") from exc
     try:
-        return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=pairs_hook), duplicates
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_keep_first)
     except UnicodeDecodeError as exc:
-        raise CorpusImportError(f"{uri} is not UTF-8 text ({exc}); re-save it as UTF-8") from exc
+        raise CorpusImportError(f"{uri} is not UTF-8 text (line {line_of(raw, exc.start)}: {exc.reason}); "
+                                "re-save it as UTF-8") from exc
     except json.JSONDecodeError as exc:
         raise CorpusImportError(
             f"{uri} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}. "
             f"Fix the file (python -m json.tool {uri} shows the spot) and re-run"
         ) from exc
+    except (RecursionError, ValueError) as exc:  # nesting too deep; an integer over Python's digit limit
+        raise CorpusImportError(f"{uri} cannot be read as JSON ({type(exc).__name__}: {str(exc)[:200]}); "
+                                "fix the file and re-run") from exc
+    return data, list(getattr(data, "duplicate_keys", ()))
+
+
+def bad_unicode(value) -> bool:
+    """True if `value` (a string, or a list of them) holds lone surrogates, which UTF-8 cannot store.
+
+    JSON allows them as escapes (``"\\ud800"``); Parquet, Arrow and tokenizers refuse them.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(bad_unicode(v) for v in value)
+    return False
+
+
+def _printable(value):
+    """`value` made storable: lone surrogates become backslash escapes (for failure rows)."""
+    if isinstance(value, str) and bad_unicode(value):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 class ImportConfig(JobConfig):
@@ -124,7 +177,8 @@ class ImportSink:
 
     def fail(self, reason: str, detail: str, *, key=None, file=None, row=None) -> None:
         self.reasons[reason] += 1
-        self.failures.add(failure_row(STAGE, reason, detail, key=key, file=file, row=row))
+        self.failures.add(failure_row(STAGE, reason, _printable(detail), key=_printable(key), file=_printable(file),
+                                      row=_printable(row)))
 
     def split(self, value, *, key, file, row) -> str | None:
         split = normalise_split(value)
@@ -145,6 +199,10 @@ class ImportSink:
             cap = " ".join(cap.split())
             if not cap:
                 continue
+            if bad_unicode(cap):
+                self.fail("bad_caption", f"caption #{i} holds invalid Unicode (a lone surrogate escape such as "
+                          f"\\ud800); fix it in {file}", key=key, file=file, row=row)
+                continue
             if len(cap) > self.cfg.max_caption_chars:
                 self.fail("caption_too_long",
                           f"caption #{i} has {len(cap)} characters, over max_caption_chars={self.cfg.max_caption_chars}; "
@@ -154,20 +212,23 @@ class ImportSink:
         return kept
 
     def read_image(self, uri: str, *, key, row, file=None) -> tuple[bytes, imaging.ImageInfo] | None:
-        """The bytes and size of the image at `uri`, or None (and a failure row) if unusable."""
+        """The bytes and size of the image at `uri`, or None (and a failure row) if unusable.
+
+        The failure row names `file` and `row` (the index entry), or the image file itself if
+        `file` is None."""
         try:
             data = storage.read_bytes(uri, self.cfg.storage_options())
         except storage.StorageError:
-            self.fail("missing_image", f"image file {uri} does not exist; add it or remove the entry",
+            self.fail("missing_image", f"image file {uri} does not exist or cannot be read; add it or remove the entry",
                       key=key, file=file or uri, row=row)
             return None
-        return self.check_image(data, key=key, file=uri, row=row)
+        return self.check_image(data, key=key, file=file or uri, row=row, image=uri)
 
-    def check_image(self, data: bytes, *, key, file, row) -> tuple[bytes, imaging.ImageInfo] | None:
+    def check_image(self, data: bytes, *, key, file, row, image=None) -> tuple[bytes, imaging.ImageInfo] | None:
         try:
             return data, imaging.probe(data, self.cfg.max_image_pixels)
         except imaging.ImageError as exc:
-            self.fail(exc.reason, f"{exc.detail}; replace the image at {file}", key=key, file=file, row=row)
+            self.fail(exc.reason, f"{exc.detail}; replace the image at {image or file}", key=key, file=file, row=row)
             return None
 
     def add_artwork(self, *, file, row, **fields) -> bool:
@@ -175,6 +236,11 @@ class ImportSink:
         key = fields["artwork_id"]
         if not key:
             self.fail("missing_id", f"entry has no id; give every artwork an id in {file}", file=file, row=row)
+            return False
+        bad = sorted(name for name, value in fields.items() if bad_unicode(value))
+        if bad:
+            self.fail("bad_text", f"{', '.join(bad)} of artwork {key!r} hold invalid Unicode (a lone surrogate "
+                      f"escape such as \\ud800); fix {file}", key=key, file=file, row=row)
             return False
         if key in self.artwork_split:
             self.fail("duplicate_id", f"artwork id {key!r} appears more than once in {file}; the first one was kept",
@@ -191,6 +257,10 @@ class ImportSink:
         return True
 
     def add_text(self, *, text_id: str, text: str, artwork_ids: list[str], split: str, file, row) -> bool:
+        if bad_unicode(text_id) or bad_unicode(text):
+            self.fail("bad_text", f"text {text_id!r} holds invalid Unicode (a lone surrogate escape such as "
+                      f"\\ud800); fix {file}", key=text_id, file=file, row=row)
+            return False
         if text_id in self.seen_text_ids:
             self.fail("duplicate_id", f"text id {text_id!r} appears more than once in {file}; the first one was kept",
                       key=text_id, file=file, row=row)

@@ -17,6 +17,10 @@ class SplitFileError(ValueError):
     pass
 
 
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, so that repeated keys are seen."""
+
+
 def seeded_split(ids: list[str], ratios: tuple[float, float, float], seed: int) -> dict[str, str]:
     """Assign each id to train/val/test: shuffle the sorted ids with `seed`, cut by `ratios`.
 
@@ -41,33 +45,57 @@ def read_split_file(uri: str, options: StorageOptions) -> dict[str, str]:
 
     Ids are matched with and without their file extension, so either spelling works.
     """
-    raw = storage.read_bytes(uri, options).decode("utf-8-sig")
+    data = storage.read_bytes(uri, options)
+    try:
+        raw = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SplitFileError(f"{uri} is not UTF-8 text (line {line}: {exc.reason}); re-save it as UTF-8") from exc
     if uri.endswith(".json"):
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise SplitFileError(f"{uri} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
-        if not isinstance(data, dict):
-            raise SplitFileError(f"{uri} must be a JSON object mapping image id or file name to split")
-        items = list(data.items())
+        items = _json_items(uri, raw)
     else:
-        rows = list(csv.reader(io.StringIO(raw)))
-        if rows and rows[0] and rows[0][-1].strip().lower() == "split":
-            rows = rows[1:]
-        items = []
-        for lineno, row in enumerate(rows, start=2):
-            if not row:
-                continue
-            if len(row) < 2:
-                raise SplitFileError(f"{uri} line {lineno}: expected '<id>,<split>', got {row!r}")
-            items.append((row[0], row[1]))
+        items = _csv_items(uri, raw)
     out: dict[str, str] = {}
-    for key, value in items:
+    for where, key, value in items:
         split = normalise_split(value)
         if split is None:
-            raise SplitFileError(f"{uri}: entry {key!r} has unknown split {value!r}; use train, val or test")
+            raise SplitFileError(f"{uri} {where}: entry {key!r} has unknown split {value!r}; use train, val or test")
+        if out.get(str(key), split) != split:
+            raise SplitFileError(f"{uri} {where}: entry {key!r} is listed twice, as {out[str(key)]} and {split}; "
+                                 "keep one")
         out[str(key)] = split
     return out
+
+
+def _json_items(uri: str, raw: str) -> list[tuple[str, str, object]]:
+    """(where, key, split) of a JSON split file, in file order (repeated keys included)."""
+    try:
+        data = json.loads(raw, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as exc:
+        raise SplitFileError(f"{uri} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    except (RecursionError, ValueError) as exc:  # nesting too deep; an integer over Python's digit limit
+        raise SplitFileError(f"{uri} cannot be read as JSON ({type(exc).__name__}); fix the file") from exc
+    if not isinstance(data, _Pairs):
+        raise SplitFileError(f"{uri} must be a JSON object mapping image id or file name to split")
+    return [(f"key {key!r}", key, value) for key, value in data]
+
+
+def _csv_items(uri: str, raw: str) -> list[tuple[str, str, object]]:
+    """(where, key, split) of a CSV split file `<id>,<split>` with an optional header."""
+    reader = csv.reader(io.StringIO(raw))
+    items = []
+    try:
+        for row in reader:
+            if not row:
+                continue
+            if not items and reader.line_num == 1 and row[-1].strip().lower() == "split":
+                continue  # the header
+            if len(row) < 2:
+                raise SplitFileError(f"{uri} line {reader.line_num}: expected '<id>,<split>', got {row!r}")
+            items.append((f"line {reader.line_num}", row[0], row[1]))
+    except csv.Error as exc:  # a NUL byte, an unterminated quote, a field over the size limit
+        raise SplitFileError(f"{uri} line {reader.line_num}: not valid CSV ({exc})") from exc
+    return items
 
 
 def assign(ids: list[str], split_file: str | None, ratios: tuple[float, float, float], seed: int,

@@ -206,8 +206,10 @@ def bertscore(candidates: list[str], references: list[list[str]], model: str, nu
     from transformers import AutoConfig
 
     from artray.models.resolve import resolve_model_path
+    from artray.models.weights import check_folder
 
     path = resolve_model_path(model, storage_options)
+    check_folder(path)  # bert_score calls from_pretrained itself: refuse a pickle-only folder here
     if num_layers is None:
         num_layers = model2layers.get(model) or AutoConfig.from_pretrained(path).num_hidden_layers
     if device is None:

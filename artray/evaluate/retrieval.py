@@ -125,8 +125,8 @@ def check_family(family: str, checkpoint: str, itm: bool = False) -> None:
             found = f"blip captioner ({arch[0]})"
     elif path.is_dir() and (path / "open_clip_config.json").exists():
         found = "open_clip"
-    elif path.is_file() and path.suffix in (".pt", ".pth", ".bin"):
-        found = family if family in ("longclip", "open_clip") else "longclip/open_clip (.pt state dict)"
+    elif path.is_file() and path.suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        found = family if family in ("longclip", "open_clip") else "longclip/open_clip (state dict file)"
     if found is not None and found != family:
         raise RetrievalEvalError(f"{checkpoint} is a {found} checkpoint, not {family}: set the model's family to "
                                  "match it, or point it at a " + family + " checkpoint")

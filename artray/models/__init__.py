@@ -14,8 +14,9 @@ Nothing heavy is imported here (artray must import fast); import the submodule y
 - ``artray.models.longclip.load_longclip``      Long-CLIP (248 tokens) in open_clip
 - ``artray.models.cnclip.load_cnclip``          Chinese-CLIP (transformers)
 - ``artray.models.resolve.resolve_model_path``  s3:// model folders → local cache
+- ``artray.models.weights``                     safetensors only; pickle checkpoints need ARTRAY_ALLOW_PICKLE=1
 """
 
 from __future__ import annotations
 
-__all__ = ["blip", "cnclip", "diffusion", "git", "longclip", "mllm", "resolve", "tiny"]
+__all__ = ["blip", "cnclip", "diffusion", "git", "longclip", "mllm", "resolve", "tiny", "weights"]

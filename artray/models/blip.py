@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import pretrained_kwargs
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def load_blip_retrieval(
 
     path = resolve_model_path(name_or_path, storage_options)
     dtype = dtype or torch.float32
-    model = BlipForImageTextRetrieval.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = BlipForImageTextRetrieval.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
     processor = BlipProcessor.from_pretrained(path)
     return BlipRetrievalBundle(model=model, processor=processor, device=device, dtype=dtype)
 
@@ -73,7 +74,7 @@ def load_blip_captioner(
 
     path = resolve_model_path(name_or_path, storage_options)
     dtype = dtype or torch.float32
-    model = BlipForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = BlipForConditionalGeneration.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
     processor = BlipProcessor.from_pretrained(path)
     return BlipCaptionerBundle(model=model, processor=processor, device=device, dtype=dtype)
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import pretrained_kwargs
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def load_cnclip(
 
     path = resolve_model_path(name_or_path, storage_options)
     dtype = dtype or torch.float32
-    model = ChineseCLIPModel.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = ChineseCLIPModel.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
     processor = ChineseCLIPProcessor.from_pretrained(path)
     return CNClipBundle(model=model, processor=processor, device=device, dtype=dtype)
 

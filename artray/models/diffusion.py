@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import pretrained_kwargs
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def load_img2img(
     """Load an SD 1.x checkpoint (hub id, local folder or s3:// folder) as an img2img pipeline.
 
     Same call for ``runwayml/stable-diffusion-v1-5`` and the tiny test checkpoint;
-    safetensors weights are preferred where the checkpoint has them.
+    weights load as safetensors (pickle only with ``ARTRAY_ALLOW_PICKLE=1``, ``artray.models.weights``).
     """
     from diffusers import (
         EulerAncestralDiscreteScheduler,
@@ -57,6 +58,7 @@ def load_img2img(
         safety_checker=None,
         requires_safety_checker=False,
         dtype=dtype,
+        **pretrained_kwargs(path),
     )
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe = pipe.to(device)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import pretrained_kwargs
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -35,6 +36,6 @@ def load_git_captioner(
 
     path = resolve_model_path(name_or_path, storage_options)
     dtype = dtype or torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
     processor = AutoProcessor.from_pretrained(path)
     return GitCaptionerBundle(model=model, processor=processor, device=device, dtype=dtype)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import load_state_dict
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -102,10 +103,13 @@ def load_longclip(
     storage_options: StorageOptions | None = None,
     stretch: bool = False,
 ) -> LongClipBundle:
-    """Load a Long-CLIP ``.pt`` state dict (local path or s3://) into open_clip.
+    """Load a Long-CLIP state dict file (local path or s3://) into open_clip.
 
-    The context length comes from the checkpoint (248 for Long-CLIP). A plain 77-token
-    OpenAI-layout CLIP file loads as is, or stretched to 248 with ``stretch=True``.
+    The file is safetensors (``longclip-L.pt``'s keys, e.g. converted with ``artray models
+    to-safetensors``); the published pickle ``.pt`` loads only with ``ARTRAY_ALLOW_PICKLE=1``
+    (``artray.models.weights``). The context length comes from the checkpoint (248 for
+    Long-CLIP). A plain 77-token OpenAI-layout CLIP file loads as is, or stretched to 248
+    with ``stretch=True``.
     """
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
@@ -116,7 +120,7 @@ def load_longclip(
     from open_clip.tokenizer import SimpleTokenizer
 
     path = resolve_model_path(path_or_uri, storage_options)
-    sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    sd = _unwrap(load_state_dict(path))
     if "positional_embedding_res" in sd:
         sd = merge_longclip_state_dict(sd)
     elif stretch:

@@ -1,9 +1,11 @@
 """Tiny, seeded, randomly initialised checkpoints of every real architecture artray runs.
 
 Each one is saved in exactly the on-disk format of its real hub counterpart
-(``save_pretrained`` folders with tokenizer/processor, or an OpenAI-layout ``.pt``), so
+(``save_pretrained`` folders with tokenizer/processor, or an OpenAI-layout state dict), so
 tests and CPU smoke runs go through the same ``load_*`` functions as
-``runwayml/stable-diffusion-v1-5`` or ``longclip-L.pt`` — only smaller and offline.
+``runwayml/stable-diffusion-v1-5`` or ``longclip-L.pt`` — only smaller and offline. Every
+weight file is safetensors (the state dicts keep ``longclip-L.pt``'s keys), so nothing here
+needs the pickle opt-in of ``artray.models.weights``.
 
 Each checkpoint is built in a temp folder and renamed into place with a
 ``.artray-tiny.json`` marker; a second call on the same folder skips complete ones.
@@ -21,8 +23,9 @@ from typing import Callable
 import torch
 
 from artray.models import tiny_tokenizers as tt
+from artray.models.weights import load_state_dict, save_state_dict
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # 2: the OpenAI-layout state dicts are safetensors (were pickle .pt); 3: BLIP init range 0.1
 MARKER = ".artray-tiny.json"
 IMAGE = 32  # image side of the tiny vision towers (real: 224-384)
 VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
@@ -124,7 +127,12 @@ def _blip_config(tok):
                 intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                 max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.sep_token_id,
                 sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
-    return BlipConfig(text_config=text, vision_config=dict(VISION), projection_dim=16, image_text_hidden_size=16)
+    # BlipVisionConfig's default initializer_range is 1e-10 (it assumes pretrained weights): a random
+    # BLIP then maps every image to the same feature and its contrastive loss sits at chance. At 0.1
+    # (both towers) the tiny model's features differ per image/text and fine-tuning can move them.
+    text["initializer_range"] = 0.1
+    return BlipConfig(text_config=text, vision_config=dict(VISION, initializer_range=0.1), projection_dim=16,
+                      image_text_hidden_size=16, initializer_range=0.1)
 
 
 def _blip_processor(tok):
@@ -187,18 +195,19 @@ def _clip77(out: Path) -> tuple[str, str, int]:
         quick_gelu=True,
     )
     sd = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    torch.save(sd, out / "clip-tiny.pt")
-    return "clip-tiny.pt", "CLIP (OpenAI state-dict layout, 77 positions)", _params(model)
+    save_state_dict(sd, out / "clip-tiny.safetensors")
+    return "clip-tiny.safetensors", "CLIP (OpenAI state-dict layout, 77 positions)", _params(model)
 
 
-def _longclip_from(clip_pt: Path) -> Callable[[Path], tuple[str, str, int]]:
+def _longclip_from(clip_file: Path) -> Callable[[Path], tuple[str, str, int]]:
     def build(out: Path) -> tuple[str, str, int]:
         from artray.models.longclip import longclip_state_dict_from_clip
 
-        sd = longclip_state_dict_from_clip(torch.load(clip_pt, map_location="cpu", weights_only=True))
-        torch.save(sd, out / "longclip-tiny.pt")
+        sd = longclip_state_dict_from_clip(load_state_dict(clip_file))
+        save_state_dict(sd, out / "longclip-tiny.safetensors")
         n = sum(v.numel() for k, v in sd.items() if k != "positional_embedding_res")
-        return "longclip-tiny.pt", "Long-CLIP (OpenAI state-dict layout, 248 positions + positional_embedding_res)", n
+        return ("longclip-tiny.safetensors",
+                "Long-CLIP (OpenAI state-dict layout, 248 positions + positional_embedding_res)", n)
 
     return build
 
@@ -271,7 +280,7 @@ def make_tiny(dest_dir: str, seed: int = 0) -> dict[str, str]:
         ("blip-captioner", _blip_captioner),
         ("git-captioner", _git_captioner),
         ("clip-77", _clip77),
-        ("longclip", _longclip_from(dest / "clip-77" / "clip-tiny.pt")),
+        ("longclip", _longclip_from(dest / "clip-77" / "clip-tiny.safetensors")),
         ("cnclip", _cnclip),
     ]
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

@@ -24,24 +24,50 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import (
+    NodeDiedError,
+    ObjectLostError,
+    RayActorError,
+    WorkerCrashedError,
+)
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
 
+from artray import __version__
 from artray.encoders import EncoderMismatchError
 from artray.index.retrieval import read_index_manifest
+from artray.serve.binding import pin_replica_grpc_to_node
 from artray.serve.config import RetrievalAppConfig
 from artray.serve.deployments import (
     LATENCY_BOUNDARIES_MS,
     EncoderDeployment,
     IndexDeployment,
 )
-from artray.serve.queries import ApiError, SearchQuery, parse_embed, parse_search
+from artray.serve.queries import (
+    ApiError,
+    EmbedRequest,
+    SearchQuery,
+    SearchRequest,
+    openapi_body,
+    parse_embed,
+    parse_search,
+)
 from artray.serve.rerank import apply_scores, unsupported
 
 logger = logging.getLogger("ray.serve")
 ROUTES = ("/search", "/embed", "/models", "/healthz")
 OPEN_ROUTES = ("/healthz",)  # load balancers probe it without a token
+# A replica (or its node) died under a request, or none is up yet: the request was fine, retrying it will
+# work once Serve has replaced the replica. 503 + Retry-After tells clients so (500 says "do not retry").
+UNAVAILABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, WorkerCrashedError, NodeDiedError,
+               ObjectLostError, BackPressureError)
+RETRY_AFTER_S = "1"
 
 
 def error_response(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
@@ -60,6 +86,7 @@ class Ingress:
 
     def __init__(self, config: dict, encoders: dict[str, DeploymentHandle], indexes: dict[str, DeploymentHandle],
                  models: list[dict]):
+        pin_replica_grpc_to_node()
         self.cfg = RetrievalAppConfig.model_validate(config)
         self.encoders, self.indexes, self.models = encoders, indexes, models
         self.token = self.cfg.auth.token()
@@ -136,7 +163,10 @@ class Ingress:
 
 def make_fastapi(ingress: Ingress) -> FastAPI:
     """The FastAPI app of one ingress replica: routes, error shapes, auth, metrics and CORS."""
-    app = FastAPI(title="artray search", docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI spec (behind the token like every route but /healthz) describes the request bodies,
+    # so clients and API fuzzers (tests/test_fuzz_serve_api.py) can be generated from it; no docs UI.
+    app = FastAPI(title="artray search", version=__version__, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -145,6 +175,15 @@ def make_fastapi(ingress: Ingress) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
         return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    async def _unavailable(request: Request, exc: Exception):
+        logger.warning("artray search API: %s on %s: %s", type(exc).__name__, request.url.path, exc)
+        status = getattr(exc, "status_code", 503) if isinstance(exc, BackPressureError) else 503
+        return error_response(status, "unavailable", f"{type(exc).__name__}: a replica behind the API is down or "
+                              "restarting; retry the request shortly", headers={"Retry-After": RETRY_AFTER_S})
+
+    for cls in UNAVAILABLE:  # inside the middleware below, so these responses are counted
+        app.add_exception_handler(cls, _unavailable)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):
@@ -171,11 +210,11 @@ def make_fastapi(ingress: Ingress) -> FastAPI:
                            allow_headers=cors.allow_headers, allow_credentials=cors.allow_credentials,
                            max_age=cors.max_age_s)
 
-    @app.post("/search")
+    @app.post("/search", openapi_extra=openapi_body(SearchRequest, upload="image"))
     async def search(request: Request):
         return await ingress.search(request)
 
-    @app.post("/embed")
+    @app.post("/embed", openapi_extra=openapi_body(EmbedRequest))
     async def embed(request: Request):
         return await ingress.embed(request)
 

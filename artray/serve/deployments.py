@@ -21,6 +21,7 @@ from ray.serve.metrics import Histogram
 from artray.encoders import EncoderMismatchError, check_same_encoder, load_encoder
 from artray.images import ImageError, to_rgb
 from artray.index.retrieval import load_index
+from artray.serve.binding import pin_replica_grpc_to_node
 from artray.serve.rerank import CorpusImages, RerankConfig, rerank_scores
 from artray.storage import StorageOptions
 
@@ -35,6 +36,7 @@ class EncoderDeployment:
     def __init__(self, model: str, family: str, checkpoint: str, device: str, dtype: str, expected: dict,
                  max_image_pixels: int, s3_endpoint: str | None = None, corpus: str | None = None,
                  rerank: dict | None = None):
+        pin_replica_grpc_to_node()
         self.model, self.max_image_pixels = model, max_image_pixels
         options = StorageOptions(endpoint_url=s3_endpoint)
         self.encoder = load_encoder(family, checkpoint, device, dtype, options)
@@ -116,6 +118,7 @@ class IndexDeployment:
     """One model's galleries (images and texts) in FAISS, with their metadata."""
 
     def __init__(self, model: str, uri: str, expected: dict, s3_endpoint: str | None = None):
+        pin_replica_grpc_to_node()
         self.model = model
         self.index = load_index(uri, StorageOptions(endpoint_url=s3_endpoint))
         if self.index.encoder != expected:

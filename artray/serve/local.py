@@ -4,14 +4,16 @@
 `artray index build`) with the tiny checkpoints, for two families: Long-CLIP on the
 Artpedia sample and Chinese-CLIP on the CulTi sample. `ServeProcess` starts
 ``serve run <config>`` as a subprocess attached to the current Ray cluster — exactly
-what a user runs — and waits until ``/healthz`` answers. Tests, bench/serve.py and the
-demo use both.
+what a user runs — and waits until ``/healthz`` answers and every deployment of the app runs
+(``/healthz`` is the ingress alone; encoder replicas may still be loading). Tests, bench/serve.py
+and the demo use both; `stop` also removes its temp folder.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,8 +32,9 @@ DEMO_MODELS = {"longclip": ("artpedia", "artpedia", "longclip", "longclip"),
                "cnclip": ("culti", "cnclip", "cnclip", "cnclip")}
 
 
-def demo_indexes(workdir: str, n: int = 50, tiny_dir: str | None = None) -> dict[str, str]:
-    """Build (or reuse) the tiny demo indexes under `workdir`; returns {model name: index path}.
+def demo_indexes(workdir: str, n: int = 50, tiny_dir: str | None = None,
+                 names: tuple[str, ...] = tuple(DEMO_MODELS)) -> dict[str, str]:
+    """Build (or reuse) the tiny demo indexes of models `names` under `workdir`; returns {name: index path}.
 
     Tiny checkpoints go to `tiny_dir` (default ``<workdir>/models``). Needs a running Ray (the
     embed job runs on it). Every step resumes or skips finished work.
@@ -46,7 +49,8 @@ def demo_indexes(workdir: str, n: int = 50, tiny_dir: str | None = None) -> dict
     samples = make_samples(str(root / "samples"), n=n)
     models = make_tiny(tiny_dir or str(root / "models"))
     out = {}
-    for name, (sample, fmt, tiny, family) in DEMO_MODELS.items():
+    for name in names:
+        sample, fmt, tiny, family = DEMO_MODELS[name]
         corpus_uri, emb, idx = (str(root / d / name) for d in ("corpora", "embeddings", "indexes"))
         if corpus.read_manifest(corpus_uri) is None:
             import_corpus(ImportConfig(format=fmt, src=samples[sample], dest=corpus_uri))
@@ -71,13 +75,30 @@ def serve_config(indexes: dict[str, str], port: int, template: Path = TINY_CONFI
     return config
 
 
+def _apps_running() -> bool:
+    """Every Serve application RUNNING (all replicas up), as seen from this process's Ray connection;
+    True when this process is not connected to Ray (then ``/healthz`` is all there is to go by)."""
+    import ray
+
+    if not ray.is_initialized():
+        return True
+    from ray import serve
+
+    try:
+        apps = serve.status().applications
+    except Exception:  # noqa: BLE001 - no controller yet, or it is restarting: not running
+        return False
+    return bool(apps) and all(a.status == "RUNNING" for a in apps.values())
+
+
 class ServeProcess:
     """``serve run`` of a config (a dict) as a subprocess on the current Ray cluster; a context manager."""
 
-    def __init__(self, config: dict, address: str, env: dict | None = None, timeout_s: float = 240):
+    def __init__(self, config: dict, address: str, env: dict | None = None, timeout_s: float = 240,
+                 keep_files: bool = False):
         self.port = config["http_options"]["port"]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._dir = tempfile.mkdtemp(prefix="artray-serve-")
+        self._dir, self._keep = tempfile.mkdtemp(prefix="artray-serve-"), keep_files  # config + serve.log
         path = Path(self._dir) / "serve.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         self.log = Path(self._dir) / "serve.log"
@@ -94,12 +115,12 @@ class ServeProcess:
                 break
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
-                    if r.status == 200:
+                    if r.status == 200 and _apps_running():
                         return
             except OSError:
                 pass
             time.sleep(0.5)
-        tail = self.log.read_text(errors="replace")[-4000:]
+        tail = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
         self.stop()
         raise RuntimeError(f"the search app did not become healthy on {self.url} within {timeout_s:.0f}s; "
                            f"`serve run` said:\n{tail}")
@@ -114,6 +135,8 @@ class ServeProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self._out.close()
+        if not self._keep:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> ServeProcess:
         return self

@@ -106,7 +106,9 @@ async def _fields(request: Request, limits: Limits) -> dict:
         raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:
+        raise ApiError(400, "malformed_json", "the JSON body is nested too deeply; send a flat JSON object") from exc
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer over Python's digit limit
         raise ApiError(400, "malformed_json", f"the body is not valid JSON ({exc}); send a JSON object") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
@@ -150,6 +152,11 @@ def check_text(text: str, limits: Limits, what: str = "text") -> str:
     text = text.strip()
     if not text:
         raise ApiError(400, "empty_text", f"{what} is empty; send a non-empty query")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate escape ("\\ud800"): tokenizers raise on it
+        raise ApiError(400, "bad_text", f"{what} holds invalid Unicode at character {exc.start} (a lone surrogate "
+                       "escape); send valid UTF-8 text") from exc
     if len(text) > limits.max_text_chars:
         raise ApiError(400, "text_too_long", f"{what} has {len(text)} characters, over max_text_chars={limits.max_text_chars}")
     return text
@@ -200,3 +207,15 @@ async def parse_embed(request: Request, cfg: RetrievalAppConfig) -> tuple[str, l
     texts = [check_text(t, cfg.limits, f"texts[{i}]") for i, t in enumerate(req.texts)]
     images = [decode_image(im, cfg.limits, f"images[{i}]") for i, im in enumerate(req.images)]
     return check_model(req.model, cfg), texts, images
+
+
+def openapi_body(model: type[BaseModel], upload: str | None = None) -> dict:
+    """`openapi_extra` documenting a route's request body (the routes read it themselves, to bound its size):
+    the JSON schema of `model`, and a multipart form with `upload` as a file field if given."""
+    schema = model.model_json_schema()
+    content = {"application/json": {"schema": schema}}
+    if upload:
+        props = {name: {"type": "integer"} if name == "k" else {"type": "string"} for name in schema["properties"]}
+        props[upload] = {"type": "string", "format": "binary"}
+        content["multipart/form-data"] = {"schema": {"type": "object", "properties": props}}
+    return {"requestBody": {"required": True, "content": content}}

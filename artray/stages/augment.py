@@ -3,9 +3,10 @@
 The driver reads the train split of the input corpus and plans every (artwork, variant)
 pair into batches of equal-size images (`augment_plan`). Batches with a variant not yet
 committed run through ``ray.data.from_arrow`` → ``map_batches(prepare)`` (CPU tasks: decode,
-resize) → ``map_batches(Generate)`` (actor pool: one SD img2img per actor, GPU or CPU) →
+resize) → ``map_batches(Generate)`` (actor pool: one SD img2img per GPU actor) →
 ``map_batches(encode)`` (CPU tasks: PNG bytes, optional files) → ``write_datasink(StageSink)``,
-which commits ``<output>/variants/`` and ``<output>/_failures/`` as atomic Parquet shards.
+which commits ``<output>/variants/`` and ``<output>/_failures/`` as atomic Parquet shards. With
+no GPU, one `GenerateInline` actor op does all three steps (nothing to overlap on CPU).
 
 Resume: the committed ``variant_id``s *are* the checkpoint. A rerun skips them, skips
 artworks whose latest failure is permanent (unless ``retry_failed``), and regenerates only
@@ -86,6 +87,8 @@ class AugmentConfig(JobConfig):
     num_gpus: float | None = Field(None, ge=0, description="GPUs per actor, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
     actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per generate actor")
     actors: int | None = Field(None, ge=1, description="generate actors (default: as many as GPUs/CPUs allow)")
+    inline_cpu_steps: bool | None = Field(None, description="decode/resize and encode inside the generate actor "
+                                          "(default: on CPU yes; on GPU no, CPU tasks overlap them with the GPU)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per CPU actor (default: ceil(actor_num_cpus))")
     image_format: Literal["png", "jpeg"] = Field("png", description="encoding of the variant bytes (png is lossless)")
     jpeg_quality: int = Field(95, ge=1, le=100)
@@ -159,22 +162,26 @@ def _run_pipeline(batches: list[pa.Table], cfg: AugmentConfig, run_id: str) -> t
     actors, num_gpus, dtype = _resources(cfg, len(batches))
     threads = None if num_gpus else (cfg.torch_threads or math.ceil(cfg.actor_num_cpus))
     sink = StageSink(cfg.output, VARIANTS, VARIANT_SCHEMA, STAGE, run_id, opts, cfg.shard_rows)
-    ds = ray.data.from_arrow(batches).map_batches(
-        gen.prepare, fn_kwargs={"long_side": cfg.long_side, "max_image_pixels": cfg.max_image_pixels, "options": opts},
-        batch_size=1, batch_format="pyarrow", num_cpus=AUX_NUM_CPUS,
-    ).map_batches(
-        gen.Generate,
-        fn_constructor_kwargs={
-            "model": cfg.model, "options": opts, "use_gpu": num_gpus > 0, "dtype": dtype, "sampler": cfg.sampler,
-            "strength": cfg.strength, "guidance": cfg.guidance, "steps": cfg.steps, "filter_model": cfg.filter_model,
-            "filter_threshold": cfg.filter_threshold, "threads": threads, "fail_after_batches": cfg.fail_after_batches},
-        batch_size=1, batch_format="pyarrow", num_cpus=cfg.actor_num_cpus, num_gpus=num_gpus or None,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-    ).map_batches(
-        gen.encode, fn_kwargs={"fmt": cfg.image_format, "quality": cfg.jpeg_quality,
-                               "export_uri": cfg.export_target(), "options": opts},
-        batch_size=None, batch_format="pyarrow", num_cpus=AUX_NUM_CPUS,
-    )
+    prepare_kwargs = {"long_side": cfg.long_side, "max_image_pixels": cfg.max_image_pixels, "options": opts}
+    encode_kwargs = {"fmt": cfg.image_format, "quality": cfg.jpeg_quality, "export_uri": cfg.export_target(),
+                     "options": opts}
+    generate_kwargs = {
+        "model": cfg.model, "options": opts, "use_gpu": num_gpus > 0, "dtype": dtype, "sampler": cfg.sampler,
+        "strength": cfg.strength, "guidance": cfg.guidance, "steps": cfg.steps, "filter_model": cfg.filter_model,
+        "filter_threshold": cfg.filter_threshold, "threads": threads, "fail_after_batches": cfg.fail_after_batches}
+    actor_args = {"batch_size": 1, "batch_format": "pyarrow", "num_cpus": cfg.actor_num_cpus,
+                  "num_gpus": num_gpus or None, "compute": ray.data.ActorPoolStrategy(size=actors)}
+    ds = ray.data.from_arrow(batches)
+    inline = cfg.inline_cpu_steps if cfg.inline_cpu_steps is not None else not num_gpus
+    if inline:  # CPU generators: decode/resize and encode inside the actor (nothing to overlap with)
+        ds = ds.map_batches(gen.GenerateInline, fn_constructor_kwargs={
+            "prepare_kwargs": prepare_kwargs, "encode_kwargs": encode_kwargs, **generate_kwargs}, **actor_args)
+    else:  # GPU generators: CPU tasks decode/resize ahead of the GPU and encode behind it
+        ds = ds.map_batches(gen.prepare, fn_kwargs=prepare_kwargs, batch_size=1, batch_format="pyarrow",
+                            num_cpus=AUX_NUM_CPUS)
+        ds = ds.map_batches(gen.Generate, fn_constructor_kwargs=generate_kwargs, **actor_args)
+        ds = ds.map_batches(gen.encode, fn_kwargs=encode_kwargs, batch_size=None, batch_format="pyarrow",
+                            num_cpus=AUX_NUM_CPUS)
     ds.write_datasink(sink, ray_remote_args={"num_cpus": AUX_NUM_CPUS})
     return sink.stats, actors
 

@@ -2,8 +2,9 @@
 
 Any CLIP image tower can score, named the way users already know it:
 
-* a ``.pt``/``.pth`` file (local or ``s3://``): an OpenAI-layout CLIP state dict (OpenAI's
-  ``ViT-L-14.pt``, ``longclip-L.pt``, artray's tiny ``clip-77``), loaded with open_clip;
+* a ``.safetensors`` (or, opted in to pickle, ``.pt``/``.pth``) file (local or ``s3://``): an
+  OpenAI-layout CLIP state dict (OpenAI's ``ViT-L-14.pt``, ``longclip-L.pt`` converted with
+  ``artray models to-safetensors``, artray's tiny ``clip-77``), loaded with open_clip;
 * ``open_clip:<architecture>[:<pretrained tag or weights file>]`` or ``hf-hub:<repo>``: open_clip;
 * anything else: a transformers ``CLIPModel`` (hub id such as ``openai/clip-vit-large-patch14``,
   local folder or ``s3://`` folder).
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import check_weights_path, pretrained_kwargs
 from artray.storage import StorageOptions, is_s3
 
 
@@ -30,6 +32,8 @@ def _open_clip(name: str, device: str, options: StorageOptions | None) -> tuple[
         pretrained = rest[0] if rest else None
         if pretrained and (is_s3(pretrained) or pretrained.startswith("file://")):
             pretrained = resolve_model_path(pretrained, options)
+        if pretrained:
+            check_weights_path(pretrained)  # a local weights file must be safetensors; tags pass
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     model = model.to(device).eval()
     return model.encode_image, preprocess
@@ -48,7 +52,7 @@ def _transformers(name: str, device: str, options: StorageOptions | None) -> tup
     from transformers import CLIPImageProcessor, CLIPModel
 
     path = resolve_model_path(name, options)
-    model = CLIPModel.from_pretrained(path).to(device).eval()
+    model = CLIPModel.from_pretrained(path, **pretrained_kwargs(path)).to(device).eval()
     processor = CLIPImageProcessor.from_pretrained(path)
 
     def encode(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -65,7 +69,7 @@ class ClipImageScorer:
         self.name, self.device = name, device
         if name.startswith(("open_clip:", "hf-hub:")):
             self.encode, self.preprocess = _open_clip(name, device, options)
-        elif name.rstrip("/").lower().endswith((".pt", ".pth")):
+        elif name.rstrip("/").lower().endswith((".pt", ".pth", ".safetensors")):
             self.encode, self.preprocess = _openai_state_dict(name, device, options)
         else:
             self.encode, self.preprocess = _transformers(name, device, options)

@@ -4,6 +4,7 @@
 * `Generate` (actor pool): SD img2img on the whole batch at once, one ``torch.Generator``
   per image, prompt-length check, optional CLIP filter; the model is loaded once per actor.
 * `encode` (CPU tasks): PNG/JPEG bytes of each variant and, optionally, a file for people.
+* `GenerateInline`: the three in one actor, for CPU-only runs.
 
 Every item comes out as a result row (`artray.stages.sink`): a variant, or a failure with
 its reason. Source problems are keyed by artwork_id (one row per artwork); a batch that
@@ -177,6 +178,19 @@ class Generate:
                             guidance_scale=self.fixed["guidance"], num_inference_steps=self.fixed["steps"],
                             generator=generators, output_type="np").images
         return (out * 255).round().clip(0, 255).astype(np.uint8)  # diffusers' own numpy_to_pil rounding
+
+
+class GenerateInline(Generate):
+    """`prepare` → `Generate` → `encode` in one actor, for CPU-only runs: with no GPU to keep busy there
+    is nothing to overlap, and on a small machine each extra Ray Data operator costs scheduler time on
+    the cores the generator needs."""
+
+    def __init__(self, prepare_kwargs: dict, encode_kwargs: dict, **generate_kwargs):
+        super().__init__(**generate_kwargs)
+        self.prepare_kwargs, self.encode_kwargs = prepare_kwargs, encode_kwargs
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return encode(super().__call__(prepare(batch, **self.prepare_kwargs)), **self.encode_kwargs)
 
 
 def encode_image(pixels: bytes, size: tuple[int, int], fmt: str, quality: int) -> bytes:

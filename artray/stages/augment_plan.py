@@ -15,16 +15,15 @@ used, and keeps only the missing rows. That is what makes resume and re-runs byt
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
 
 from artray import corpus, storage
+from artray import images as imaging
 from artray.corpus import ARTWORKS
 from artray.errors import UserError
 from artray.schema import ARTWORK_SCHEMA, failure_row
@@ -101,46 +100,55 @@ def read_train(input_uri: str, options: storage.StorageOptions) -> tuple[pa.Tabl
     return train, splits
 
 
-def _header_size(data: bytes) -> tuple[int, int] | None:
+def _header_size(data: bytes, max_pixels: int) -> tuple[tuple[int, int] | None, imaging.ImageError | None]:
+    """((w, h), None) from the image header alone, or (None, why not): unreadable or over `max_pixels`."""
     try:
-        with Image.open(io.BytesIO(data)) as im:  # reads the header only
-            return im.size
-    except Exception:  # noqa: BLE001 - any unreadable header means "size unknown"
-        return None
+        info = imaging.header(data, max_pixels)
+    except imaging.ImageError as exc:
+        return None, exc
+    return (info.width, info.height), None
 
 
-def _sizes(train: pa.Table, options: storage.StorageOptions) -> tuple[list, list[dict]]:
+def _sizes(train: pa.Table, options: storage.StorageOptions, max_pixels: int) -> tuple[list, list[dict]]:
     """Per artwork: its (w, h) from the corpus columns, else from the image header; plus failure rows."""
     rows = train.select(["artwork_id", "image", "image_uri", "width", "height"]).to_pylist()
     sizes: list = [None] * len(rows)
+    bad: dict[int, imaging.ImageError] = {}
     fails: list[dict] = []
     need_read = []
     for i, r in enumerate(rows):
         if r["width"] and r["height"]:
             sizes[i] = (r["width"], r["height"])
         elif r["image"] is not None:
-            sizes[i] = _header_size(r["image"])
+            sizes[i], error = _header_size(r["image"], max_pixels)
+            if error:
+                bad[i] = error
         elif r["image_uri"]:
             need_read.append(i)
 
     def read(i):
         try:
-            return _header_size(storage.read_bytes(rows[i]["image_uri"], options)), None
+            return _header_size(storage.read_bytes(rows[i]["image_uri"], options), max_pixels), None
         except storage.StorageError as exc:
-            return None, str(exc)
+            return (None, None), str(exc)
     with ThreadPoolExecutor(8) as pool:
-        for i, (size, err) in zip(need_read, pool.map(read, need_read)):
+        for i, ((size, error), err) in zip(need_read, pool.map(read, need_read)):
             sizes[i] = size
+            if error:
+                bad[i] = error
             if err:
                 fails.append(failure_row("augment", "unreadable_image", f"{err}; fix the path or re-run ingest",
                                          key=rows[i]["artwork_id"], file=rows[i]["image_uri"], retryable=True))
     unreadable = {f["key"] for f in fails}
     for i, r in enumerate(rows):
         if sizes[i] is None and r["artwork_id"] not in unreadable:
-            has_any = r["image"] is not None or r["image_uri"]
-            reason = "undecodable_image" if has_any else "missing_image"
-            detail = ("the image header is unreadable; replace the image in the corpus" if has_any else
-                      "the artwork has no image bytes and no image_uri; run `artray corpus ingest` first")
+            if i in bad:  # an unreadable header, or a decompression bomb
+                reason, detail = bad[i].reason, f"{bad[i].detail}; replace the image in the corpus"
+            elif r["image"] is not None or r["image_uri"]:
+                reason, detail = "undecodable_image", "the image header is unreadable; replace the image in the corpus"
+            else:
+                reason, detail = "missing_image", ("the artwork has no image bytes and no image_uri; "
+                                                   "run `artray corpus ingest` first")
             fails.append(failure_row("augment", reason, detail, key=r["artwork_id"], file=r["image_uri"]))
     return sizes, fails
 
@@ -148,7 +156,7 @@ def _sizes(train: pa.Table, options: storage.StorageOptions) -> tuple[list, list
 def make_plan(train: pa.Table, cfg, done: set[str], failed: dict[str, bool],
               options: storage.StorageOptions) -> tuple[list[pa.Table], list[dict], dict]:
     """(one-row batch tables still to run, failure rows found while planning, counts)."""
-    sizes, fails = _sizes(train, options)
+    sizes, fails = _sizes(train, options, cfg.max_image_pixels)
     unplannable = {f["key"] for f in fails}
     ids = train["artwork_id"].to_pylist()
     captions = train["captions"].to_pylist()

@@ -62,6 +62,8 @@ def vllm_captions(ds, job: CaptionJob, engine_kwargs: dict, actors: int, io_cpus
     """Work rows → result rows (RESULT_SCHEMA) from vLLM engine actors, one per GPU slot."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    from artray.models.weights import pickle_allowed
+
     gen = job.generation
     sampling = {"max_tokens": gen["max_new_tokens"], "repetition_penalty": gen["repetition_penalty"],
                 "ignore_eos": bool(gen.get("ignore_eos")), "n": 1}
@@ -73,7 +75,9 @@ def vllm_captions(ds, job: CaptionJob, engine_kwargs: dict, actors: int, io_cpus
     generation_json = json.dumps({**gen, "dtype": dtype, "device": "cuda"}, sort_keys=True)
     config = vLLMEngineProcessorConfig(
         model_source=job.model,  # hub id, path on every node, or s3:// (Ray's own model downloader)
-        engine_kwargs={"dtype": dtype, "limit_mm_per_prompt": {"image": 1}, **engine_kwargs},
+        # safetensors only unless the user opted in to pickle checkpoints (artray.models.weights)
+        engine_kwargs={"dtype": dtype, "limit_mm_per_prompt": {"image": 1},
+                       **({} if pickle_allowed() else {"load_format": "safetensors"}), **engine_kwargs},
         batch_size=job.batch_size, concurrency=actors, prepare_multimodal_stage={"enabled": True},
         should_continue_on_error=True,
     )

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import pretrained_kwargs
 from artray.train.config import TrainConfig
 from artray.train.losses import symmetric_infonce
 
@@ -90,7 +91,8 @@ class BlipRetrievalFamily:
     def build_module(self) -> nn.Module:
         from transformers import BlipForImageTextRetrieval
 
-        model = BlipForImageTextRetrieval.from_pretrained(self.path, dtype=torch.float32)
+        model = BlipForImageTextRetrieval.from_pretrained(self.path, dtype=torch.float32,
+                                                          **pretrained_kwargs(self.path))
         if self.cfg.freeze_vision:
             for p in model.vision_model.parameters():
                 p.requires_grad_(False)
@@ -131,7 +133,7 @@ class BlipRetrievalFamily:
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
         path = resolve_model_path(cfg.model, cfg.storage_options())
-        model = BlipForImageTextRetrieval.from_pretrained(path, dtype=torch.float32)
+        model = BlipForImageTextRetrieval.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
         sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:

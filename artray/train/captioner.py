@@ -8,13 +8,13 @@ Java PTB tokenizer is not needed) against the artwork's captions, plus the val L
 
 from __future__ import annotations
 
-import io
 import re
 
 import torch
 from torch import nn
 
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import pretrained_kwargs
 from artray.train.config import TrainConfig
 
 ARCH = {"git-captioner": ("AutoModelForCausalLM", "AutoProcessor"),
@@ -65,7 +65,7 @@ class CaptionerFamily:
         self.processor = processor_cls.from_pretrained(self.path)
 
     def build_module(self) -> nn.Module:
-        model = self.model_cls.from_pretrained(self.path, dtype=torch.float32)
+        model = self.model_cls.from_pretrained(self.path, dtype=torch.float32, **pretrained_kwargs(self.path))
         if self.cfg.grad_checkpointing:
             model.gradient_checkpointing_enable()
         return CaptionerModule(model)
@@ -86,15 +86,14 @@ class CaptionerFamily:
 
     @torch.no_grad()
     def validate(self, engine, arts: list[dict], texts: list[dict], dtype) -> dict:
-        from PIL import Image
-
+        from artray.images import decode
         from artray.train.loop import _to_device
 
         bs, losses, generated = self.cfg.batch_size, [], []
         model = engine.module.model
         for i in range(0, len(arts), bs):
             chunk = arts[i:i + bs]
-            images = [Image.open(io.BytesIO(a["image"])) for a in chunk]
+            images = [decode(a["image"], self.cfg.max_image_pixels) for a in chunk]
             batch = _to_device(self.train_batch(images, [a["captions"][0] for a in chunk]), engine.device, dtype)
             losses.append(float(engine(**batch)["loss"]))
             ids = model.generate(pixel_values=batch["pixel_values"], num_beams=self.cfg.num_beams,
@@ -109,7 +108,7 @@ class CaptionerFamily:
         """A ``save_pretrained`` folder that ``load_git_captioner`` / ``load_blip_captioner`` loads."""
         model_cls, processor_cls = _classes(cfg.family)
         path = resolve_model_path(cfg.model, cfg.storage_options())
-        model = model_cls.from_pretrained(path, dtype=torch.float32)
+        model = model_cls.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
         sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:

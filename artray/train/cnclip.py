@@ -16,6 +16,7 @@ from torch import nn
 
 from artray.models.cnclip import _embedding
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import pretrained_kwargs
 from artray.train.config import TrainConfig
 from artray.train.losses import symmetric_infonce
 
@@ -58,7 +59,7 @@ class CNClipFamily:
     def build_module(self) -> nn.Module:
         from transformers import ChineseCLIPModel
 
-        model = ChineseCLIPModel.from_pretrained(self.path, dtype=torch.float32)
+        model = ChineseCLIPModel.from_pretrained(self.path, dtype=torch.float32, **pretrained_kwargs(self.path))
         limit = model.config.text_config.max_position_embeddings
         if self.context_length > limit:
             raise ValueError(f"context_length {self.context_length} exceeds the text tower's {limit} positions")
@@ -103,7 +104,7 @@ class CNClipFamily:
         from transformers import ChineseCLIPModel, ChineseCLIPProcessor
 
         path = resolve_model_path(cfg.model, cfg.storage_options())
-        model = ChineseCLIPModel.from_pretrained(path, dtype=torch.float32)
+        model = ChineseCLIPModel.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
         sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
         sd["logit_scale"] = state_dict["logit_scale"].reshape(())
         missing, unexpected = model.load_state_dict(sd, strict=False)

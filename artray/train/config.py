@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from artray.config import JobConfig
+from artray.images import DEFAULT_MAX_PIXELS
 
 Family = Literal["longclip", "cnclip", "blip-retrieval", "git-captioner", "blip-captioner"]
 
@@ -61,6 +62,8 @@ class TrainConfig(JobConfig):
     caption_preset: str = Field("caption", description="caption-table preset used for training captions")
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="probability of swapping a sample's image for a variant")
     only_passed_filter: bool = Field(True, description="drop variants whose passed_filter is false")
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
+                                  description="refuse train/val images with more pixels (decompression bombs)")
     # objective
     loss: Literal["longclip", "infonce", "itc_itm", "lm"] = "infonce"
     label_smoothing: float = 0.0

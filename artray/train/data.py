@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from artray import corpus, storage
 from artray.errors import UserError
+from artray.images import ImageError, header
 from artray.schema import CAPTION_SCHEMA, VARIANT_SCHEMA
 from artray.train.config import TrainConfig
 
@@ -32,6 +33,27 @@ TRAIN_SCHEMA = pa.schema([
 
 class LeakageError(UserError, ValueError):
     """Something derived from a val/test artwork would reach training."""
+
+
+class TrainImageError(UserError, ValueError):
+    """A train or validation image over the pixel limit: the loader must not decode it."""
+
+
+def check_images(rows: list[dict], max_pixels: int, source: str) -> None:
+    """Read every image's header (no pixels decoded) before any worker starts; refuse the first one over
+    `max_pixels` (a decompression bomb), naming the artwork. (A corrupt image fails in the loader itself.)"""
+    for r in rows:
+        blobs = [("image", r["image"])] + [(f"variant {i}", v) for i, v in enumerate(r.get("variants") or [])]
+        for what, blob in blobs:
+            try:
+                header(blob, max_pixels)
+            except ImageError as exc:
+                if exc.reason != "decompression_bomb":
+                    continue
+                raise TrainImageError(
+                    f"{source}: artwork {r['artwork_id']!r} ({what}): {exc.detail}. Import/ingest refuses such "
+                    "images: re-import the corpus (or re-run augment), or raise max_image_pixels if it is trusted"
+                ) from exc
 
 
 def check_leakage(kind: str, ids: list[str], splits: dict[str, str], source: str) -> None:
@@ -105,6 +127,7 @@ def build_train_table(cfg: TrainConfig) -> pa.Table:
                      "variants": variants.get(r["artwork_id"], [])})
     if not rows:
         raise ValueError(f"no train artwork of {cfg.corpus} has both an image and a {cfg.caption_source} caption")
+    check_images(rows, cfg.max_image_pixels, f"train set of {cfg.corpus}")
     with_var = sum(1 for r in rows if r["variants"])
     log.info("train: %d artworks (%d skipped: no image or caption), %d with variants, alpha=%s, captions=%s",
              len(rows), skipped, with_var, cfg.alpha, cfg.caption_source)
@@ -122,6 +145,7 @@ def build_val_tables(cfg: TrainConfig, split: str = "val") -> tuple[pa.Table, pa
     texts = texts.take(keep).select(["text_id", "text", "artwork_ids"])
     if arts.num_rows == 0 or texts.num_rows == 0:
         raise ValueError(f"{cfg.corpus} has no {split} artworks with images and texts: validation needs them")
+    check_images(arts.select(["artwork_id", "image"]).to_pylist(), cfg.max_image_pixels, f"{split} set of {cfg.corpus}")
     return arts.select(["artwork_id", "image", "captions"]), texts
 
 

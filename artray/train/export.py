@@ -26,6 +26,9 @@ def consolidated_state_dict(ckpt_dir: str, zero_stage: int) -> dict[str, torch.T
     with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as f:
         reshaped = json.load(f).get("reshaped", [])
     if zero_stage == 0:
+        # DeepSpeed's own pickle, written by this run's workers into its Ray Train checkpoint (not user
+        # weights, so artray.models.weights' opt-in does not apply); it holds non-tensor objects
+        # (optimizer/engine state) that weights_only=True cannot read.
         states = torch.load(os.path.join(ckpt_dir, CKPT_TAG, "mp_rank_00_model_states.pt"),
                             map_location="cpu", weights_only=False)
         sd = {k: v.float() for k, v in states["module"].items()}

@@ -1,5 +1,5 @@
 """Long-CLIP family: the trainable module, collation, the `longclip` (PCM) and `infonce` objectives, and
-export in the published ``longclip-L.pt`` layout.
+export in the published ``longclip-L.pt`` layout (as safetensors).
 
 The module holds the OpenAI-layout parameters itself (``visual``, ``token_embedding``,
 ``transformer``, ``ln_final``, ``text_projection``, ``logit_scale``) plus Long-CLIP's two
@@ -24,10 +24,11 @@ from artray.models.longclip import (
     merge_longclip_state_dict,
 )
 from artray.models.resolve import resolve_model_path
+from artray.models.weights import load_state_dict, save_state_dict
 from artray.train.config import TrainConfig
 from artray.train.losses import first_sentence, pca_reconstruct, symmetric_infonce
 
-EXPORT_NAME = "longclip.pt"
+EXPORT_NAME = "longclip.safetensors"  # longclip-L.pt's keys, as safetensors
 
 
 class LongClipModule(nn.Module):
@@ -70,7 +71,7 @@ def _load_state_dict(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     from artray.models.longclip import _unwrap
 
     path = resolve_model_path(cfg.model, cfg.storage_options())
-    sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    sd = _unwrap(load_state_dict(path))
     if "positional_embedding_res" in sd:
         return sd
     if not cfg.stretch:
@@ -140,10 +141,10 @@ class LongClipFamily:
 
     @classmethod
     def export(cls, cfg: TrainConfig, state_dict: dict[str, torch.Tensor], out_dir: str) -> str:
-        """Write ``longclip.pt`` (``longclip-L.pt`` layout, fp32, 0-dim ``logit_scale``); return its path."""
+        """Write ``longclip.safetensors`` (``longclip-L.pt`` layout, fp32, 0-dim ``logit_scale``); return its path."""
         sd = {k: v.float().contiguous() for k, v in state_dict.items() if k not in ("attn_mask", "res_mask")}
         sd["logit_scale"] = sd["logit_scale"].reshape(())
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, EXPORT_NAME)
-        torch.save(sd, path)
+        save_state_dict(sd, path)
         return path

@@ -10,7 +10,6 @@ DeepSpeed checkpoint on every rank and ``ray.train.report`` it with the metrics.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -23,10 +22,11 @@ CKPT_TAG = "ds"
 STATE_FILE = "train_state.json"
 
 
-def _images(blobs: list[bytes]):
-    from PIL import Image
+def _images(blobs: list[bytes], max_pixels: int):
+    """Decoded training images; the decompression-bomb limit is checked from each header first."""
+    from artray.images import decode
 
-    return [Image.open(io.BytesIO(b)) for b in blobs]
+    return [decode(b, max_pixels) for b in blobs]
 
 
 def _to_device(batch: dict, device, dtype) -> dict:
@@ -35,8 +35,15 @@ def _to_device(batch: dict, device, dtype) -> dict:
 
 
 def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: bool, dtype) -> list[float]:
-    """One pass over this worker's shard; returns the micro-batch losses."""
+    """One pass over this worker's shard; returns the micro-batch losses.
+
+    Every random draw of an epoch (alpha and caption draws, torch's RNG, the local shuffle) is
+    seeded from (seed, epoch, rank) alone, so an epoch re-run after a restore from the previous
+    epoch's checkpoint draws exactly what the uninterrupted run drew.
+    """
     rng = random.Random(f"{cfg.seed}:{state['epoch']}:{rank}")
+    # torch draws too (BLIP's ITM negatives): reseeded per epoch, not carried over from earlier epochs
+    torch.manual_seed(random.Random(f"torch:{cfg.seed}:{state['epoch']}:{rank}").getrandbits(63))
     from artray.train.data import draw_caption, draw_image
 
     losses, variants_seen = [], 0
@@ -47,7 +54,8 @@ def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: b
         rows = batch.to_pylist()
         drawn = [draw_image(r, cfg.alpha, rng) for r in rows]
         variants_seen += sum(v for _, v in drawn)
-        inputs = family.train_batch(_images([b for b, _ in drawn]), [draw_caption(r, rng) for r in rows])
+        images = _images([b for b, _ in drawn], cfg.max_image_pixels)
+        inputs = family.train_batch(images, [draw_caption(r, rng) for r in rows])
         loss = family.loss(engine(**_to_device(inputs, engine.device, dtype)))
         engine.backward(loss)
         engine.step()

@@ -6,17 +6,15 @@ ZeRO-3's parameter gathering stays in lockstep; rank 0's numbers are the ones re
 
 from __future__ import annotations
 
-import io
-
 import torch
 
 from artray.train.losses import image_to_text_recall, recall_at_k
 
 
-def _images(blobs):
-    from PIL import Image
+def _images(blobs, max_pixels: int):
+    from artray.images import decode
 
-    return [Image.open(io.BytesIO(b)) for b in blobs]
+    return [decode(b, max_pixels) for b in blobs]
 
 
 def _move(batch: dict, engine, dtype) -> dict:
@@ -33,9 +31,10 @@ def retrieval_metrics(cfg, family, engine, arts: list[dict], texts: list[dict], 
     img_emb, txt_emb, losses = [], [], []
     for i in range(0, len(arts), bs):
         chunk = arts[i:i + bs]
-        img_emb.append(engine(**_move(family.image_batch(_images([a["image"] for a in chunk])), engine, dtype))["img"])
+        images = _images([a["image"] for a in chunk], cfg.max_image_pixels)
+        img_emb.append(engine(**_move(family.image_batch(images), engine, dtype))["img"])
         if len(chunk) > 1:  # a contrastive loss needs two pairs
-            pair = family.train_batch(_images([a["image"] for a in chunk]), [a["captions"][0] for a in chunk])
+            pair = family.train_batch(images, [a["captions"][0] for a in chunk])
             losses.append(float(family.loss(engine(**_move(pair, engine, dtype)), gather=False)))
     for i in range(0, len(texts), bs):
         chunk = [t["text"] for t in texts[i:i + bs]]

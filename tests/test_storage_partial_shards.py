@@ -1,0 +1,34 @@
+"""A truncated object under a stage's output (what a streaming writer leaves when it dies mid-file,
+apache/arrow#40502) is never taken as committed: resume refuses it by name and says what to do."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from artray import corpus, storage
+from artray.storage import StorageError, StorageOptions
+
+
+def _truncated_shard() -> bytes:
+    data = storage.table_to_parquet_bytes(pa.table({"artwork_id": [f"a{i}" for i in range(50)]}))
+    return data[: len(data) // 2]
+
+
+def test_truncated_local_shard_is_refused_by_name(tmp_path):
+    good = str(tmp_path / "artworks" / "part-00000.parquet")
+    storage.write_parquet_atomic(pa.table({"artwork_id": ["x"]}), good)
+    bad = str(tmp_path / "artworks" / "part-00001.parquet")
+    storage.write_bytes_atomic(bad, _truncated_shard())
+    with pytest.raises(StorageError, match="not a complete Parquet file") as err:
+        corpus.committed_ids(str(tmp_path / "artworks"), "artwork_id")
+    assert bad in str(err.value) and "delete it" in str(err.value)
+
+
+def test_truncated_s3_shard_is_refused_by_name(s3_bucket, s3_endpoint):
+    opts = StorageOptions(endpoint_url=s3_endpoint)
+    bad = f"{s3_bucket}/out/artworks/part-00000.parquet"
+    storage.write_bytes_atomic(bad, _truncated_shard(), opts)
+    with pytest.raises(StorageError, match="not a complete Parquet file") as err:
+        corpus.committed_ids(f"{s3_bucket}/out/artworks", "artwork_id", opts)
+    assert bad in str(err.value)
