@@ -7,7 +7,8 @@ or from an explicit endpoint (``--s3-endpoint``), so the same job runs against A
 MinIO or a local test server.
 
 Writes are atomic: a shard is serialised completely in memory (or a temp file) and then
-committed in one step (``os.replace`` locally, one object upload on S3). A crash never
+committed in one step (``os.replace`` locally; on S3 an upload to a hidden temp key, a size
+check, then a server-side copy into place). A crash never
 leaves a half-written shard that a later run would take as done (pyarrow keeps a
 partial S3 object if a writer raises mid-file, apache/arrow#40502, so we never stream
 a Parquet writer straight to S3).
@@ -142,13 +143,33 @@ def write_bytes_atomic(uri: str, data: bytes, options: StorageOptions = DEFAULT_
             finally:
                 tmp.unlink(missing_ok=True)
         else:
-            # One stream, one write of the complete payload: the object only appears
-            # when the upload completes, and nothing can raise half-way through a
-            # Parquet writer because serialisation already happened in memory.
-            with fs.open_output_stream(path) as out:
-                out.write(data)
+            _put_then_copy(fs, path, data)
     except OSError as exc:
         raise _wrap(uri, "write", exc) from exc
+
+
+def _put_then_copy(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Object-store commit: upload to a hidden temp key, check its size, copy it into place (server-side).
+
+    pyarrow uploads even a small payload as a multipart upload, and one cut off by a dying endpoint
+    can still leave an object shorter than the payload under its key (seen in tests/chaos with a
+    crashed S3 server). The temp key starts with '.', so `list_files` never takes it for a shard,
+    and the copy makes the final object appear complete or not at all.
+    """
+    tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        size = fs.get_file_info(tmp).size
+        if size != len(data):
+            raise OSError(f"the upload stored {size} of {len(data)} bytes")
+        fs.move(tmp, path)
+    except OSError:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass  # a hidden temp object; never listed, never read
+        raise
 
 
 def table_to_parquet_bytes(table: pa.Table) -> bytes:

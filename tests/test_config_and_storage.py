@@ -44,6 +44,20 @@ def test_bad_yaml_and_missing_file_are_clear(tmp_path):
         parse_overrides(["retries"])
 
 
+def test_unreadable_config_files_and_set_values_are_config_errors(tmp_path):
+    """Regressions (found by tests/test_fuzz_loaders.py): these raised UnicodeDecodeError,
+    IsADirectoryError, RecursionError, ValueError and yaml's ScannerError instead of a ConfigError."""
+    cases = {"latin1.yaml": b"src: caf\xe9\n", "deep.yaml": b"[" * 5000, "digits.yaml": b"shard_rows: " + b"1" * 5000}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match=name):
+            load_config(ImportConfig, str(tmp_path / name))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(ImportConfig, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"--set 'split_ratios=\[0.8,'"):
+        parse_overrides(["split_ratios=[0.8,"])
+
+
 def test_nested_overrides_parse_yaml_values():
     assert parse_overrides(["a.b=3", "a.c=[1, 2]", "d=null", "e=text"]) == {"a": {"b": 3, "c": [1, 2]}, "d": None,
                                                                            "e": "text"}

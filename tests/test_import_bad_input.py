@@ -184,3 +184,133 @@ def test_folder_sidecar_captions_import(tmp_path):
     arts = {r["artwork_id"]: r["captions"] for r in corpus.read_artworks(str(dest)).to_pylist()}
     assert arts == {"a": ["a red field"], "b": ["a blue field"], "c": ["a green field"]}
     assert failures_by_key(dest)["d"]["reason"] == "empty_caption"
+
+
+# --- regressions found by tests/test_fuzz_loaders.py ------------------------------------------------
+
+
+def test_artpedia_lone_surrogates_big_years_and_repeated_fields_are_failures_not_crashes(tmp_path):
+    """Were: UnicodeEncodeError / ArrowInvalid from the Parquet writer (losing every later row), and a
+    field written twice inside an entry reported as a duplicate *artwork* id named after the field."""
+    src = tmp_path / "ap"
+    src.mkdir()
+    entries = {"1": artpedia_entry(visual=("a \ud800 red field",)), "\udc80x": artpedia_entry(),
+               "3": {**artpedia_entry(), "title": "bad \ud800 title"}, "4": {**artpedia_entry(), "year": 2**40},
+               "5": artpedia_entry()}
+    raw = json.dumps(entries)  # ensure_ascii: surrogates travel as \\udXXX escapes, as JSON allows
+    raw = raw.replace('"5": {', '"5": {"split": "test", ', 1)  # a repeated field inside entry 5
+    (src / "artpedia.json").write_text(raw)
+    dest = tmp_path / "out"
+    manifest = import_corpus(ImportConfig(format="artpedia", src=str(src), dest=str(dest)))
+    arts = {r["artwork_id"]: r for r in corpus.read_artworks(str(dest)).to_pylist()}
+    assert set(arts) == {"4", "5"} and arts["4"]["year"] is None and arts["5"]["split"] == "test"
+    fails = failures_by_key(dest)
+    assert fails[("reasons", "1")] == ["bad_caption", "empty_caption"] and "\\ud800" in fails["1"]["detail"]
+    assert fails["\\udc80x"]["reason"] == "bad_text" and fails["3"]["reason"] == "bad_text"
+    assert fails["5"]["reason"] == "duplicate_field" and "'split'" in fails["5"]["detail"]
+    assert "duplicate_id" not in manifest["counts"]["failure_reasons"]
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"1": ' + b"1" * 5000 + b"}"], ids=["deep", "digits"])
+def test_json_that_python_cannot_parse_is_an_import_error(tmp_path, raw):
+    (tmp_path / "artpedia.json").write_bytes(raw)
+    with pytest.raises(CorpusImportError, match="artpedia.json cannot be read as JSON"):
+        import_corpus(ImportConfig(format="artpedia", src=str(tmp_path), dest=str(tmp_path / "o")))
+
+
+def test_artcap_names_that_are_not_file_names_are_failures(tmp_path):
+    """Were: ArrowInvalid (NUL in the path) and reads outside ArtCap_Images_Dataset/."""
+    images = tmp_path / "ArtCap_Images_Dataset"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg())
+    (tmp_path / "outside.jpg").write_bytes(jpeg())
+    names = ["a.jpg", "b\x00.jpg", "../outside.jpg", "", "sub/c.jpg"]
+    (tmp_path / "ArtCap.json").write_text(json.dumps({n: ["a caption"] for n in names}))
+    dest = tmp_path / "out"
+    import_corpus(ImportConfig(format="artcap", src=str(tmp_path), dest=str(dest), split_ratios=(1.0, 0.0, 0.0)))
+    assert corpus.read_artworks(str(dest)).column("artwork_id").to_pylist() == ["a"]
+    rows = corpus.read_failures(str(dest)).to_pylist()
+    assert sorted(r["row"] for r in rows) == sorted(names[1:]) and {r["reason"] for r in rows} == {"bad_file_name"}
+
+
+@pytest.mark.parametrize("name, data, match", [
+    ("split.csv", b"a,train\nb,val\xff\n", r"split.csv is not UTF-8 text \(line 2"),
+    ("split.csv", b"a,train\n" + b"b" * 140_000 + b",val\n", r"split.csv line 2: not valid CSV"),  # over csv's limit
+    ("split.json", b'{"a": "train", "a": "test"}', r"split.json key 'a': entry 'a' is listed twice"),
+])
+def test_split_files_that_cannot_be_read_are_errors(tmp_path, name, data, match):
+    """Were: UnicodeDecodeError / csv.Error ("field larger than field limit") crashes, and a repeated id silently taking the last split."""
+    (tmp_path / "ArtCap.json").write_text(json.dumps({"a.jpg": ["x"]}))
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(CorpusImportError, match=match):
+        import_corpus(ImportConfig(format="artcap", src=str(tmp_path), dest=str(tmp_path / "o"),
+                                   split_file=str(tmp_path / name)))
+
+
+def test_folder_metadata_that_crashed_the_reader(tmp_path):
+    """Were: TypeError/AttributeError on a JSONL line that is not an object, reads of /etc/hostname and
+    ../ paths, a non-UTF-8 sidecar caption silently turned into U+FFFD, and image failures naming the
+    image file with the metadata's row number."""
+    src = tmp_path / "col"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(jpeg())
+    (src / "bad.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "outside.jpg").write_bytes(jpeg())
+    lines = ['{"file_name": "a.jpg", "caption": "a red field"}', "3", "[1, 2]",
+             '{"file_name": "/etc/hostname", "caption": "x"}', '{"file_name": "../outside.jpg", "caption": "x"}',
+             '{"file_name": "bad.jpg", "caption": "x"}', '{"file_name": "a.jpg", "caption": ' + "[" * 5000 + "]}"]
+    (src / "metadata.jsonl").write_text("\n".join(lines))
+    dest = tmp_path / "out"
+    import_corpus(ImportConfig(format="folder", src=str(src), dest=str(dest), split_ratios=(1.0, 0.0, 0.0)))
+    assert corpus.read_artworks(str(dest)).column("artwork_id").to_pylist() == ["a"]
+    rows = {r["row"]: r for r in corpus.read_failures(str(dest)).to_pylist()}
+    assert {k: r["reason"] for k, r in rows.items()} == {"2": "bad_line", "3": "bad_line", "4": "bad_path",
+                                                         "5": "bad_path", "6": "undecodable_image", "7": "bad_line"}
+    assert all(r["file"].endswith("metadata.jsonl") for r in rows.values())
+    assert "bad.jpg" in rows["6"]["detail"]
+
+    side = tmp_path / "side"
+    side.mkdir()
+    for name in ("a", "b"):
+        (side / f"{name}.jpg").write_bytes(jpeg())
+    (side / "a.txt").write_text("a red field")
+    (side / "b.txt").write_bytes("café".encode("latin-1"))
+    import_corpus(ImportConfig(format="folder", src=str(side), dest=str(tmp_path / "o2"), split_ratios=(1.0, 0.0, 0.0)))
+    assert corpus.read_artworks(str(tmp_path / "o2")).column("artwork_id").to_pylist() == ["a"]
+    (fail,) = corpus.read_failures(str(tmp_path / "o2")).to_pylist()
+    assert (fail["reason"], fail["row"]) == ("bad_caption", "b.jpg") and "b.txt is not UTF-8" in fail["detail"]
+
+
+@pytest.mark.parametrize("name, data, match", [
+    ("metadata.csv", b"file_name,caption\na.jpg,caf\xe9\n", r"metadata.csv is not UTF-8 text \(line 2"),
+    ("metadata.csv", b"file_name,caption\na.jpg," + b"x" * 140_000 + b"\n", r"metadata.csv line 2: not valid CSV"),
+    ("metadata.parquet", b"PAR1 not really parquet", r"metadata.parquet cannot be read as Parquet"),
+])
+def test_folder_metadata_files_that_cannot_be_parsed_are_errors(tmp_path, name, data, match):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(CorpusImportError, match=match):
+        import_corpus(ImportConfig(format="folder", src=str(tmp_path), dest=str(tmp_path / "o")))
+
+
+def test_cnclip_rows_that_were_silently_lost_or_mixed_up(tmp_path):
+    """Were: a text with no image_ids dropped without a failure row; a repeated text id whose first
+    line was empty taking the *second* line's text onto the first line's images; a non-UTF-8 image
+    id decoded to U+FFFD (and matched to texts); a split spelled twice (valid_ and val_) silently
+    ignoring one pair of files."""
+    good = base64.b64encode(png()).decode()
+    (tmp_path / "train_imgs.tsv").write_bytes(f"1\t{good}\n2\t{good}\n".encode() + b"\xff\t" + good.encode() + b"\n")
+    texts = [{"text_id": 10, "text": "", "image_ids": [1]}, {"text_id": 10, "text": "蓝色", "image_ids": [2]},
+             {"text_id": 11, "text": "红色", "image_ids": []}, {"text_id": 12, "text": "圆形", "image_ids": [1, 2]},
+             {"text_id": 13, "text": "绿色", "image_ids": ["\ufffd"]}]
+    (tmp_path / "train_texts.jsonl").write_text("\n".join(json.dumps(t, ensure_ascii=False) for t in texts))
+    dest = tmp_path / "out"
+    import_corpus(ImportConfig(format="cnclip", src=str(tmp_path), dest=str(dest)))
+    assert [(t["text_id"], t["artwork_ids"]) for t in corpus.read_texts(str(dest)).to_pylist()] == [("12", ["1", "2"])]
+    where = {(r["reason"], r["row"]) for r in corpus.read_failures(str(dest)).to_pylist()}
+    assert {("empty_caption", "1"), ("duplicate_id", "2"), ("dangling_reference", "3"), ("bad_line", "3"),
+            ("dangling_reference", "5")} <= where
+
+    (tmp_path / "valid_imgs.tsv").write_text(f"7\t{good}\n")
+    (tmp_path / "val_imgs.tsv").write_text(f"8\t{good}\n")
+    with pytest.raises(CorpusImportError, match="are both the val imgs file"):
+        import_corpus(ImportConfig(format="cnclip", src=str(tmp_path), dest=str(tmp_path / "o2")))

@@ -32,3 +32,17 @@ def test_truncated_s3_shard_is_refused_by_name(s3_bucket, s3_endpoint):
     with pytest.raises(StorageError, match="not a complete Parquet file") as err:
         corpus.committed_ids(f"{s3_bucket}/out/artworks", "artwork_id", opts)
     assert bad in str(err.value)
+
+
+def test_s3_commit_leaves_only_the_complete_object(s3_bucket, s3_endpoint):
+    """The temp key of an S3 commit is gone afterwards; the final object holds every byte."""
+    import boto3
+
+    opts = StorageOptions(endpoint_url=s3_endpoint)
+    data = storage.table_to_parquet_bytes(pa.table({"artwork_id": [f"a{i}" for i in range(500)]}))
+    storage.write_bytes_atomic(f"{s3_bucket}/out/artworks/part-00000.parquet", data, opts)
+    listing = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").list_objects_v2(
+        Bucket=s3_bucket.removeprefix("s3://"))
+    keys = [o["Key"] for o in listing["Contents"] if not o["Key"].endswith("/")]  # pyarrow keeps dir markers
+    assert keys == ["out/artworks/part-00000.parquet"]
+    assert storage.read_bytes(f"{s3_bucket}/out/artworks/part-00000.parquet", opts) == data

@@ -41,8 +41,8 @@ def _records_from_table(uri: str, options) -> list[tuple[int, dict]]:
     if uri.endswith(".parquet"):
         try:
             return list(enumerate(storage.read_parquet(uri, options).to_pylist(), start=1))
-        except (pa.ArrowException, ValueError) as exc:  # not Parquet, or a corrupt footer/page
-            raise CorpusImportError(f"{uri} is not a readable Parquet file ({exc}); re-export it") from exc
+        except (pa.ArrowException, ValueError, storage.StorageError) as exc:  # missing, not Parquet, corrupt
+            raise CorpusImportError(f"{uri} cannot be read as Parquet ({exc.__cause__ or exc}); re-export it") from exc
     if uri.endswith(".jsonl"):
         out = []
         for lineno, raw in enumerate(storage.iter_lines(uri, options), start=1):
@@ -67,7 +67,7 @@ def _records_from_table(uri: str, options) -> list[tuple[int, dict]]:
         for row in reader:
             out.append((reader.line_num, row))
     except csv.Error as exc:  # a NUL byte, a field over csv's size limit
-        raise CorpusImportError(f"{uri} line {reader.line_num + 1}: not valid CSV ({exc}); fix the file") from exc
+        raise CorpusImportError(f"{uri} line {reader.reader.line_num}: not valid CSV ({exc}); fix the file") from exc
     return out
 
 

@@ -42,6 +42,7 @@ from artray.stages.caption_generate import (
     CaptionJob,
     caption_id,
 )
+from artray.stages.pipeline_errors import run_pipeline
 from artray.stages.sink import (
     StageSink,
     consolidate_failures,
@@ -173,7 +174,7 @@ def run_caption(cfg: CaptionConfig) -> dict:
                      loop_repeats=cfg.loop_repeats, s3_endpoint=cfg.s3_endpoint,
                      torch_threads=cfg.torch_threads or (max(1, int(cfg.actor_num_cpus)) if device == "cpu" else None))
     gen_started = time.time()
-    stats, actors = (_run_pipeline(cfg, work, job, run_id, opts) if work
+    stats, actors = (run_pipeline(lambda: _run_pipeline(cfg, work, job, run_id, opts), CaptionError, STAGE) if work
                      else ({"written": 0, "failed": {}, "_tokens": 0}, 0))
     gen_wall = time.time() - gen_started
 

@@ -41,6 +41,7 @@ from artray.errors import UserError
 from artray.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb
 from artray.manifest import build_manifest
 from artray.schema import EMBEDDING_SCHEMA
+from artray.stages.pipeline_errors import run_pipeline
 from artray.stages.sink import (
     StageSink,
     consolidate_failures,
@@ -274,10 +275,10 @@ def run_embed(cfg: EmbedConfig) -> dict:
         actors, num_gpus = _pool(cfg, -(-todo_rows // cfg.batch_size))
         ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
         sink = StageSink(cfg.output, EMBEDDINGS, EMBEDDING_SCHEMA, STAGE, run_id, opts, cfg.shard_rows)
-        ds.map_batches(
+        run_pipeline(lambda: ds.map_batches(
             _EmbedBatch, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cfg.actor_num_cpus, num_gpus=num_gpus,
-        ).write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
+        ).write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS}), EmbedError, STAGE)
         stats = sink.stats
     embed_wall = time.time() - embed_started
 

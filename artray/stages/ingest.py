@@ -39,6 +39,7 @@ from artray.errors import UserError
 from artray.images import DEFAULT_MAX_PIXELS
 from artray.manifest import build_manifest
 from artray.schema import ARTWORK_SCHEMA, TEXT_SCHEMA
+from artray.stages.pipeline_errors import run_pipeline
 from artray.stages.sink import (
     StageSink,
     consolidate_failures,
@@ -235,7 +236,8 @@ def run_ingest(cfg: IngestConfig) -> dict:
         storage.write_parquet_atomic(carry.slice(i, cfg.shard_rows), uri, opts)
 
     fetch_started = time.time()
-    stats, actors = _run_pipeline(todo, cfg, run_id) if todo.num_rows else ({"written": 0, "failed": {}, "_bytes": 0}, 0)
+    stats, actors = (run_pipeline(lambda: _run_pipeline(todo, cfg, run_id), IngestError, STAGE) if todo.num_rows
+                     else ({"written": 0, "failed": {}, "_bytes": 0}, 0))
     fetch_wall = time.time() - fetch_started
 
     ids = corpus.read_artworks(cfg.output, opts, columns=["artwork_id"]).column("artwork_id").to_pylist()

@@ -34,31 +34,55 @@ class ChaosCluster:
         os.environ["RAY_TMPDIR"] = self.tmpdir
         self.node_args = {"num_cpus": worker_cpus, "object_store_memory": object_store,
                           "resources": worker_resources or {}}
+        self.workers_wanted = workers
+        self._adders: list[threading.Thread] = []
+        self.add_errors: list[str] = []
+        self.expected_cpus = workers * worker_cpus + head_cpus
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": head_cpus, "object_store_memory": object_store, "include_dashboard": False})
-        for _ in range(workers):
-            self.add_worker_node()
-        self.cluster.wait_for_nodes(60)
-        ray.init(address=self.cluster.address, logging_level="WARNING")
-        self.workers_wanted = workers
-        self.expected_cpus = workers * worker_cpus + head_cpus
-        self.wait_resources_free(60)
+        try:
+            for _ in range(workers):
+                self.add_worker_node()
+            self.cluster.wait_for_nodes(60)
+            ray.init(address=self.cluster.address, logging_level="WARNING")
+            self.wait_resources_free(60)
+        except BaseException:
+            self.shutdown()  # a half-started cluster leaves no process behind
+            raise
 
     @property
     def address(self) -> str:
         return self.cluster.address
 
     def worker_nodes(self) -> list:
-        return sorted(self.cluster.worker_nodes, key=lambda n: n.unique_id)
+        while True:
+            try:  # a replacement may join from another thread while we look
+                return sorted(self.cluster.worker_nodes, key=lambda n: n.node_id)
+            except RuntimeError:
+                time.sleep(0.01)
 
-    def replace_worker_node(self, index: int = 0) -> dict:
-        """SIGKILL every process of one worker node (raylet, workers, object store), then add a fresh node."""
+    def replace_worker_node(self, index: int = 0, wait: bool = True) -> dict:
+        """SIGKILL every process of one worker node (raylet, workers, object store) and add a fresh node:
+        before returning, or (``wait=False``) in the background, so the next fault can strike while the
+        replacement still starts (two nodes lost in quick succession)."""
         nodes = self.worker_nodes()
         node = nodes[index % len(nodes)]
         victims = len(self._stage_processes(node))
         self.cluster.remove_node(node, allow_graceful=False)
-        self.add_worker_node()
-        return {"fault": "node_removed", "node": node.node_id[:8], "stage_processes_on_node": victims}
+        if wait:
+            self.add_worker_node()
+        else:
+            adder = threading.Thread(target=self._add_in_background, daemon=True)
+            adder.start()
+            self._adders.append(adder)
+        return {"fault": "node_removed", "node": node.node_id[:8], "stage_processes_on_node": victims,
+                "replacement": "joined" if wait else "joining in the background"}
+
+    def _add_in_background(self) -> None:
+        try:
+            self.add_worker_node()
+        except Exception as exc:  # noqa: BLE001 - surfaces as missing CPUs in wait_resources_free
+            self.add_errors.append(f"{type(exc).__name__}: {exc}")
 
     def add_worker_node(self, tries: int = 3):
         """Add a worker node like the others; callable from the killer thread (a node started off the
@@ -128,12 +152,14 @@ class ChaosCluster:
                 return time.time() - start
             if time.time() - start > timeout:
                 raise AssertionError(f"cluster resources still held {timeout:.0f}s after the stage: {held} "
-                                     f"(total {total}, free {free})")
+                                     f"(total {total}, free {free}; node start errors: {self.add_errors})")
             time.sleep(0.5)
 
     def shutdown(self) -> None:
         import ray
 
+        for adder in self._adders:
+            adder.join(120)
         try:
             ray.shutdown()
         finally:

@@ -12,9 +12,19 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 from chaoskit import ChaosCluster, report_path
+
+
+def start_cluster(**kwargs) -> ChaosCluster:
+    """A `ChaosCluster`, tried twice: on a loaded machine a node can time out during start-up."""
+    try:
+        return ChaosCluster(**kwargs)
+    except Exception:  # noqa: BLE001 - the half-started cluster is already torn down
+        time.sleep(5)
+        return ChaosCluster(**kwargs)
 
 
 @pytest.fixture
@@ -22,7 +32,7 @@ def chaos_cluster():
     """A fresh head + 2 one-CPU worker nodes, connected; torn down after the test (no leaked processes).
 
     For other layouts call `make_chaos_cluster(workers=..., worker_cpus=..., worker_resources=...)`."""
-    c = ChaosCluster()
+    c = start_cluster()
     try:
         yield c
     finally:
@@ -36,7 +46,7 @@ def make_chaos_cluster():
 
     def make(**kwargs) -> ChaosCluster:
         assert not made, "one chaos cluster per test"
-        made.append(ChaosCluster(**kwargs))
+        made.append(start_cluster(**kwargs))
         return made[0]
 
     yield make

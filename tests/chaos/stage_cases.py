@@ -107,7 +107,7 @@ def make_inputs(root: Path) -> dict:
 
 def cases(inputs: dict, tiny: dict[str, str]) -> dict[str, StageCase]:
     """The four stages on `inputs` with the tiny checkpoints, in small batches and shards so commits
-    are spread over the run (the killer needs commits to aim at)."""
+    are spread over the run (the killer needs commits to aim at; embed, the fastest, gets one row each)."""
     from artray.stages.augment import AugmentConfig, run_augment
     from artray.stages.caption import CaptionConfig, run_caption
     from artray.stages.embed import EmbedConfig, run_embed
@@ -125,6 +125,6 @@ def cases(inputs: dict, tiny: dict[str, str]) -> dict[str, StageCase]:
             input=src, output=out, model=tiny["llava"], max_new_tokens=8, batch_size=2, shard_rows=2,
             actors=2, actor_num_cpus=0.5)), "captioned", "skipped_done"),
         "embed": StageCase("embed", "embeddings", "embedding_id", "_EmbedBatch", lambda out: run_embed(EmbedConfig(
-            input=src, output=out, family="longclip", checkpoint=tiny["longclip"], batch_size=2, shard_rows=2,
+            input=src, output=out, family="longclip", checkpoint=tiny["longclip"], batch_size=1, shard_rows=1,
             device="cpu", actor_num_cpus=0.5)), "embedded", "skipped_done", float_cols=("vector",)),
     }

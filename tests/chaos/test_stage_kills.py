@@ -49,7 +49,8 @@ def _clean(case, cluster, tmp_path_factory) -> tuple[Snapshot, float]:
 
 def _faults(kind: str, cluster, case) -> list:
     if kind == "node":
-        return [lambda: cluster.replace_worker_node(0), lambda: cluster.replace_worker_node(1)]
+        # The first replacement joins in the background: the second loss can strike while it starts.
+        return [lambda: cluster.replace_worker_node(0, wait=False), lambda: cluster.replace_worker_node(1)]
     udf, write = (f"({case.udf})",), ("ray::Write", "->Write")
 
     def kill(first, then):
