@@ -32,6 +32,9 @@ class ChaosCluster:
         # Short: Ray puts Unix sockets under it (108-byte limit).
         self.tmpdir = tempfile.mkdtemp(prefix="arc-", dir="/tmp")
         os.environ["RAY_TMPDIR"] = self.tmpdir
+        # A raylet waits for its node's agent to start; on a loaded 2-core box that can take longer than
+        # Ray's default, and the raylet then aborts ("Timed out waiting for file …metrics_agent_port…").
+        os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
         self.node_args = {"num_cpus": worker_cpus, "object_store_memory": object_store,
                           "resources": worker_resources or {}}
         self.workers_wanted = workers
