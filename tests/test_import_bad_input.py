@@ -302,13 +302,16 @@ def test_cnclip_rows_that_were_silently_lost_or_mixed_up(tmp_path):
     texts = [{"text_id": 10, "text": "", "image_ids": [1]}, {"text_id": 10, "text": "蓝色", "image_ids": [2]},
              {"text_id": 11, "text": "红色", "image_ids": []}, {"text_id": 12, "text": "圆形", "image_ids": [1, 2]},
              {"text_id": 13, "text": "绿色", "image_ids": ["\ufffd"]}]
-    (tmp_path / "train_texts.jsonl").write_text("\n".join(json.dumps(t, ensure_ascii=False) for t in texts))
+    lines = [json.dumps(t, ensure_ascii=False) for t in texts]
+    lines.append(json.dumps({"text_id": "\ud800", "text": "白色", "image_ids": [1]}))  # a lone-surrogate id
+    (tmp_path / "train_texts.jsonl").write_text("\n".join(lines))
     dest = tmp_path / "out"
     import_corpus(ImportConfig(format="cnclip", src=str(tmp_path), dest=str(dest)))
     assert [(t["text_id"], t["artwork_ids"]) for t in corpus.read_texts(str(dest)).to_pylist()] == [("12", ["1", "2"])]
+    assert corpus.read_artworks(str(dest)).column("text_ids").to_pylist() == [["12"], ["12"]]  # image 1 kept
     where = {(r["reason"], r["row"]) for r in corpus.read_failures(str(dest)).to_pylist()}
     assert {("empty_caption", "1"), ("duplicate_id", "2"), ("dangling_reference", "3"), ("bad_line", "3"),
-            ("dangling_reference", "5")} <= where
+            ("dangling_reference", "5"), ("bad_line", "6")} <= where
 
     (tmp_path / "valid_imgs.tsv").write_text(f"7\t{good}\n")
     (tmp_path / "val_imgs.tsv").write_text(f"8\t{good}\n")

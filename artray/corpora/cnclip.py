@@ -18,6 +18,7 @@ from artray.corpora.importer import (
     ImportConfig,
     ImportPlan,
     ImportSink,
+    bad_unicode,
     parse_json_line,
 )
 from artray.schema import normalise_split
@@ -47,7 +48,7 @@ def _split_files(src: str, options) -> dict[str, dict[str, str]]:
                                 "the Chinese-CLIP / CulTi split files")
     for split, files in found.items():
         if set(files) != {"imgs", "texts"}:
-            (have, uri), = files.items()
+            (uri,) = files.values()
             missing = ({"imgs", "texts"} - set(files)).pop()
             raise CorpusImportError(f"{uri} has no matching {missing} file for split {split} in {src} "
                                     f"(*{TEXTS_SUFFIX if missing == 'texts' else IMGS_SUFFIX}); add it or move {uri} away")
@@ -67,13 +68,14 @@ def _parse_texts(uri: str, split: str, options, problems: list, texts: list) -> 
             if not isinstance(obj, dict):
                 raise TypeError(f"the line is a JSON {type(obj).__name__}, not an object")
             text_id, text, image_ids = obj["text_id"], obj["text"], obj["image_ids"]
-            if not _is_id(text_id):
-                raise TypeError("text_id must be a number or a string")
+            if not _is_id(text_id) or bad_unicode(text_id):
+                raise TypeError("text_id must be a number or a string of valid Unicode")
             if not isinstance(image_ids, list) or not all(_is_id(i) for i in image_ids):
                 raise TypeError("image_ids must be a list of ids")
         except (ValueError, KeyError, TypeError) as exc:  # ValueError: not UTF-8 / not JSON
-            problems.append(("bad_line", f"not a valid text record ({type(exc).__name__}: {str(exc)[:200]}); each "
-                             'line must be {"text_id": ..., "text": "...", "image_ids": [...]}', None, uri, lineno))
+            detail = (f"not a valid text record ({type(exc).__name__}: {str(exc)[:200]}); each line must be "
+                      '{"text_id": ..., "text": "...", "image_ids": [...]}')
+            problems.append(("bad_line", detail, None, uri, lineno))
             continue
         texts.append((str(text_id), text, [str(i) for i in image_ids], split, uri, lineno))
 

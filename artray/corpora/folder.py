@@ -76,7 +76,7 @@ def bad_path(path: str) -> str | None:
     if "\x00" in path or bad_unicode(path):
         return "holds a NUL byte or invalid Unicode"
     norm = posixpath.normpath(path.replace("\\", "/"))
-    if norm.startswith("/") or norm == ".." or norm.startswith("../"):
+    if norm == ".." or norm.startswith(("/", "../")):
         return "points outside the collection's folder; give a path relative to it"
     return None
 
