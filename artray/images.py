@@ -61,7 +61,8 @@ def _load(im: Image.Image) -> None:
         raise ImageError("undecodable_image", f"image data is corrupt or truncated ({exc})") from exc
 
 
-def _decode(data: bytes, max_pixels: int) -> Image.Image:
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode `data` (pixel count checked from the header first), keeping its mode."""
     im = _open_checked(data, max_pixels)
     _load(im)
     return im
@@ -73,14 +74,9 @@ def header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     return ImageInfo(im.width, im.height, (im.format or "unknown").lower())
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode `data` (pixel count checked from the header first), keeping its mode."""
-    return _decode(data, max_pixels)
-
-
 def probe(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Fully decode `data` once to prove it is a usable image; return its size and format."""
-    im = _decode(data, max_pixels)
+    im = decode(data, max_pixels)
     return ImageInfo(im.width, im.height, (im.format or "unknown").lower())
 
 
@@ -121,4 +117,4 @@ def fit_long_side(
 
 def to_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode `data` to an RGB PIL image (for models)."""
-    return _decode(data, max_pixels).convert("RGB")
+    return decode(data, max_pixels).convert("RGB")

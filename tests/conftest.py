@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -27,8 +23,6 @@ for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
     os.environ.pop(var, None)
 
 import pytest  # noqa: E402
-
-from artray.runtime import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -51,26 +45,11 @@ def ray_local():
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3-compatible server (moto in server mode) on 127.0.0.1; yields its URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    from moto_server import MotoProcess
+
+    server = MotoProcess()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

@@ -126,11 +126,10 @@ def _blip_config(tok):
     text = dict(vocab_size=len(tok), hidden_size=32, encoder_hidden_size=VISION["hidden_size"],
                 intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                 max_position_embeddings=512, bos_token_id=tok.bos_token_id, eos_token_id=tok.sep_token_id,
-                sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
+                sep_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.1)
     # BlipVisionConfig's default initializer_range is 1e-10 (it assumes pretrained weights): a random
     # BLIP then maps every image to the same feature and its contrastive loss sits at chance. At 0.1
     # (both towers) the tiny model's features differ per image/text and fine-tuning can move them.
-    text["initializer_range"] = 0.1
     return BlipConfig(text_config=text, vision_config=dict(VISION, initializer_range=0.1), projection_dim=16,
                       image_text_hidden_size=16, initializer_range=0.1)
 

@@ -87,6 +87,12 @@ def _apps_running() -> bool:
     try:
         apps = serve.status().applications
     except Exception:  # noqa: BLE001 - no controller yet, or it is restarting: not running
+        # serve.status() keeps the controller handle it first found, for the life of this driver; once
+        # that controller is gone (an earlier `serve run` shut Serve down) every call fails. Forget it
+        # so the next call finds the new controller by name.
+        from ray.serve import context
+
+        context._disconnect()
         return False
     return bool(apps) and all(a.status == "RUNNING" for a in apps.values())
 

@@ -19,10 +19,8 @@ One run at a time per output URI.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,6 +41,7 @@ from artray.runtime import init_ray
 from artray.schema import FAILURE_SCHEMA, VARIANT_SCHEMA
 from artray.stages import augment_generate as gen
 from artray.stages.augment_plan import make_plan, read_train, variant_id
+from artray.stages.pipeline_errors import run_pipeline
 from artray.stages.sink import (
     StageSink,
     consolidate_failures,
@@ -56,7 +55,6 @@ STAGE = "augment"
 VARIANTS = "variants"
 PARAMS = "_augment_params.json"
 AUX_NUM_CPUS = 0.25  # prepare / encode / write tasks; fractional so they never starve behind the actors
-_EXC_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit): ")
 PINNED = ("model", "variants", "seed", "caption", "prompt_template", "strength", "guidance", "steps", "sampler",
           "long_side", "batch_size", "image_format", "jpeg_quality", "filter_model", "filter_threshold")
 
@@ -217,25 +215,6 @@ def _check_model_paths(cfg: AugmentConfig) -> None:
             raise AugmentError(f"{key}: {name} does not exist; give an existing folder/file, a hub id or an s3:// URI")
 
 
-def _root_cause(exc: BaseException) -> str:
-    """The user-facing cause of a Ray Data failure: the last `Type: message` line of the remote traceback
-    that is not Ray's own wrapper (Ray sends the traceback as text, not as a chained exception)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    causes = [line for line in lines if _EXC_LINE.match(line) and not line.startswith("ray.")]
-    return causes[-1] if causes else (lines[-1] if lines else type(exc).__name__)
-
-
-def _drop_tracebacks(exc: BaseException | None) -> None:
-    """Free the frames of a failed run. Ray Data logs the exception object itself, so any handler that
-    keeps log records (pytest, notebooks) would keep its traceback, the executor and the actor pool,
-    with their CPUs/GPUs, alive; a retry in the same process would then wait forever."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc.__traceback__ = None
-        exc = exc.__cause__ or exc.__context__
-
-
 def run_augment(cfg: AugmentConfig) -> dict:
     """Generate what is missing in `cfg.output`, consolidate, write the manifest; returns it."""
     started = time.time()
@@ -262,16 +241,9 @@ def run_augment(cfg: AugmentConfig) -> dict:
     logger.info("augment plan: %s in %d batches", plan, len(batches))
 
     gen_started = time.time()
-    stats, actors, error = {"written": 0, "failed": {}}, 0, None
-    try:
-        if batches:
-            stats, actors = _run_pipeline(batches, cfg, run_id)
-    except Exception as exc:  # noqa: BLE001 - re-raised below as AugmentError with the same message
-        error = f"{_root_cause(exc)} ({type(exc).__name__})"
-        _drop_tracebacks(exc)
-    if error:
-        gc.collect()
-        raise AugmentError(f"the augment pipeline failed; committed variants are kept, run again to resume. {error}")
+    stats, actors = {"written": 0, "failed": {}}, 0
+    if batches:
+        stats, actors = run_pipeline(lambda: _run_pipeline(batches, cfg, run_id), AugmentError, STAGE)
     gen_wall = time.time() - gen_started
 
     final = corpus.read_table(storage.join(cfg.output, VARIANTS), VARIANT_SCHEMA, opts,

@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import torch
 
+from artray.train.loop import _images, _to_device
 from artray.train.losses import image_to_text_recall, recall_at_k
 
 
-def _images(blobs, max_pixels: int):
-    from artray.images import decode
-
-    return [decode(b, max_pixels) for b in blobs]
-
-
 def _move(batch: dict, engine, dtype) -> dict:
-    from artray.train.loop import _to_device
-
     return _to_device(batch, engine.device, dtype)
 
 

@@ -6,39 +6,15 @@ from __future__ import annotations
 
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
+
+import moto_server
 
 from artray.runtime import free_port
 
 
-def _wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
-
-
-class MotoProcess:
-    """`python -m moto.server` on 127.0.0.1:`port` (a fresh free port if None), in memory."""
-
-    def __init__(self, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.port)
-
-    def kill(self) -> None:
-        """SIGKILL: the server and everything it held are gone at once."""
-        self.proc.kill()
-        self.proc.wait(30)
+class MotoProcess(moto_server.MotoProcess):
+    """The test server (tests/moto_server.py) plus a client that fails fast once it is gone."""
 
     def client(self):
         """A boto3 client straight to this server; fails fast (no retries) once the server is gone."""
