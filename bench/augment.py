@@ -1,7 +1,7 @@
 """Augment benchmark: artray's `run_augment` vs a bare diffusers loop, same images, same pipeline.
 
     .venv/bin/python bench/augment.py [--n 50] [--variants 4] [--steps 20] [--long-side 256] [--rounds 1]
-    .venv/bin/python bench/augment.py --full-size      # GPU only: SD-1.5 architecture, 576 px, fp16
+    .venv/bin/python bench/augment.py --full-size      # on a GPU: SD-1.5 architecture, 576 px, 40 steps, fp16
 
 One run, side by side:
 
@@ -136,13 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=50, help="sample artworks (about 70%% are train)")
     p.add_argument("--variants", type=int, default=4)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--long-side", type=int, default=256)
+    p.add_argument("--steps", type=int, help="default 20; 40 with --full-size (the published recipe)")
+    p.add_argument("--long-side", type=int, help="default 256; 576 with --full-size (the published recipe)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads on both sides on CPU (default 1: on a shared 2-core machine two threads "
                         "swing 10x between runs)")
-    p.add_argument("--full-size", action="store_true", help="SD-1.5 architecture, random weights, 576 px, 40 steps, GPU")
+    p.add_argument("--full-size", action="store_true", help="SD-1.5 architecture, random weights, 576 px, 40 steps")
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU (or --full-size) at hand")
     p.add_argument("--workdir", help="keep inputs/outputs here (default: a temp dir)")
     p.add_argument("--_bare", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -158,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     from artray.models.tiny import make_tiny
     from artray.stages.augment import AugmentConfig
 
-    if a.full_size and not torch.cuda.is_available():
-        print("--full-size needs a CUDA GPU (the full SD-1.5 architecture would take hours on CPU)")
+    gpu = torch.cuda.is_available() and not a.cpu
+    if a.full_size and not gpu and not a.cpu:
+        print("--full-size needs a CUDA GPU (the full SD-1.5 architecture takes hours on CPU; --cpu to insist)")
         return 2
-    if a.full_size:
-        a.long_side, a.steps = 576, 40
+    a.long_side = a.long_side or (576 if a.full_size else 256)
+    a.steps = a.steps or (40 if a.full_size else 20)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="artray-bench-augment-"))
     src = make_samples(str(work / "samples"), n=a.n)["artpedia"]
     inp = str(work / "corpus")
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     model = _full_size_sd15(work / "sd15-random") if a.full_size else make_tiny(str(work / "tiny"))["sd-img2img"]
 
     cpus = os.cpu_count() or 2
-    threads = None if a.full_size else a.threads
+    threads = None if gpu else a.threads
     if threads:  # the same OpenMP pool size for the actor (Ray's workers inherit it) and the bare process
         os.environ["OMP_NUM_THREADS"] = str(threads)
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
@@ -182,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(a.rounds):
         cfg = AugmentConfig(input=inp, output=str(work / f"artray-r{rnd}"), model=model, variants=a.variants,
                             steps=a.steps, long_side=a.long_side, batch_size=a.variants,
-                            actor_num_cpus=1.0 if a.full_size else max(1.0, cpus - 0.75), torch_threads=threads)
+                            actor_num_cpus=1.0 if gpu else max(1.0, cpus - 0.75), torch_threads=threads,
+                            num_gpus=None if gpu else 0)
         bare_args = {"model": model, "input": inp, "output": str(work / f"bare-r{rnd}"), "variants": a.variants,
-                     "steps": a.steps, "long_side": a.long_side, "gpu": a.full_size, "threads": threads}
+                     "steps": a.steps, "long_side": a.long_side, "gpu": gpu, "threads": threads}
         for stale in (cfg.output, bare_args["output"]):  # a kept --workdir must not make artray resume
             shutil.rmtree(stale, ignore_errors=True)
         order = ("artray", "bare") if rnd % 2 == 0 else ("bare", "artray")
@@ -200,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios.append(ratio(n / t_art, n / t_bare))
         rows.append([rnd, n, n / t_art, n / t_bare, ratios[-1], f"{same}/{n}"])
     print(table(["round", "images", "artray img/s", "bare img/s", "ratio", "byte-identical"], rows, digits=3))
-    setup = "full-size SD-1.5 (random weights), fp16, GPU" if a.full_size else "tiny SD img2img, fp32, CPU"
-    setup += "" if a.full_size else f", {threads} torch threads each"
+    setup = "full-size SD-1.5 (random weights)" if a.full_size else "tiny SD img2img"
+    setup += f", fp16, {torch.cuda.get_device_name()}" if gpu else f", fp32, CPU, {threads} torch threads each"
     print(f"{setup}; {a.long_side} px long side, {a.steps} steps (strength 0.34), {a.variants} variants/artwork, "
           f"batch {a.variants}; ratio artray/bare (median of {a.rounds}): {median(ratios):.3f} (goal >= 0.9)")
     ray.shutdown()

@@ -1,7 +1,7 @@
 """Training throughput: artray's Ray Train + DeepSpeed loop vs a plain single-process PyTorch loop.
 
     .venv/bin/python bench/train.py [--family longclip] [--epochs 2] [--batch-size 8] [--n 60]
-    .venv/bin/python bench/train.py --full-size --use-gpu     # on a GPU machine only
+    .venv/bin/python bench/train.py --full-size --use-gpu [--family cnclip]    # on a GPU machine only
 
 Same model, same data, same batch size per step, one run, side by side:
 
@@ -12,19 +12,25 @@ Same model, same data, same batch size per step, one run, side by side:
   can be far off, so not the best one);
 * **plain**: one process, the same family module and objective (no gathering across
   workers), ``torch.optim.AdamW``, the same number of samples per epoch; the same median,
-  with 1 and with 2 torch threads (the faster one is compared).
+  with 1 and with 2 torch threads on CPU (the faster one is compared);
+* **step only** (``--use-gpu``): the plain loop's forward + backward + optimizer step repeated on
+  one batch already on the GPU, no data loading: the ceiling both loops approach.
 
 Prints one JSON line with both samples/s and the ratio (artray / plain). On 2 CPU cores two
 workers share the cores with Ray itself, so the ratio there measures overhead, not scaling.
+Model FLOPs per sample are counted once (``torch.utils.flop_counter`` over one forward +
+backward) and turned into model FLOPs utilisation against ``--peak-tflops`` (default: 989,
+dense bf16 of an H100/H200 SXM).
+
 ``--full-size`` swaps the tiny checkpoint for a randomly initialised full-size architecture
-(Long-CLIP ViT-L/14 at 248 tokens, or Chinese-CLIP ViT-H/14) written to a temp folder, in bf16
-with ZeRO-2: meant for a GPU machine, it is not run on CPU.
+(Long-CLIP ViT-L/14 at 248 tokens, or Chinese-CLIP ViT-H/14 with a RoBERTa-large text tower)
+written to a temp folder, in bf16 with ZeRO-2, no checkpoints (``checkpoint_every: 0``): the
+compute of the real models, meant for a GPU machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import os
@@ -35,8 +41,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+PEAK_BF16_TFLOPS = 989.0  # H100/H200 SXM, dense bf16, vendor datasheet
 
 
 def _full_size_longclip(root: str) -> str:
@@ -53,8 +60,74 @@ def _full_size_longclip(root: str) -> str:
     return path
 
 
-def plain_loop(cfg, epochs: int) -> float:
-    """Samples/s of a single-process PyTorch loop with the family's module and objective."""
+def _full_size_cnclip(root: str) -> str:
+    """A random Chinese-CLIP ViT-H/14 (OFA-Sys/chinese-clip-vit-huge-patch14's shapes: RoBERTa-wwm-large
+    text tower, 1024-d projection) saved as a transformers folder with the tiny checkpoint's processor."""
+    import torch
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
+
+    from artray.models.tiny import make_tiny
+
+    tiny = make_tiny(os.path.join(root, "tiny"))["cnclip"]
+    torch.manual_seed(0)
+    config = ChineseCLIPConfig(
+        text_config=dict(vocab_size=21128, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                         num_attention_heads=16, max_position_embeddings=512, type_vocab_size=2),
+        vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                           patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu"),
+        projection_dim=1024)
+    path = os.path.join(root, "cnclip-H-random")
+    ChineseCLIPModel(config).save_pretrained(path, safe_serialization=True)
+    processor = ChineseCLIPProcessor.from_pretrained(tiny)
+    processor.image_processor.size = {"shortest_edge": 224}
+    processor.image_processor.crop_size = {"height": 224, "width": 224}
+    processor.save_pretrained(path)
+    return path
+
+
+def _plain_step(family, module, opt, batch: dict, device: str, precision: str):
+    import torch
+
+    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = family.loss(module(**batch), gather=False)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def flops_per_sample(family, module, batch: dict, n: int, device: str, precision: str) -> float:
+    """Model FLOPs of one training sample: forward + backward counted by torch's FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = family.loss(module(**batch), gather=False)
+        loss.backward()
+    module.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / n
+
+
+def step_only(family, module, opt, batch: dict, device: str, precision: str, iters: int = 10) -> float:
+    """Samples/s of forward + backward + step on one batch already on the device (no data loading)."""
+    import torch
+
+    n = len(next(v for v in batch.values() if torch.is_tensor(v)))
+    for _ in range(3):
+        _plain_step(family, module, opt, batch, device, precision)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        _plain_step(family, module, opt, batch, device, precision)
+    torch.cuda.synchronize()
+    return n * iters / (time.perf_counter() - start)
+
+
+def plain_loop(cfg, epochs: int) -> dict:
+    """Samples/s of a single-process PyTorch loop with the family's module and objective; on a GPU
+    also the step-only rate and the model FLOPs per sample."""
     import torch
     from PIL import Image
 
@@ -68,21 +141,28 @@ def plain_loop(cfg, epochs: int) -> float:
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
     rows = build_train_table(cfg).to_pylist()
     rng, rates = random.Random(0), []
+
+    def batch_of(chunk: list[dict]) -> dict:
+        images = [Image.open(io.BytesIO(draw_image(r, cfg.alpha, rng)[0])) for r in chunk]
+        return family.train_batch(images, [draw_caption(r, rng) for r in chunk])
+
     for _ in range(epochs):
         start, seen = time.perf_counter(), 0
         for i in range(0, len(rows), cfg.batch_size):
             chunk = rows[i:i + cfg.batch_size]
-            images = [Image.open(io.BytesIO(draw_image(r, cfg.alpha, rng)[0])) for r in chunk]
-            batch = family.train_batch(images, [draw_caption(r, rng) for r in chunk])
-            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss = family.loss(module(**batch), gather=False)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _plain_step(family, module, opt, batch_of(chunk), device, cfg.precision)
             seen += len(chunk)
+        if cfg.use_gpu:
+            torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - start))
-    return statistics.median(rates[1:] or rates)
+    out = {"samples_per_s": statistics.median(rates[1:] or rates)}
+    first = batch_of(rows[:cfg.batch_size])
+    out["flops_per_sample"] = flops_per_sample(family, module, first, len(rows[:cfg.batch_size]), device,
+                                               cfg.precision)
+    if cfg.use_gpu:
+        out["step_only_samples_per_s"] = step_only(family, module, opt, first, device, cfg.precision)
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
 
 
 def main() -> int:
@@ -95,7 +175,14 @@ def main() -> int:
     p.add_argument("--zero", type=int, default=2)
     p.add_argument("--full-size", action="store_true")
     p.add_argument("--use-gpu", action="store_true")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 with --full-size, else fp32")
+    p.add_argument("--cpus-per-worker", type=float,
+                   help="CPUs (and so torch/OpenMP threads) per Ray Train worker; default 8 with --use-gpu, else 1")
+    p.add_argument("--peak-tflops", type=float, default=PEAK_BF16_TFLOPS, help="for model FLOPs utilisation")
     args = p.parse_args()
+    if not args.use_gpu:  # before Ray starts: its workers inherit the environment
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    precision = args.precision or ("bf16" if args.full_size else "fp32")
 
     import ray
 
@@ -110,39 +197,51 @@ def main() -> int:
     src = make_samples(os.path.join(root, "samples"), n=args.n)[name]
     import_corpus(ImportConfig(format=fmt, src=src, dest=os.path.join(root, name)))
     if args.full_size:
-        if args.family != "longclip":
-            p.error("--full-size is written for longclip here")
-        model = _full_size_longclip(root)
+        if args.family == "blip-retrieval":
+            p.error("--full-size is written for longclip and cnclip")
+        model = _full_size_longclip(root) if args.family == "longclip" else _full_size_cnclip(root)
     else:
         model = make_tiny(os.path.join(root, "tiny"))[args.family]
+    # full size: no checkpoints (ZeRO-2 state of ViT-H is ~14 GB an epoch, not what is measured here)
     cfg = TrainConfig(family=args.family, model=model, corpus=os.path.join(root, name), output=os.path.join(root, "runs"),
                       epochs=args.epochs, batch_size=args.batch_size, num_workers=args.workers, zero_stage=args.zero,
-                      use_gpu=args.use_gpu, precision="bf16" if args.full_size else "fp32", lr=1e-4,
-                      warmup_steps=0, max_failures=0, export=False, keep_checkpoints=args.epochs)
+                      use_gpu=args.use_gpu, precision=precision, lr=1e-4, warmup_steps=0, max_failures=0,
+                      export=False, keep_checkpoints=args.epochs, checkpoint_every=0 if args.full_size else 1,
+                      cpus_per_worker=args.cpus_per_worker or (8.0 if args.use_gpu else 1.0))
     ray.init(num_cpus=None if args.use_gpu else 2, include_dashboard=False, logging_level="ERROR")
     out = run_train(cfg)
     ray.shutdown()
-    # the latest checkpoint holds every epoch's figures (the best one only those up to it)
-    latest = sorted(glob.glob(os.path.join(out["run_path"], "checkpoint_epoch*")))[-1]
-    with open(os.path.join(latest, "train_state.json"), encoding="utf-8") as f:
-        state = json.load(f)
-    epochs = state["history"][1:] or state["history"]
-    artray_sps = statistics.median(h["samples_per_s"] for h in epochs)
-    # Ray runs each worker with OMP_NUM_THREADS=1; the plain loop is timed with 1 and with 2 torch threads
-    # (2 intra-op threads on tiny matrices can be far slower on a loaded 2-core machine).
+    history = out["history"]
+    artray_sps = statistics.median(h["samples_per_s"] for h in (history[1:] or history))
     import torch
 
+    # Ray runs each worker with OMP_NUM_THREADS=1; on CPU the plain loop is timed with 1 and with 2 torch
+    # threads (2 intra-op threads on tiny matrices can be far slower on a loaded 2-core machine).
     plain = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
+    for threads in ((None,) if args.use_gpu else (1, 2)):
+        if threads:
+            torch.set_num_threads(threads)
         plain[threads] = plain_loop(cfg, args.epochs)
-    plain_sps = max(plain.values())
-    print(json.dumps({"family": args.family, "full_size": args.full_size, "workers": args.workers,
-                      "zero": args.zero, "batch_size": args.batch_size, "n": args.n, "epochs": args.epochs,
-                      "artray_epochs_samples_per_s": [h["samples_per_s"] for h in state["history"]],
-                      "artray_samples_per_s": round(artray_sps, 2),
-                      "plain_samples_per_s_1thread": round(plain[1], 2),
-                      "plain_samples_per_s_2threads": round(plain[2], 2), "plain_samples_per_s": round(plain_sps, 2), "ratio": round(artray_sps / plain_sps, 3)}))
+    best = max(plain.values(), key=lambda r: r["samples_per_s"])
+    plain_sps, flops = best["samples_per_s"], best["flops_per_sample"]
+
+    def mfu(sps: float) -> float:
+        return round(sps * flops / (args.peak_tflops * 1e12), 4)
+
+    report = {"family": args.family, "full_size": args.full_size, "use_gpu": args.use_gpu, "precision": precision,
+              "workers": args.workers, "cpus_per_worker": cfg.cpus_per_worker, "zero": args.zero, "batch_size": args.batch_size, "n": args.n,
+              "epochs": args.epochs, "artray_epochs_samples_per_s": [h["samples_per_s"] for h in history],
+              "artray_samples_per_s": round(artray_sps, 2), "plain_samples_per_s": round(plain_sps, 2),
+              "ratio": round(artray_sps / plain_sps, 3), "gflops_per_sample": round(flops / 1e9, 2)}
+    if args.use_gpu:
+        report.update(gpu=torch.cuda.get_device_name(), peak_tflops=args.peak_tflops, artray_mfu=mfu(artray_sps),
+                      plain_mfu=mfu(plain_sps), step_only_samples_per_s=round(best["step_only_samples_per_s"], 2),
+                      step_only_mfu=mfu(best["step_only_samples_per_s"]),
+                      plain_peak_memory_gib=round(best["peak_memory_gib"], 1))
+    else:
+        report.update({f"plain_samples_per_s_{t}thread{'s' if t > 1 else ''}": round(r["samples_per_s"], 2)
+                       for t, r in plain.items()})
+    print(json.dumps(report))
     return 0
 
 

@@ -128,6 +128,23 @@ def test_variants_join_on_parent_and_leakage_is_refused_by_name(artpedia, tmp_pa
                                          "caption_source": "both"}))
 
 
+def test_checkpoint_every_saves_every_nth_and_the_last_epoch():
+    from artray.train.loop import wants_checkpoint
+
+    def saved(**over) -> list[int]:
+        cfg = TrainConfig(**BASE, epochs=5, export=False, **over)
+        return [e for e in range(1, 6) if wants_checkpoint(cfg, {"epoch": e, "step": 10 * e}, stop=False)]
+
+    assert saved() == [1, 2, 3, 4, 5]
+    assert saved(checkpoint_every=2) == [2, 4, 5]
+    assert saved(checkpoint_every=2, max_steps=30) == [2, 3, 4, 5]  # epoch 3 reaches max_steps: the last one
+    assert saved(checkpoint_every=0) == []
+    cfg = TrainConfig(**BASE, epochs=5, export=False, checkpoint_every=3)
+    assert wants_checkpoint(cfg, {"epoch": 1, "step": 10}, stop=True)  # early stop ends the run: save it
+    with pytest.raises(ValueError, match="nothing to export"):
+        TrainConfig(**BASE, checkpoint_every=0)  # export defaults to true
+
+
 def test_deepspeed_config_and_zero_dim_fix():
     cfg = TrainConfig(**BASE, batch_size=4, grad_accum=3, zero_stage=3, precision="bf16", grad_clip=0.5)
     ds = deepspeed_config(cfg, world_size=2)

@@ -89,10 +89,14 @@ def _derived(artpedia: str, root) -> tuple[str, str]:
 
 def test_longclip_two_workers_deepspeed_loss_falls_and_recall_rises(ray_local, tiny, artpedia, tmp_path):
     cfg = TrainConfig(**FAST, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="learn",
-                      loss="infonce", epochs=5, max_failures=0, export=False)
+                      loss="infonce", epochs=5, max_failures=0, export=False, checkpoint_every=2)
     out = run_train(cfg)
     assert out["metrics"]["epoch"] == 5 and out["metrics"]["step"] == 5 * 18 and out["metrics"]["restored"] == 0
     assert_learns(out)
+    # checkpoint_every=2: epochs 2 and 4 are saved, and the last one always; 1 and 3 never were.
+    assert [h["epoch"] for h in out["history"]] == [1, 2, 3, 4, 5]  # every epoch's metrics, not only saved ones
+    saved = {d for d in os.listdir(out["run_path"]) if d.startswith("checkpoint_epoch")}
+    assert "checkpoint_epoch0005" in saved and saved <= {f"checkpoint_epoch000{e}" for e in (2, 4, 5)}
     # The DeepSpeed config used (also printed by rank 0 at start) is recorded with every checkpoint.
     with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
         state = json.load(f)
@@ -107,6 +111,7 @@ def test_worker_failure_resumes_from_last_checkpoint(ray_local, tiny, artpedia, 
                       epochs=2, fail_at_step=7, max_failures=1)
     out = run_train(cfg)
     assert out["metrics"]["epoch"] == 2 and out["metrics"]["step"] == 10 and out["metrics"]["restored"] == 1
+    assert [h["epoch"] for h in out["history"]] == [1, 2]  # epoch 1 came back with its checkpoint
     with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
         assert [h["epoch"] for h in json.load(f)["history"]][-2:] == [1, 2]
     assert os.path.exists(out["export"])
@@ -167,11 +172,9 @@ def test_checkpoints_and_export_on_s3(ray_local, tiny, artpedia, s3_endpoint, s3
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage,precision", [
     (3, "fp32"),
-    # DeepSpeed's bf16 keeps the weights in bf16; open_clip's LayerNorm casts activations to fp32, and CPU
-    # layer_norm refuses fp32 input with bf16 weights ("mixed dtype (CPU)"). Kept as a strict xfail so a fix
-    # (in artray or upstream) is noticed.
-    pytest.param(2, "bf16", marks=pytest.mark.xfail(raises=Exception, strict=True,
-                                                    reason="Long-CLIP bf16 under DeepSpeed on CPU: mixed-dtype layer_norm")),
+    # DeepSpeed's bf16 keeps every weight in bf16: the module is built with open_clip's plain LayerNorm
+    # (LayerNormFp32 cast activations to fp32 and failed against bf16 weights, on CPU and on an H200 alike).
+    (2, "bf16"),
 ])
 def test_zero3_and_bf16_on_cpu(ray_local, tiny, artpedia, tmp_path, zero_stage, precision):
     cfg = TrainConfig(**SMOKE, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"),

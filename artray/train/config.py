@@ -95,6 +95,8 @@ class TrainConfig(JobConfig):
     # evaluation, checkpoints, cluster
     select_metric: Literal["val_r1", "val_loss", "cider"] = "val_r1"
     keep_checkpoints: int = 2
+    checkpoint_every: int = Field(1, ge=0, description="epochs between checkpoints (the last epoch always gets one); "
+                                  "0 = none at all: no resume, no export (benchmarks, smoke runs)")
     num_beams: int = 4
     max_new_tokens: int = 40
     num_workers: int = 2
@@ -122,6 +124,9 @@ class TrainConfig(JobConfig):
                              "and captioner (its name in that table)")
         if self.alpha > 0 and not self.variants:
             raise ValueError("alpha > 0 needs variants: the augment output URI")
+        if self.checkpoint_every == 0 and self.export:
+            raise ValueError("checkpoint_every: 0 writes no checkpoint, so there is nothing to export: "
+                             "set export: false, or checkpoint_every: 1")
         if self.family == "cnclip" and self.context_length and self.context_length > 512:
             raise ValueError("cnclip context_length is at most 512 (the text tower's positions)")
         return self

@@ -103,7 +103,10 @@ class LongClipFamily:
     def build_module(self) -> nn.Module:
         from open_clip.model import build_model_from_openai_state_dict
 
-        clip = build_model_from_openai_state_dict(merge_longclip_state_dict(self.sd), quick_gelu=True).float()
+        # cast_dtype=None: open_clip's plain LayerNorm. The default (fp16) picks LayerNormFp32, which casts
+        # activations to fp32 and then fails against DeepSpeed's bf16/fp16 weights (CPU and CUDA alike).
+        clip = build_model_from_openai_state_dict(merge_longclip_state_dict(self.sd), quick_gelu=True,
+                                                  cast_dtype=None).float()
         module = LongClipModule(clip, self.sd["positional_embedding"].float(),
                                 self.sd["positional_embedding_res"].float())
         if self.cfg.reset_logit_scale:

@@ -5,7 +5,8 @@ restore the latest Ray Train checkpoint if there is one (after a worker failure 
 rerun of a stopped job), then per epoch: stream this worker's shard of the train set
 (``ray.train.get_dataset_shard``), draw each sample's image (alpha) and caption, step,
 validate on the full validation set (every rank, in lockstep, so ZeRO-3 works), save a
-DeepSpeed checkpoint on every rank and ``ray.train.report`` it with the metrics.
+DeepSpeed checkpoint on every rank (every ``checkpoint_every`` epochs and the last) and
+``ray.train.report`` it with the metrics.
 """
 
 from __future__ import annotations
@@ -80,8 +81,17 @@ def _save(engine, state: dict, rank: int) -> str:
     return path
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train entry: `loop_config` = {"cfg": TrainConfig dump, "steps_per_epoch": optimizer steps}."""
+def wants_checkpoint(cfg, state: dict, stop: bool) -> bool:
+    """Whether the epoch just ended is saved: every `checkpoint_every` epochs and the last one, never with 0."""
+    if not cfg.checkpoint_every:
+        return False
+    last = stop or state["epoch"] >= cfg.epochs or (cfg.max_steps is not None and state["step"] >= cfg.max_steps)
+    return last or state["epoch"] % cfg.checkpoint_every == 0
+
+
+def train_loop_per_worker(loop_config: dict) -> list[dict]:
+    """Ray Train entry: `loop_config` = {"cfg": TrainConfig dump, "steps_per_epoch": optimizer steps}.
+    Returns every epoch's metrics (the run's, restored epochs included)."""
     if not loop_config["cfg"].get("use_gpu"):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import shutil
@@ -151,9 +161,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(f"[train] epoch {state['epoch']}: {json.dumps(metrics)}" + (" (val loss rose: early stop)"
                                                                               if stop else ""), flush=True)
-        path = _save(engine, state, rank)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
-                         checkpoint_dir_name=f"checkpoint_epoch{state['epoch']:04d}")
-        shutil.rmtree(path, ignore_errors=True)
+        if not wants_checkpoint(cfg, state, stop):
+            ray.train.report(metrics)
+        else:
+            path = _save(engine, state, rank)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
+                             checkpoint_dir_name=f"checkpoint_epoch{state['epoch']:04d}")
+            shutil.rmtree(path, ignore_errors=True)
         if stop:
             break
+    return state["history"]  # rank 0's: Ray Train hands it back as Result.return_value

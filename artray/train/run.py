@@ -53,7 +53,8 @@ def best_checkpoint(result, metric: str):
 
 
 def run_train(cfg: TrainConfig) -> dict:
-    """Train `cfg` on the current Ray cluster; returns metrics, the best checkpoint and the export path."""
+    """Train `cfg` on the current Ray cluster; returns the last and every epoch's metrics, the best
+    checkpoint and the export path."""
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -81,9 +82,16 @@ def run_train(cfg: TrainConfig) -> dict:
         run_config=_run_config(cfg),
     )
     result = trainer.fit()
+    history = result.return_value or []  # every epoch's metrics, from rank 0
+    out = {"metrics": result.metrics or (history[-1] if history else {}), "history": history,
+           "run_path": storage.join(cfg.output, cfg.name), "best_metrics": None, "best_checkpoint": None,
+           "export": None}
+    if not cfg.checkpoint_every:  # nothing saved on purpose (benchmarks, smoke runs)
+        print(f"[train] {cfg.family} {cfg.name}: last epoch {cfg.select_metric}="
+              f"{out['metrics'].get(cfg.select_metric)} (checkpoint_every: 0, nothing saved)")
+        return out
     checkpoint, metrics = best_checkpoint(result, cfg.select_metric)
-    out = {"metrics": result.metrics, "best_metrics": metrics, "best_checkpoint": checkpoint.path,
-           "run_path": storage.join(cfg.output, cfg.name), "export": None}
+    out.update(best_metrics=metrics, best_checkpoint=checkpoint.path)
     if cfg.export:
         out["export"] = export_checkpoint(checkpoint, cfg, family_cls)
         log.info("exported %s (best %s=%s)", out["export"], cfg.select_metric, metrics[cfg.select_metric])
