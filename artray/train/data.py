@@ -14,10 +14,11 @@ import random
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 from artray import corpus, storage
 from artray.errors import UserError
-from artray.images import ImageError, header
+from artray.images import ImageError, decode, header
 from artray.schema import CAPTION_SCHEMA, VARIANT_SCHEMA
 from artray.train.config import TrainConfig
 
@@ -160,3 +161,30 @@ def draw_image(example: dict, alpha: float, rng: random.Random) -> tuple[bytes, 
 def draw_caption(example: dict, rng: random.Random) -> str:
     caps = example["captions"]
     return caps[rng.randrange(len(caps))]
+
+
+def sample_rng(seed: int, epoch: int, artwork_id: str) -> random.Random:
+    """The RNG of one sample's draws in one epoch: the same draws whatever the worker, the batch or the
+    thread that prepares it, so a restored or re-sharded epoch draws what the first one did."""
+    return random.Random(f"{seed}:{epoch}:{artwork_id}")
+
+
+class PrepareBatch(ArrowBatchCollateFn):
+    """Ray Data's collate step for training: draws each sample's image (alpha) and caption, decodes
+    (with the decompression-bomb limit) and runs the family's preprocessing.
+
+    `iter_torch_batches` runs it in a background thread, a batch ahead of the training step, so the
+    CPU work overlaps the GPU's. Returns ``(model inputs, rows, variants drawn)``; the caller moves the
+    inputs to its device.
+    """
+
+    def __init__(self, cfg: TrainConfig, family, epoch: int):
+        self.cfg, self.family, self.epoch = cfg, family, epoch
+
+    def __call__(self, batch: pa.Table) -> tuple[dict, int, int]:
+        rows = batch.to_pylist()
+        rngs = [sample_rng(self.cfg.seed, self.epoch, r["artwork_id"]) for r in rows]
+        drawn = [draw_image(r, self.cfg.alpha, g) for r, g in zip(rows, rngs)]
+        images = [decode(b, self.cfg.max_image_pixels) for b, _ in drawn]
+        inputs = self.family.train_batch(images, [draw_caption(r, g) for r, g in zip(rows, rngs)])
+        return inputs, len(rows), sum(v for _, v in drawn)

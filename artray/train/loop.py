@@ -38,30 +38,27 @@ def _to_device(batch: dict, device, dtype) -> dict:
 def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: bool, dtype) -> list[float]:
     """One pass over this worker's shard; returns the micro-batch losses.
 
-    Every random draw of an epoch (alpha and caption draws, torch's RNG, the local shuffle) is
-    seeded from (seed, epoch, rank) alone, so an epoch re-run after a restore from the previous
-    epoch's checkpoint draws exactly what the uninterrupted run drew.
+    Every random draw of an epoch is seeded from the seed and the epoch (alpha and caption draws per
+    sample, `sample_rng`; the local shuffle) or also the rank (torch's RNG), so an epoch re-run after a
+    restore from the previous epoch's checkpoint draws exactly what the uninterrupted run drew.
+    Batches are prepared one ahead in Ray Data's collate thread (`PrepareBatch`) and losses are read
+    back once per epoch, so on a GPU the next batch's decoding overlaps the current step.
     """
-    rng = random.Random(f"{cfg.seed}:{state['epoch']}:{rank}")
     # torch draws too (BLIP's ITM negatives): reseeded per epoch, not carried over from earlier epochs
     torch.manual_seed(random.Random(f"torch:{cfg.seed}:{state['epoch']}:{rank}").getrandbits(63))
-    from artray.train.data import draw_caption, draw_image
+    from artray.train.data import PrepareBatch
 
     losses, variants_seen = [], 0
-    batches = shard.iter_batches(batch_size=cfg.batch_size, batch_format="pyarrow",
-                                 local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
-                                 local_shuffle_seed=cfg.seed + state["epoch"])
-    for batch in batches:
-        rows = batch.to_pylist()
-        drawn = [draw_image(r, cfg.alpha, rng) for r in rows]
-        variants_seen += sum(v for _, v in drawn)
-        images = _images([b for b, _ in drawn], cfg.max_image_pixels)
-        inputs = family.train_batch(images, [draw_caption(r, rng) for r in rows])
+    batches = shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=PrepareBatch(cfg, family, state["epoch"]),
+                                       prefetch_batches=1, local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
+                                       local_shuffle_seed=cfg.seed + state["epoch"])
+    for inputs, rows, variants in batches:
+        variants_seen += variants
         loss = family.loss(engine(**_to_device(inputs, engine.device, dtype)))
         engine.backward(loss)
         engine.step()
-        losses.append(float(loss.detach()))
-        state["samples"] = state.get("samples", 0) + len(rows)
+        losses.append(loss.detach())
+        state["samples"] = state.get("samples", 0) + rows
         state["micro_step"] += 1
         state["step"] = state["micro_step"] // cfg.grad_accum
         if cfg.fail_at_step is not None and not restored and rank == 0 and state["step"] == cfg.fail_at_step:
@@ -69,7 +66,7 @@ def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: b
         if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
             break
     state["variants_seen"] = state.get("variants_seen", 0) + variants_seen
-    return losses
+    return torch.stack(losses).float().tolist() if losses else []
 
 
 def _save(engine, state: dict, rank: int) -> str:
