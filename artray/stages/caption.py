@@ -44,7 +44,7 @@ from artray.stages.caption_generate import (
 )
 from artray.stages.pipeline_errors import run_pipeline
 from artray.stages.sink import (
-    StageSink,
+    BufferedStageSink,
     consolidate_failures,
     failed_phrase,
     latest_failures,
@@ -125,18 +125,10 @@ def _run_pipeline(cfg: CaptionConfig, work: list[dict], job: CaptionJob, run_id:
     else:
         ds = ds.map_batches(CaptionBatch, fn_constructor_kwargs={"job": job}, batch_size=cfg.batch_size,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), **remote)
-    sink = _CaptionSink(cfg.output, CAPTIONS, CAPTION_SCHEMA, STAGE, run_id, opts, cfg.shard_rows,
+    sink = BufferedStageSink(cfg.output, CAPTIONS, CAPTION_SCHEMA, STAGE, run_id, opts, cfg.shard_rows,
                         sum_columns=("_tokens",))
     ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_NUM_CPUS})
     return sink.stats, actors
-
-
-class _CaptionSink(StageSink):
-    """StageSink that commits shards of up to shard_rows rows, not one small shard per actor batch."""
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.shard_rows
 
 
 def _slices(table: pa.Table, n: int) -> list[pa.Table]:

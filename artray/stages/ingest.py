@@ -41,7 +41,7 @@ from artray.manifest import build_manifest
 from artray.schema import ARTWORK_SCHEMA, TEXT_SCHEMA
 from artray.stages.pipeline_errors import run_pipeline
 from artray.stages.sink import (
-    StageSink,
+    BufferedStageSink,
     consolidate_failures,
     failed_phrase,
     failed_result,
@@ -139,7 +139,7 @@ def _run_pipeline(todo: pa.Table, cfg: IngestConfig, run_id: str) -> tuple[dict,
     blocks = [todo.slice(i, cfg.batch_size) for i in range(0, todo.num_rows, cfg.batch_size)]
     hosts = {urlparse(u).netloc.lower() for u in todo["img_url"].to_pylist() if u}
     actors = _actor_count(cfg, len(blocks), len(hosts))
-    sink = StageSink(cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run_id, cfg.storage_options(), cfg.shard_rows,
+    sink = BufferedStageSink(cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run_id, cfg.storage_options(), cfg.shard_rows,
                      sum_columns=("_bytes",))
     ds = ray.data.from_arrow(blocks).map_batches(
         _FetchBatch,

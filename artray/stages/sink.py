@@ -107,6 +107,16 @@ class StageSink(Datasink[dict]):
         self.stats["failed"] = dict(sorted(failed.items()))
 
 
+class BufferedStageSink(StageSink):
+    """StageSink whose write tasks get at least shard_rows rows (Ray Data buffers them), so each commits
+    full shards instead of one small shard per map batch: fewer files and write tasks, at the price of
+    up to shard_rows uncommitted rows redone after a crash."""
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.shard_rows
+
+
 def latest_failures(output: str, stage: str, options: storage.StorageOptions) -> dict[str, bool]:
     """key → `retryable` of its latest failure row of `stage` (shards sort by run id)."""
     failures = corpus.read_failures(output, options)
