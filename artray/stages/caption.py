@@ -126,7 +126,7 @@ def _run_pipeline(cfg: CaptionConfig, work: list[dict], job: CaptionJob, run_id:
         ds = ds.map_batches(CaptionBatch, fn_constructor_kwargs={"job": job}, batch_size=cfg.batch_size,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), **remote)
     sink = BufferedStageSink(cfg.output, CAPTIONS, CAPTION_SCHEMA, STAGE, run_id, opts, cfg.shard_rows,
-                        sum_columns=("_tokens",))
+                             sum_columns=("_tokens",))
     ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_NUM_CPUS})
     return sink.stats, actors
 

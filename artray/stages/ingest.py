@@ -139,8 +139,8 @@ def _run_pipeline(todo: pa.Table, cfg: IngestConfig, run_id: str) -> tuple[dict,
     blocks = [todo.slice(i, cfg.batch_size) for i in range(0, todo.num_rows, cfg.batch_size)]
     hosts = {urlparse(u).netloc.lower() for u in todo["img_url"].to_pylist() if u}
     actors = _actor_count(cfg, len(blocks), len(hosts))
-    sink = BufferedStageSink(cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run_id, cfg.storage_options(), cfg.shard_rows,
-                     sum_columns=("_bytes",))
+    sink = BufferedStageSink(cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run_id, cfg.storage_options(),
+                             cfg.shard_rows, sum_columns=("_bytes",))
     ds = ray.data.from_arrow(blocks).map_batches(
         _FetchBatch,
         fn_constructor_kwargs={"fetch_config": cfg.fetch_config(actors), "threads": cfg.threads_per_actor},

@@ -78,12 +78,16 @@ def _save(engine, state: dict, rank: int) -> str:
     return path
 
 
+def _finished(cfg, state: dict) -> bool:
+    """All epochs done, or `max_steps` reached."""
+    return state["epoch"] >= cfg.epochs or (cfg.max_steps is not None and state["step"] >= cfg.max_steps)
+
+
 def wants_checkpoint(cfg, state: dict, stop: bool) -> bool:
     """Whether the epoch just ended is saved: every `checkpoint_every` epochs and the last one, never with 0."""
     if not cfg.checkpoint_every:
         return False
-    last = stop or state["epoch"] >= cfg.epochs or (cfg.max_steps is not None and state["step"] >= cfg.max_steps)
-    return last or state["epoch"] % cfg.checkpoint_every == 0
+    return stop or _finished(cfg, state) or state["epoch"] % cfg.checkpoint_every == 0
 
 
 def train_loop_per_worker(loop_config: dict) -> list[dict]:
@@ -135,7 +139,7 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
         if rank == 0:
             print(f"[train] before training: {state['initial']}", flush=True)
     shard = ray.train.get_dataset_shard("train")
-    while state["epoch"] < cfg.epochs and (cfg.max_steps is None or state["step"] < cfg.max_steps):
+    while not _finished(cfg, state):
         t0 = time.time()
         engine.train()
         samples_before = state.get("samples", 0)
