@@ -33,6 +33,7 @@ from ray.exceptions import (
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
+    RayServeException,
     ReplicaUnavailableError,
 )
 from ray.serve.handle import DeploymentHandle
@@ -68,6 +69,21 @@ OPEN_ROUTES = ("/healthz",)  # load balancers probe it without a token
 UNAVAILABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, WorkerCrashedError, NodeDiedError,
                ObjectLostError, BackPressureError)
 RETRY_AFTER_S = "1"
+
+
+def _replica_died_under(exc: BaseException) -> bool:
+    """True when `exc`, or what caused it, is a replica or node dying (see UNAVAILABLE).
+
+    Serve wraps one such death in a plain `RayServeException`: when the encoder replica dies while its
+    answer is passed on to the index (a chained call), the index call fails with "an upstream actor
+    died", the ActorDiedError as its ``__cause__``. The request was fine; a retry works.
+    """
+    seen = 0
+    while exc is not None and seen < 8:  # a short chain; guards against cycles
+        if isinstance(exc, UNAVAILABLE):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
 
 
 def error_response(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
@@ -184,6 +200,12 @@ def make_fastapi(ingress: Ingress) -> FastAPI:
 
     for cls in UNAVAILABLE:  # inside the middleware below, so these responses are counted
         app.add_exception_handler(cls, _unavailable)
+
+    @app.exception_handler(RayServeException)
+    async def _serve_error(request: Request, exc: RayServeException):
+        if _replica_died_under(exc):
+            return await _unavailable(request, exc)
+        return await _internal(request, exc)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):

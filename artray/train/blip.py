@@ -20,6 +20,7 @@ from torch import nn
 from artray.models.resolve import resolve_model_path
 from artray.models.weights import pretrained_kwargs
 from artray.train.config import TrainConfig
+from artray.train.export import save_pretrained_export
 from artray.train.losses import symmetric_infonce
 
 
@@ -132,12 +133,4 @@ class BlipRetrievalFamily:
         """A ``save_pretrained`` folder that :func:`artray.models.blip.load_blip_retrieval` loads."""
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
-        path = resolve_model_path(cfg.model, cfg.storage_options())
-        model = BlipForImageTextRetrieval.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
-        sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        model.save_pretrained(out_dir, safe_serialization=True)
-        BlipProcessor.from_pretrained(path).save_pretrained(out_dir)
-        return out_dir
+        return save_pretrained_export(cfg, BlipForImageTextRetrieval, BlipProcessor, state_dict, out_dir)

@@ -16,6 +16,7 @@ from torch import nn
 from artray.models.resolve import resolve_model_path
 from artray.models.weights import pretrained_kwargs
 from artray.train.config import TrainConfig
+from artray.train.export import save_pretrained_export
 
 ARCH = {"git-captioner": ("AutoModelForCausalLM", "AutoProcessor"),
         "blip-captioner": ("BlipForConditionalGeneration", "BlipProcessor")}
@@ -107,12 +108,4 @@ class CaptionerFamily:
     def export(cls, cfg: TrainConfig, state_dict: dict[str, torch.Tensor], out_dir: str) -> str:
         """A ``save_pretrained`` folder that ``load_git_captioner`` / ``load_blip_captioner`` loads."""
         model_cls, processor_cls = _classes(cfg.family)
-        path = resolve_model_path(cfg.model, cfg.storage_options())
-        model = model_cls.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
-        sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        model.save_pretrained(out_dir, safe_serialization=True)
-        processor_cls.from_pretrained(path).save_pretrained(out_dir)
-        return out_dir
+        return save_pretrained_export(cfg, model_cls, processor_cls, state_dict, out_dir)

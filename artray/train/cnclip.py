@@ -18,6 +18,7 @@ from artray.models.cnclip import _embedding
 from artray.models.resolve import resolve_model_path
 from artray.models.weights import pretrained_kwargs
 from artray.train.config import TrainConfig
+from artray.train.export import save_pretrained_export
 from artray.train.losses import symmetric_infonce
 
 log = logging.getLogger("artray.train")
@@ -103,13 +104,5 @@ class CNClipFamily:
         """A ``save_pretrained`` folder (fp32 weights + processor) at `out_dir`; returns it."""
         from transformers import ChineseCLIPModel, ChineseCLIPProcessor
 
-        path = resolve_model_path(cfg.model, cfg.storage_options())
-        model = ChineseCLIPModel.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
-        sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
-        sd["logit_scale"] = state_dict["logit_scale"].reshape(())
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if [k for k in missing if k != "logit_scale"] or unexpected:
-            raise ValueError(f"checkpoint does not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        model.save_pretrained(out_dir, safe_serialization=True)
-        ChineseCLIPProcessor.from_pretrained(path).save_pretrained(out_dir)
-        return out_dir
+        return save_pretrained_export(cfg, ChineseCLIPModel, ChineseCLIPProcessor, state_dict, out_dir,
+                                      extra={"logit_scale": state_dict["logit_scale"].reshape(())})

@@ -17,6 +17,8 @@ import tempfile
 import torch
 
 from artray import storage
+from artray.models.resolve import resolve_model_path
+from artray.models.weights import pretrained_kwargs
 from artray.train.loop import CKPT_TAG, STATE_FILE
 
 
@@ -41,6 +43,21 @@ def consolidated_state_dict(ckpt_dir: str, zero_stage: int) -> dict[str, torch.T
     from artray.train.engine import unshape_0dim
 
     return unshape_0dim(sd, reshaped)
+
+
+def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, torch.Tensor], out_dir: str,
+                           extra: dict[str, torch.Tensor] | None = None) -> str:
+    """The trained ``model.*`` weights (+ `extra`) in the run's base checkpoint, saved with its processor as a
+    ``save_pretrained`` folder (safetensors) at `out_dir`: what the family's artray loader reads."""
+    path = resolve_model_path(cfg.model, cfg.storage_options())
+    model = model_cls.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
+    sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict({**sd, **(extra or {})}, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor_cls.from_pretrained(path).save_pretrained(out_dir)
+    return out_dir
 
 
 def export_checkpoint(checkpoint, cfg, family_cls) -> str:

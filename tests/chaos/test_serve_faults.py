@@ -83,6 +83,7 @@ def _load_with_kills(url: str, retries: int) -> dict:
     client = SearchClient(url, retries=retries, backoff=0.2, max_backoff=2.0, retry_deadline_s=60, timeout_s=30)
     t0, stop = time.monotonic(), threading.Event()
     outcomes: list[tuple[float, str]] = []  # (start, seconds since t0; "ok" | HTTP status | "connection")
+    details: list[str] = []  # what the client was told, for each failure (the report shows why it failed)
     lock, in_flight = threading.Lock(), [0]
 
     def one(i: int) -> None:
@@ -95,11 +96,14 @@ def _load_with_kills(url: str, retries: int) -> dict:
         try:
             answer = client.search(f"a painting of a red circle {i}", k=3)
             outcome = "ok" if len(answer["results"]) == 3 else "short"
+            detail = f"{len(answer['results'])} results"
         except SearchClientError as exc:
-            outcome = str(exc.status) if exc.status else "connection"
+            outcome, detail = (str(exc.status) if exc.status else "connection"), str(exc)[:300]
         with lock:
             in_flight[0] -= 1
             outcomes.append((round(started, 2), outcome))
+            if outcome != "ok":
+                details.append(f"{started:.2f}s {outcome}: {detail}")
 
     def when_busy() -> None:
         """Kill while requests are in flight (else a kill between two paced requests hits nobody)."""
@@ -131,7 +135,7 @@ def _load_with_kills(url: str, retries: int) -> dict:
     failed = [o for o in outcomes if o[1] != "ok"]
     return {"retries": retries, "sent": len(outcomes), "failed": len(failed), "attempts": client.attempts_made,
             "failures_by_kind": {k: sum(1 for _, o in failed if o == k) for k in sorted({o for _, o in failed})},
-            "failure_times_s": [t for t, _ in failed], "wall_s": round(time.monotonic() - t0, 2), "kills": kills}
+            "failure_times_s": [t for t, _ in failed], "failure_details": details, "wall_s": round(time.monotonic() - t0, 2), "kills": kills}
 
 
 @pytest.fixture(scope="module")
