@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 
 BIND_ENV = "ARTRAY_BIND"  # address a local cluster listens on; default loopback
@@ -63,8 +64,24 @@ def init_ray(address: str | None = None) -> None:
     ray.init(include_dashboard=False, **kwargs)
 
 
+# Ports for artray's own local servers: below Linux's ephemeral range (32768-60999), where every process
+# that binds port 0 (Ray's gRPC servers among them) lands, and above Ray's worker ports (10002-19999). A
+# port drawn from the ephemeral range can be taken by a Ray process between the draw and the bind (seen:
+# `serve run` then probed a gRPC server on it).
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 (artray's local servers never bind another address)."""
-    with socket.socket() as sock:
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # the range is crowded: any port the kernel gives
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

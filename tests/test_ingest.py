@@ -188,7 +188,8 @@ def test_ingest_fetches_records_failures_and_resumes(ray_local, server, tmp_path
     assert (second["counts"]["skipped_done"], second["counts"]["skipped_failed"], second["counts"]["fetched"]) == (5, 7, 0)
 
     # Interrupted run: a fetched shard and the manifest are lost, stale failure rows linger.
-    shard = next(u for u in storage.list_files(storage.join(out, "artworks"), ".parquet") if "-w" in u)
+    # A shard a fetch batch committed ("-b<digest>"), not the carried-over rows' shard.
+    shard = next(u for u in storage.list_files(storage.join(out, "artworks"), ".parquet") if "-b" in u)
     lost = storage.read_parquet(shard)["artwork_id"].to_pylist()
     storage.delete(shard)
     storage.delete(storage.join(out, "_manifest.json"))

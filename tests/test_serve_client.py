@@ -7,9 +7,11 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
+from artray.runtime import free_port
 from artray.serve.client import (
     SearchClient,
     SearchClientConfig,
@@ -145,3 +147,13 @@ def test_search_function_and_cli_use_the_retry_settings(monkeypatch, capsys, tmp
     with FlakyServer(5) as server:
         assert main(["search", "--url", server.url, "--text", "x", "--retries", "0"]) == 2
         assert "answered 503" in capsys.readouterr().err and len(server.seen) == 1
+
+
+def test_local_server_ports_are_drawn_below_the_ephemeral_range():
+    """Ports of artray's local servers (`serve run` in tests and the demo) come from below the kernel's
+    ephemeral range, where Serve replicas bind their gRPC servers on port 0 (regression: the search
+    app's port was drawn from that range, and /healthz reached a replica's gRPC server on it)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert all(1024 < p < low for p in ports), ports
+    assert len(set(ports)) > 40  # drawn at random, not one port for every caller

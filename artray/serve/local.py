@@ -12,6 +12,7 @@ and the demo use both; `stop` also removes its temp folder.
 from __future__ import annotations
 
 import copy
+import http.client
 import os
 import shutil
 import signal
@@ -125,6 +126,10 @@ class ServeProcess:
                         return
             except OSError:
                 pass
+            except http.client.HTTPException as exc:  # not an HTTP server: another process holds the port
+                self.stop()
+                raise RuntimeError(f"{self.url} answers, but not as an HTTP server ({type(exc).__name__}): another "
+                                   f"process listens on port {self.port}; use another http_options.port") from exc
             time.sleep(0.5)
         tail = self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
         self.stop()

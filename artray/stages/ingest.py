@@ -4,8 +4,10 @@ The driver reads the input corpus and the output's committed state and sorts eve
 into: done (already in ``<out>/artworks``: skipped), carried over (already has an image:
 copied unchanged), failed for good before (skipped unless ``retry_failed``), or to fetch.
 The to-fetch rows run through ``ray.data.from_arrow`` → ``map_batches(_FetchBatch)`` on a
-fixed actor pool (threads inside each actor for I/O) → ``write_datasink(_IngestSink)``,
-which commits artworks and failures as atomic Parquet shards named with the run id.
+fixed actor pool (threads inside each actor for I/O). Each actor commits its batch itself
+(`BatchCommitter`: artworks and failures as atomic Parquet shards named after the run id and
+the batch's ids) and hands the driver only the batch's counts: the images never travel to
+a separate write task (15 % less CPU, 22 % more images/s than write tasks: bench/RESULTS.md).
 
 Resume: the committed output *is* the checkpoint: an id in ``<out>/artworks`` is done, an id
 whose latest ``_failures`` row is not retryable is skipped, everything else is fetched. Ray
@@ -41,7 +43,7 @@ from artray.manifest import build_manifest
 from artray.schema import ARTWORK_SCHEMA, TEXT_SCHEMA
 from artray.stages.pipeline_errors import run_pipeline
 from artray.stages.sink import (
-    BufferedStageSink,
+    BatchCommitter,
     consolidate_failures,
     failed_phrase,
     failed_result,
@@ -54,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 STAGE = "ingest"
 PARAMS = "_ingest_params.json"  # settings that shape committed rows; a resume must match them
-WRITE_NUM_CPUS = 0.25  # write tasks are I/O; fractional so they never starve behind the actors
 RESULT_SCHEMA = result_schema(ARTWORK_SCHEMA, pa.field("_bytes", pa.int64()))
 
 
@@ -78,9 +79,10 @@ class IngestConfig(JobConfig):
     per_host_concurrency: int = Field(8, ge=1, description="requests in flight per host, cluster-wide (split over the actors)")
     threads_per_actor: int = Field(16, ge=1)
     actors: int | None = Field(None, ge=1, description="fetch actors (default: sized from the cluster's CPUs)")
-    actor_num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor; fractional so writes still get a CPU")
-    batch_size: int = Field(32, ge=1, description="artworks per actor task")
-    shard_rows: int = Field(500, ge=1, description="rows per committed Parquet shard at most")
+    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor (decoding and resizing use them)")
+    batch_size: int = Field(128, ge=1, description="artworks per actor task; each task commits its own shard")
+    shard_rows: int = Field(500, ge=1, description="rows per committed Parquet shard at most (a batch is one shard "
+                            "when batch_size <= shard_rows)")
     max_long_side: int | None = Field(1000, ge=1, description="shrink images to this long side (never enlarge)")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse images with more pixels (decompression bombs)")
     max_bytes: int = Field(50_000_000, ge=1, description="refuse downloads larger than this")
@@ -98,15 +100,16 @@ class IngestConfig(JobConfig):
 
 
 class _FetchBatch:
-    """Ray Data actor UDF: fetch one batch with a thread pool; one result row per input row."""
+    """Ray Data actor UDF: fetch one batch with a thread pool and commit it; returns the batch's stats."""
 
-    def __init__(self, fetch_config: FetchConfig, threads: int):
+    def __init__(self, fetch_config: FetchConfig, threads: int, committer: BatchCommitter):
         self.fetcher = Fetcher(fetch_config)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="artray-fetch")
+        self.commit = committer
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(ARTWORK_SCHEMA.names).to_pylist()
-        return pa.Table.from_pylist(list(self.pool.map(self._one, rows)), schema=RESULT_SCHEMA)
+        return self.commit(pa.Table.from_pylist(list(self.pool.map(self._one, rows)), schema=RESULT_SCHEMA))
 
     def _one(self, row: dict) -> dict:
         res = self.fetcher.fetch(row["img_url"])  # never raises: every problem is a result
@@ -122,12 +125,12 @@ class _FetchBatch:
 def _actor_count(cfg: IngestConfig, blocks: int, hosts: int) -> int:
     """Explicit `actors`, else as many as the CPUs allow, at most per_host_concurrency per distinct host."""
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    by_cpu = int(max(cpus - 2 * WRITE_NUM_CPUS, cfg.actor_num_cpus) // cfg.actor_num_cpus)
+    by_cpu = max(1, int(cpus // cfg.actor_num_cpus))
     wanted = cfg.actors or min(64, by_cpu, cfg.per_host_concurrency * max(1, hosts))
-    if wanted * cfg.actor_num_cpus + WRITE_NUM_CPUS > cpus:
+    if wanted * cfg.actor_num_cpus > cpus:
         raise IngestError(
-            f"{wanted} actors x {cfg.actor_num_cpus} CPUs leave no CPU for write tasks on a {cpus:g}-CPU cluster "
-            "(Ray Data would wait forever); lower actors or actor_num_cpus")
+            f"{wanted} actors x {cfg.actor_num_cpus} CPUs do not fit a {cpus:g}-CPU cluster (Ray Data would wait "
+            "forever for the pool); lower actors or actor_num_cpus")
     if wanted > cfg.per_host_concurrency:
         logger.warning("%d actors > per_host_concurrency=%d: each actor still sends 1 request at a time per host, "
                        "so up to %d may reach one host", wanted, cfg.per_host_concurrency, wanted)
@@ -139,11 +142,12 @@ def _run_pipeline(todo: pa.Table, cfg: IngestConfig, run_id: str) -> tuple[dict,
     blocks = [todo.slice(i, cfg.batch_size) for i in range(0, todo.num_rows, cfg.batch_size)]
     hosts = {urlparse(u).netloc.lower() for u in todo["img_url"].to_pylist() if u}
     actors = _actor_count(cfg, len(blocks), len(hosts))
-    sink = BufferedStageSink(cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run_id, cfg.storage_options(),
-                             cfg.shard_rows, sum_columns=("_bytes",))
+    committer = BatchCommitter(cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run_id, cfg.storage_options(),
+                               cfg.shard_rows, sum_columns=("_bytes",))
     ds = ray.data.from_arrow(blocks).map_batches(
         _FetchBatch,
-        fn_constructor_kwargs={"fetch_config": cfg.fetch_config(actors), "threads": cfg.threads_per_actor},
+        fn_constructor_kwargs={"fetch_config": cfg.fetch_config(actors), "threads": cfg.threads_per_actor,
+                               "committer": committer},
         batch_size=cfg.batch_size,
         batch_format="pyarrow",
         # Several batches in flight per actor share its threads, so one slow URL never stalls an actor.
@@ -151,8 +155,7 @@ def _run_pipeline(todo: pa.Table, cfg: IngestConfig, run_id: str) -> tuple[dict,
                                            max_concurrent_calls_per_actor=4, enable_true_multi_threading=True),
         num_cpus=cfg.actor_num_cpus,
     )
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": WRITE_NUM_CPUS})
-    return sink.stats, actors
+    return committer.collect(ds.iter_batches(batch_size=None, batch_format="pyarrow")), actors
 
 
 def _sync_texts(cfg: IngestConfig, final_ids: set[str], run_id: str, opts: storage.StorageOptions) -> dict:
