@@ -253,6 +253,37 @@ def test_ingest_s3_input_and_output(ray_local, server, s3_endpoint, s3_bucket):
         run_ingest(cfg.model_copy(update={"max_long_side": 300}))
 
 
+def test_only_the_asked_splits_are_ingested_and_duplicates_across_shards_are_refused(ray_local, server, tmp_path):
+    """The input is read one shard at a time (carried images are never all in memory): the split filter and
+    the duplicate-id check still see the whole corpus, and a refused input leaves nothing in the output."""
+    server.routes["/a.jpg"] = _ok(GOOD_JPEG)
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    arts = corpus.ShardWriter(storage.join(inp, "artworks"), ARTWORK_SCHEMA, 2)  # 2 rows per input shard
+    rows = [("a", "train", f"{server.url}/a.jpg", None), ("b", "test", f"{server.url}/b.jpg", None),
+            ("c", "train", None, GOOD_PNG), ("d", "val", None, GOOD_PNG), ("e", "train", None, GOOD_JPEG)]
+    for aid, split, url, image in rows:
+        arts.add(artwork_row(artwork_id=aid, split=split, img_url=url, image=image, captions=[aid], language="en",
+                             source="test"))
+    arts.flush()
+    corpus.write_manifest(inp, {"stage": "import"})
+
+    got = run_ingest(_cfg(inp, out, splits=["train"]))
+    table = _artworks(out)
+    assert table["artwork_id"].to_pylist() == ["a", "c", "e"] and set(table["split"].to_pylist()) == {"train"}
+    assert table["image"].to_pylist()[1:] == [GOOD_PNG, GOOD_JPEG]  # carried over byte for byte
+    c = got["counts"]
+    assert (c["input_artworks"], c["carried_over"], c["fetched"]) == (3, 2, 1) and server.counts["/b.jpg"] == 0
+
+    # A later shard repeats "c": refused before anything is written.
+    dup = artwork_row(artwork_id="c", split="train", image=GOOD_PNG, captions=["c"], language="en", source="x")
+    storage.write_parquet_atomic(pa.Table.from_pylist([dup], schema=ARTWORK_SCHEMA),
+                                 storage.join(inp, "artworks", "part-99999.parquet"))
+    again = str(tmp_path / "out2")
+    with pytest.raises(IngestError, match="duplicate artwork_ids"):
+        run_ingest(_cfg(inp, again))
+    assert storage.list_files(storage.join(again, "artworks"), ".parquet") == []
+
+
 def test_fetcher_honours_retry_after_and_limits(server):
     server.routes["/busy.jpg"] = lambda n: (429, {"Retry-After": "1"}, b"") if n == 1 else (200, {}, GOOD_JPEG)
     fetcher = Fetcher(FetchConfig(user_agent="museum-bot/2", contact=CONTACT, backoff_s=0.01, max_bytes=10_000))

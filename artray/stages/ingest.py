@@ -1,8 +1,9 @@
 """`artray corpus ingest`: download the images behind a corpus's `img_url`s into a new corpus, on Ray Data.
 
-The driver reads the input corpus and the output's committed state and sorts every artwork
-into: done (already in ``<out>/artworks``: skipped), carried over (already has an image:
-copied unchanged), failed for good before (skipped unless ``retry_failed``), or to fetch.
+The driver reads the output's committed state, then the input corpus one shard at a time,
+and sorts every artwork into: done (already in ``<out>/artworks``: skipped), carried over
+(already has an image: copied unchanged as its shard is read, so the driver never holds all
+the images), failed for good before (skipped unless ``retry_failed``), or to fetch.
 The to-fetch rows run through ``ray.data.from_arrow`` → ``map_batches(_FetchBatch)`` on a
 fixed actor pool (threads inside each actor for I/O). Each actor commits its batch itself
 (`BatchCommitter`: artworks and failures as atomic Parquet shards named after the run id and
@@ -211,6 +212,32 @@ def _select(cfg: IngestConfig, artworks: pa.Table, done: set[str], failed: dict[
     return pa.array(kinds, pa.string())
 
 
+def _wanted(cfg: IngestConfig, artworks: pa.Table) -> pa.Table:
+    """`artworks` of the splits this run ingests."""
+    if not cfg.splits:
+        return artworks
+    return artworks.filter(pc.is_in(artworks["split"], pa.array(cfg.splits, pa.string())))
+
+
+def _carry_over(cfg: IngestConfig, run_id: str, done: set[str], failed: dict[str, bool],
+                opts: storage.StorageOptions) -> tuple[pa.Table, Counter]:
+    """Sort the input's artworks (see `_select`) one input shard at a time, committing the ones that
+    already have an image to the output as they come, so their image bytes are never all in memory at
+    once. Returns the rows to fetch (no image bytes: small) and the count of each kind."""
+    todo, kinds_seen, carried = [], Counter(), 0
+    for shard in storage.list_files(storage.join(cfg.input, ARTWORKS), ".parquet", opts):
+        artworks = _wanted(cfg, storage.read_parquet(shard, opts).select(ARTWORK_SCHEMA.names).cast(ARTWORK_SCHEMA))
+        kinds = _select(cfg, artworks, done, failed)
+        kinds_seen.update(kinds.to_pylist())
+        todo.append(artworks.filter(pc.equal(kinds, "todo")))
+        carry = artworks.filter(pc.equal(kinds, "carry"))
+        for i in range(0, carry.num_rows, cfg.shard_rows):
+            uri = storage.join(cfg.output, ARTWORKS, shard_name(carried, f"{run_id}-carry"))
+            storage.write_parquet_atomic(carry.slice(i, cfg.shard_rows), uri, opts)
+            carried += 1
+    return (pa.concat_tables(todo) if todo else ARTWORK_SCHEMA.empty_table()), kinds_seen
+
+
 def run_ingest(cfg: IngestConfig) -> dict:
     """Fetch what is missing from `cfg.output`, consolidate, write the manifest; returns it."""
     started = time.time()
@@ -225,18 +252,11 @@ def run_ingest(cfg: IngestConfig) -> dict:
         ray.init()
     run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + corpus.new_run_id()
 
-    artworks = corpus.read_artworks(cfg.input, opts)
-    if cfg.splits:
-        artworks = artworks.filter(pc.is_in(artworks["split"], pa.array(cfg.splits, pa.string())))
-    if corpus.has_duplicates(artworks, "artwork_id"):
+    index = _wanted(cfg, corpus.read_artworks(cfg.input, opts, columns=["artwork_id", "split"]))
+    if corpus.has_duplicates(index, "artwork_id"):
         raise IngestError(f"{cfg.input} has duplicate artwork_ids; re-import it")
     done = corpus.committed_ids(storage.join(cfg.output, ARTWORKS), "artwork_id", opts)
-    kinds = _select(cfg, artworks, done, latest_failures(cfg.output, STAGE, opts))
-    carry = artworks.filter(pc.equal(kinds, "carry"))
-    todo = artworks.filter(pc.equal(kinds, "todo"))
-    for i in range(0, carry.num_rows, cfg.shard_rows):
-        uri = storage.join(cfg.output, ARTWORKS, shard_name(i // cfg.shard_rows, f"{run_id}-carry"))
-        storage.write_parquet_atomic(carry.slice(i, cfg.shard_rows), uri, opts)
+    todo, kind_counts = _carry_over(cfg, run_id, done, latest_failures(cfg.output, STAGE, opts), opts)
 
     fetch_started = time.time()
     stats, actors = (run_pipeline(lambda: _run_pipeline(todo, cfg, run_id), IngestError, STAGE) if todo.num_rows
@@ -247,9 +267,8 @@ def run_ingest(cfg: IngestConfig) -> dict:
     final_ids = set(ids)
     failures = consolidate_failures(cfg.output, STAGE, final_ids, run_id, opts)
     texts = _sync_texts(cfg, final_ids, run_id, opts)
-    kind_counts = Counter(kinds.to_pylist())
     counts = {
-        "input_artworks": artworks.num_rows, "skipped_done": kind_counts["done"],
+        "input_artworks": index.num_rows, "skipped_done": kind_counts["done"],
         "skipped_failed": kind_counts["failed"], "carried_over": kind_counts["carry"],
         "to_fetch": kind_counts["todo"], "fetched": stats["written"], "failed_this_run": stats["failed"],
         "output_artworks": len(final_ids), "duplicate_artworks": len(ids) - len(final_ids),
