@@ -37,7 +37,7 @@ from pydantic import Field
 from artray import corpus, storage
 from artray.config import JobConfig
 from artray.corpora.fetch import FetchConfig, Fetcher
-from artray.corpus import ARTWORKS, MANIFEST, TEXTS, shard_name
+from artray.corpus import ARTWORKS, MANIFEST, TEXTS
 from artray.errors import UserError
 from artray.images import DEFAULT_MAX_PIXELS
 from artray.manifest import build_manifest
@@ -45,6 +45,7 @@ from artray.schema import ARTWORK_SCHEMA, TEXT_SCHEMA
 from artray.stages.pipeline_errors import run_pipeline
 from artray.stages.sink import (
     BatchCommitter,
+    commit_shards,
     consolidate_failures,
     failed_phrase,
     failed_result,
@@ -174,9 +175,7 @@ def _sync_texts(cfg: IngestConfig, final_ids: set[str], run_id: str, opts: stora
     dir_uri = storage.join(cfg.output, TEXTS)
     old_shards = storage.list_files(dir_uri, ".parquet", opts)
     if not new.sort_by("text_id").equals(corpus.read_texts(cfg.output, opts).sort_by("text_id")):
-        step = 100_000
-        for i in range(0, new.num_rows, step):
-            storage.write_parquet_atomic(new.slice(i, step), storage.join(dir_uri, shard_name(i // step, f"{run_id}-texts")), opts)
+        commit_shards(new, dir_uri, f"{run_id}-texts", 100_000, opts)
         for shard in old_shards:
             storage.delete(shard, opts)
     return {"texts_in": texts_in.num_rows, "texts_out": new.num_rows, "texts_dropped": dropped,
@@ -224,17 +223,15 @@ def _carry_over(cfg: IngestConfig, run_id: str, done: set[str], failed: dict[str
     """Sort the input's artworks (see `_select`) one input shard at a time, committing the ones that
     already have an image to the output as they come, so their image bytes are never all in memory at
     once. Returns the rows to fetch (no image bytes: small) and the count of each kind."""
-    todo, kinds_seen, carried = [], Counter(), 0
+    todo, kinds_seen, carry_shards = [], Counter(), 0
     for shard in storage.list_files(storage.join(cfg.input, ARTWORKS), ".parquet", opts):
         artworks = _wanted(cfg, storage.read_parquet(shard, opts).select(ARTWORK_SCHEMA.names).cast(ARTWORK_SCHEMA))
         kinds = _select(cfg, artworks, done, failed)
         kinds_seen.update(kinds.to_pylist())
         todo.append(artworks.filter(pc.equal(kinds, "todo")))
         carry = artworks.filter(pc.equal(kinds, "carry"))
-        for i in range(0, carry.num_rows, cfg.shard_rows):
-            uri = storage.join(cfg.output, ARTWORKS, shard_name(carried, f"{run_id}-carry"))
-            storage.write_parquet_atomic(carry.slice(i, cfg.shard_rows), uri, opts)
-            carried += 1
+        carry_shards = commit_shards(carry, storage.join(cfg.output, ARTWORKS), f"{run_id}-carry", cfg.shard_rows,
+                                     opts, carry_shards)
     return (pa.concat_tables(todo) if todo else ARTWORK_SCHEMA.empty_table()), kinds_seen
 
 

@@ -84,6 +84,18 @@ def commit_shards(table: pa.Table, dir_uri: str, tag: str, shard_rows: int, opti
     return index
 
 
+def total_stats(parts, sum_columns: tuple[str, ...] = ()) -> dict:
+    """The stage's stats from its parts' (write tasks' or batches'): rows written, failures by reason, sums."""
+    out: dict = {"written": 0, "failed": Counter(), **{c: 0 for c in sum_columns}}
+    for part in parts:
+        out["written"] += part["written"]
+        out["failed"].update(part["failed"])
+        for c in sum_columns:
+            out[c] += part[c]
+    out["failed"] = dict(sorted(out["failed"].items()))
+    return out
+
+
 class StageSink(Datasink[dict]):
     """Atomic shard writer for one stage's result rows; `stats` is filled on the driver."""
 
@@ -121,13 +133,7 @@ class StageSink(Datasink[dict]):
         return commit_shards(table, storage.join(self.output, self.table), tag, self.shard_rows, self.options, index)
 
     def on_write_complete(self, write_result) -> None:
-        failed: Counter = Counter()
-        for ret in write_result.write_returns:
-            self.stats["written"] += ret["written"]
-            for col in self.sum_columns:
-                self.stats[col] += ret[col]
-            failed.update(ret["failed"])
-        self.stats["failed"] = dict(sorted(failed.items()))
+        self.stats = total_stats(write_result.write_returns, self.sum_columns)
 
 
 class BufferedStageSink(StageSink):
@@ -156,7 +162,7 @@ class BatchCommitter:
     def __call__(self, results: pa.Table) -> pa.Table:
         good, failures, stats = split_results(results, self.schema, self.stage, self.sum_columns)
         keys = sorted(str(k) for k in results["_key"].to_pylist())
-        tag = f"{self.run_id}-b{hashlib.sha1(chr(10).join(keys).encode()).hexdigest()[:16]}"
+        tag = f"{self.run_id}-b" + hashlib.sha1("\n".join(keys).encode()).hexdigest()[:16]
         commit_shards(good, storage.join(self.output, self.table), tag, self.shard_rows, self.options)
         if failures:
             storage.write_parquet_atomic(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA),
@@ -166,15 +172,8 @@ class BatchCommitter:
 
     def collect(self, stats_batches) -> dict:
         """The stage's stats (as `StageSink.stats`) from the batches `__call__` returned."""
-        out: dict = {"written": 0, "failed": Counter(), **{c: 0 for c in self.sum_columns}}
-        for batch in stats_batches:
-            for row in batch.to_pylist():
-                out["written"] += row["written"]
-                out["failed"].update(json.loads(row["failed"]))
-                for c in self.sum_columns:
-                    out[c] += row[c]
-        out["failed"] = dict(sorted(out["failed"].items()))
-        return out
+        rows = (row for batch in stats_batches for row in batch.to_pylist())
+        return total_stats(({**row, "failed": json.loads(row["failed"])} for row in rows), self.sum_columns)
 
 
 def latest_failures(output: str, stage: str, options: storage.StorageOptions) -> dict[str, bool]:
