@@ -46,6 +46,7 @@ from artray.stages.sink import (
     StageSink,
     consolidate_failures,
     failed_phrase,
+    failure_counts,
     latest_failures,
 )
 
@@ -263,8 +264,7 @@ def run_augment(cfg: AugmentConfig) -> dict:
         "output_variants": len(ids), "duplicate_variants": len(ids) - len(id_set), "artworks_augmented": len(complete),
         "prompts_truncated": len(set(truncated["prompt"].to_pylist())), "variants_truncated": truncated.num_rows,
         "passed_filter": passed, "filtered_out": final.num_rows - final["passed_filter"].null_count - passed,
-        "failures_total": dict(sorted(Counter(r["reason"] for r in failures).items())),
-        "failures_retryable": sum(1 for r in failures if r["retryable"]), "exported_at_end": exported,
+        **failure_counts(failures), "exported_at_end": exported,
     }
     manifest = build_manifest(
         STAGE, cfg.model_dump(mode="json"), counts, started, run_id=run_id, input=cfg.input, output=cfg.output,

@@ -47,6 +47,7 @@ from artray.stages.sink import (
     BufferedStageSink,
     consolidate_failures,
     failed_phrase,
+    failure_counts,
     latest_failures,
 )
 
@@ -182,7 +183,7 @@ def run_caption(cfg: CaptionConfig) -> dict:
         "failed_this_run": stats["failed"], "output_captions": len(set(ids)), "captioner_captions": len(mine),
         "duplicate_captions": len(ids) - len(set(ids)), "flagged": {f: flagged[f] for f in FLAGS},
         "unusable": sum(not usable(f) for f in mine),
-        "failures_total": dict(sorted(Counter(r["reason"] for r in failures if r["stage"] == STAGE).items())),
+        **failure_counts(failures, STAGE),
     }
     manifest = build_manifest(
         STAGE, cfg.model_dump(mode="json"), counts, started, run_id=run_id, input=cfg.input, output=cfg.output,

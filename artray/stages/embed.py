@@ -46,6 +46,7 @@ from artray.stages.sink import (
     StageSink,
     consolidate_failures,
     failed_phrase,
+    failure_counts,
     failed_result,
     latest_failures,
     ok_result,
@@ -290,7 +291,7 @@ def run_embed(cfg: EmbedConfig) -> dict:
         "skipped_done": skipped["done"], "skipped_failed": skipped["failed"], "embedded": stats["written"],
         "failed_this_run": stats["failed"], "output_images": kinds["image"], "output_texts": kinds["text"],
         "duplicate_embeddings": table.num_rows - len(final),
-        "failures_total": dict(sorted(Counter(r["reason"] for r in failures).items())),
+        **failure_counts(failures),
     })
     manifest = build_manifest(
         STAGE, cfg.model_dump(mode="json"), counts, started, run_id=run_id, input=cfg.input, output=cfg.output,

@@ -48,6 +48,7 @@ from artray.stages.sink import (
     commit_shards,
     consolidate_failures,
     failed_phrase,
+    failure_counts,
     failed_result,
     latest_failures,
     ok_result,
@@ -269,8 +270,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
         "skipped_failed": kind_counts["failed"], "carried_over": kind_counts["carry"],
         "to_fetch": kind_counts["todo"], "fetched": stats["written"], "failed_this_run": stats["failed"],
         "output_artworks": len(final_ids), "duplicate_artworks": len(ids) - len(final_ids),
-        "failures_total": dict(sorted(Counter(r["reason"] for r in failures).items())),
-        "failures_retryable": sum(1 for r in failures if r["retryable"]), **texts,
+        **failure_counts(failures), **texts,
     }
     manifest = build_manifest(
         STAGE, cfg.model_dump(mode="json"), counts, started, run_id=run_id, input=cfg.input, output=cfg.output,

@@ -212,6 +212,15 @@ def consolidate_failures(output: str, stage: str, final_keys: set[str], run_id: 
     return kept
 
 
+def failure_counts(failures: list[dict], stage: str | None = None) -> dict:
+    """The ``_failures`` table in a manifest's counts: rows per reason, and how many a rerun may retry."""
+    rows = [r for r in failures if stage is None or r["stage"] == stage]
+    return {
+        "failures_total": dict(sorted(Counter(r["reason"] for r in rows).items())),
+        "failures_retryable": sum(1 for r in rows if r["retryable"]),
+    }
+
+
 def failed_phrase(failed_this_run: dict[str, int]) -> str:
     """``failed N (reason=count, ...)``: the failure part of a stage's one-line summary."""
     reasons = ", ".join(f"{k}={v}" for k, v in failed_this_run.items())
