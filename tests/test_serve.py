@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 import ray
+from ray import serve
 from PIL import Image
 
 from artray import corpus
@@ -332,3 +333,21 @@ def test_itm_rerank_scores_are_the_blip_itm_heads_match_probability(tiny_models)
     ranked = apply_scores(hits, scores, "itm", 2)
     assert [h["rank"] for h in ranked] == [1, 2] and ranked[0]["score"] == pytest.approx(max(scores), abs=1e-6)
     assert {h["retrieval_score"] for h in ranked} <= {h["score"] for h in hits}
+
+
+# Runs last in this module: it ends the module's app.
+def test_stopping_the_app_frees_the_cluster_even_if_serve_run_died_without_shutting_serve_down(app):
+    """Regression (CI hang): Ray 2.60's `serve run` can exit on Ctrl-C without shutting Serve down
+    (its controller health check timed out under load), leaving every replica holding its CPUs, and
+    the next Ray Data job waited forever for one. Killing `serve run` outright leaves the same state."""
+    proc = app[0]
+    proc.proc.kill()
+    proc.proc.wait(30)
+    assert serve.status().applications, "Serve should still be up after its `serve run` was killed"
+    proc.stop()
+    with pytest.raises(ValueError):
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+    deadline = time.time() + 60
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], "replicas still hold CPUs"

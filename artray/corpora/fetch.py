@@ -66,6 +66,7 @@ class FetchConfig:
     pool_size: int = 16  # HTTP connections kept per host (set to the thread count)
     max_bytes: int = 50_000_000
     max_long_side: int | None = 1000
+    resample: str = "area"  # artray.images.RESAMPLE_FILTERS
     max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     def headers(self) -> dict[str, str]:
@@ -150,7 +151,9 @@ class Fetcher:
         result = FetchResult(url=url, ok=False)
         try:
             data = self._download_with_retries(url, result)
-            image, info = fit_long_side(data, self.config.max_long_side, self.config.max_image_pixels)
+            image, info = fit_long_side(
+                data, self.config.max_long_side, self.config.max_image_pixels, resample=self.config.resample
+            )
         except FetchError as exc:
             result.reason, result.detail, result.retryable, result.status = exc.reason, exc.detail, exc.retryable, exc.status
             return result

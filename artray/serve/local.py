@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import http.client
+import logging
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ from pathlib import Path
 import yaml
 
 from artray import corpus
+
+logger = logging.getLogger(__name__)
 
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "retrieval-tiny.yaml"
 # model name → (sample corpus, import format, tiny checkpoint, encoder family)
@@ -98,6 +101,37 @@ def _apps_running() -> bool:
     return bool(apps) and all(a.status == "RUNNING" for a in apps.values())
 
 
+def _ensure_serve_shut_down(timeout_s: float = 60) -> None:
+    """Shut Serve down on the cluster this process is connected to, if it is still up.
+
+    `serve run` shuts Serve down on Ctrl-C, but Ray 2.60's ``serve.shutdown()`` first checks the
+    controller with a 5 s timeout and, when a loaded controller answers late, logs "nothing to shut
+    down" and leaves every replica up, holding its CPUs (seen in CI: the next Ray Data job waited
+    forever for a CPU). Here a shutdown is repeated until the controller actor is gone.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray import serve
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:
+            return  # no controller: Serve is down
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Serve is still running {timeout_s:.0f}s after its `serve run` ended; shut it "
+                               "down with `serve shutdown -y` (or `ray stop`) before starting more work")
+        try:
+            serve.shutdown()
+        except Exception as exc:  # noqa: BLE001 - a controller dying under us: look again
+            logger.info("serve.shutdown() failed (%s); retrying", exc)
+        time.sleep(1)
+
+
 class ServeProcess:
     """``serve run`` of a config (a dict) as a subprocess on the current Ray cluster; a context manager."""
 
@@ -137,7 +171,7 @@ class ServeProcess:
                            f"`serve run` said:\n{tail}")
 
     def stop(self) -> None:
-        """Ctrl-C the `serve run` process (it shuts Serve down), and wait for it."""
+        """Ctrl-C the `serve run` process (it shuts Serve down), wait for it, and make sure Serve is down."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -146,8 +180,11 @@ class ServeProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self._out.close()
-        if not self._keep:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        try:
+            _ensure_serve_shut_down()
+        finally:
+            if not self._keep:
+                shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> ServeProcess:
         return self

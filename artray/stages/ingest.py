@@ -27,6 +27,7 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -87,6 +88,8 @@ class IngestConfig(JobConfig):
     shard_rows: int = Field(500, ge=1, description="rows per committed Parquet shard at most (a batch is one shard "
                             "when batch_size <= shard_rows)")
     max_long_side: int | None = Field(1000, ge=1, description="shrink images to this long side (never enlarge)")
+    resample: Literal["area", "bicubic", "lanczos"] = Field(
+        "area", description="downscaling filter: area (pixel averaging, img2dataset's default), bicubic or lanczos")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse images with more pixels (decompression bombs)")
     max_bytes: int = Field(50_000_000, ge=1, description="refuse downloads larger than this")
     retry_failed: bool = Field(False, description="also re-attempt permanent failures (404, undecodable, ...)")
@@ -98,7 +101,8 @@ class IngestConfig(JobConfig):
             timeout_s=self.timeout_s, download_timeout_s=self.download_timeout_s, retries=self.retries,
             backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s,
             per_host_limit=max(1, self.per_host_concurrency // actors), pool_size=self.threads_per_actor,
-            max_bytes=self.max_bytes, max_long_side=self.max_long_side, max_image_pixels=self.max_image_pixels,
+            max_bytes=self.max_bytes, max_long_side=self.max_long_side, resample=self.resample,
+            max_image_pixels=self.max_image_pixels,
         )
 
 
