@@ -101,8 +101,9 @@ def _apps_running() -> bool:
     return bool(apps) and all(a.status == "RUNNING" for a in apps.values())
 
 
-def _ensure_serve_shut_down(timeout_s: float = 60) -> None:
-    """Shut Serve down on the cluster this process is connected to, if it is still up.
+def _ensure_serve_shut_down(address: str, timeout_s: float = 60) -> None:
+    """Shut Serve down on the cluster at `address` (a GCS address), if this process is connected to it
+    and Serve is still up there.
 
     `serve run` shuts Serve down on Ctrl-C, but Ray 2.60's ``serve.shutdown()`` first checks the
     controller with a 5 s timeout and, when a loaded controller answers late, logs "nothing to shut
@@ -111,8 +112,8 @@ def _ensure_serve_shut_down(timeout_s: float = 60) -> None:
     """
     import ray
 
-    if not ray.is_initialized():
-        return
+    if not ray.is_initialized() or ray.get_runtime_context().gcs_address != address:
+        return  # not connected to that cluster: nothing here can shut it down
     from ray import serve
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
@@ -137,7 +138,7 @@ class ServeProcess:
 
     def __init__(self, config: dict, address: str, env: dict | None = None, timeout_s: float = 240,
                  keep_files: bool = False):
-        self.port = config["http_options"]["port"]
+        self.port, self.address = config["http_options"]["port"], address
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir, self._keep = tempfile.mkdtemp(prefix="artray-serve-"), keep_files  # config + serve.log
         path = Path(self._dir) / "serve.yaml"
@@ -181,7 +182,7 @@ class ServeProcess:
                 self.proc.wait(10)
         self._out.close()
         try:
-            _ensure_serve_shut_down()
+            _ensure_serve_shut_down(self.address)
         finally:
             if not self._keep:
                 shutil.rmtree(self._dir, ignore_errors=True)

@@ -109,23 +109,21 @@ class StageSink(Datasink[dict]):
         tag = f"{self.run_id}-w{ctx.task_idx:05d}"
         bad = corpus.ShardWriter(storage.join(self.output, FAILURES), FAILURE_SCHEMA, 10 * self.shard_rows, tag,
                                  self.options)
-        stats = {"written": 0, "failed": Counter(), **{c: 0 for c in self.sum_columns}}
-        pending, index = [], 0
+        parts, pending, index = [], [], 0
         for block in blocks:
             table = BlockAccessor.for_block(block).to_arrow()
             if table.num_rows == 0:
                 continue
-            good, failures, got = split_results(table, self.schema, self.stage, self.sum_columns)
+            good, failures, stats = split_results(table, self.schema, self.stage, self.sum_columns)
             for row in failures:
                 bad.add(row)
-            for key, value in got.items():
-                stats[key] += value
+            parts.append(stats)
             pending.append(good)
             if sum(t.num_rows for t in pending) >= self.shard_rows:
                 index, pending = self._commit(pending, tag, index), []
         self._commit(pending, tag, index)
         bad.flush()
-        return stats
+        return total_stats(parts, self.sum_columns)
 
     def _commit(self, tables: list[pa.Table], tag: str, index: int) -> int:
         """Write `tables` as shards of at most shard_rows rows; returns the next shard index."""
