@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import socket
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -211,6 +213,34 @@ def test_builder_refuses_an_index_of_another_checkpoint(app, monkeypatch):
     monkeypatch.setenv("ARTRAY_TEST_TOKEN", "short")
     with pytest.raises(ValueError, match="ARTRAY_TEST_TOKEN"):
         AuthConfig(token_env="ARTRAY_TEST_TOKEN").token()
+
+
+def test_serve_build_makes_a_deployable_config_of_the_app(app, tmp_path):
+    """`serve build artray.serve.app:app` (Serve's tool takes an application, not a builder): the config it
+    writes lists the ingress and each model's encoder and index deployments."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    proc, indexes, _ = app
+    args = tmp_path / "args.yaml"
+    args.write_text(yaml.safe_dump({"models": [{"name": n, "index": indexes[n], "device": "cpu"} for n in indexes]}))
+    out = tmp_path / "built.yaml"
+    serve_cli = str(Path(sys.executable).parent / "serve")
+    env = {**os.environ, "ARTRAY_SERVE_ARGS": str(args)}
+    done = subprocess.run([serve_cli, "build", "artray.serve.app:app", "-o", str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = yaml.safe_load(out.read_text())
+    (application,) = built["applications"]
+    assert application["import_path"] == "artray.serve.app:app"
+    names = {d["name"] for d in application["deployments"]}
+    assert names == {"ingress", *(f"encoder-{n}" for n in indexes), *(f"index-{n}" for n in indexes)}
+    env.pop("ARTRAY_SERVE_ARGS")
+    refused = subprocess.run([serve_cli, "build", "artray.serve.app:app"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "ARTRAY_SERVE_ARGS" in refused.stderr
 
 
 def _metrics() -> list[tuple[str, dict, float]]:

@@ -1,15 +1,18 @@
 """LACLIP (CulTi, ICDAR 2025): training-free local alignment re-scoring of image–text pairs.
 
-For each image, k crops are encoded by the image encoder. Crop j gets a weight w_j from its
-similarity to the global image embedding u_I (``softmax(u_j·u_I / temperature)`` or the
-normalised sum ``u_j·u_I / Σ_j u_j·u_I``). The local score of image I and text T is
-``Σ_j w_j (u_j·u_T)``; the final score is ``(1 - global_weight)·local + global_weight·(u_I·u_T)``.
-Since the local score equals ``(Σ_j w_j u_j)·u_T``, it is one matrix product, and the same
-score matrix serves text→image and image→text (transposed).
+The method as the CulTi paper's figure draws it (the default here): k random crops p_1..p_k of
+image I go through the (fine-tuned) image encoder, giving local embeddings u_1..u_k beside the
+global u_I; crop j weighs ``w_j = u_j·u_I`` (its similarity to the whole image, used as it is);
+the score of I and text T is ``Σ_j w_j (u_j·u_T)``, with no normalisation and no global term.
 
-The CulTi paper leaves k, the crop scale, the weighting, the global term and the image→text
-use unstated (REFERENCE.md (C)); all of them are options here. With one full-image crop and
-``global_weight=0`` the score is exactly the global score.
+The paper leaves k, the crop scale, how the crops are drawn and the image→text use unstated
+(REFERENCE.md (C)): k = 4 crops of half the image side, drawn at random positions seeded per
+artwork, are artray's assumptions (options). artray's own variants stay as named options:
+``layout="grid"`` (evenly spaced crops), ``weighting="softmax"`` (``softmax(u_j·u_I / τ)``) or
+``"sum"`` (similarities clipped at 0 and normalised to sum 1), and ``global_weight`` (the final
+score ``(1 - g)·local + g·(u_I·u_T)``). Since the local score equals ``(Σ_j w_j u_j)·u_T``, it
+is one matrix product, and the same score matrix serves text→image and image→text (transposed).
+With one full-image crop and ``global_weight=0`` the score is exactly the global score.
 
 `laclip_scores` works on embeddings; `laclip_rerank` takes an encoder and PIL images, and is
 what a Serve re-ranker calls on its top-k candidates.
@@ -32,13 +35,16 @@ class LaclipOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, description="also score every model with LACLIP")
-    crops: int = Field(4, ge=1, description="k, crops per image")
-    scale: float = Field(0.5, gt=0, le=1, description="crop side as a fraction of the image side")
-    layout: Literal["grid", "random"] = Field("grid", description="grid: evenly spaced; random: seeded per artwork")
-    seed: int = 0
-    weighting: Literal["softmax", "sum"] = Field("softmax", description="softmax(sim/temperature) or sim/Σsim")
-    temperature: float = Field(0.1, gt=0, description="softmax temperature")
-    global_weight: float = Field(0.0, ge=0, le=1, description="mix of the global score (0: local only)")
+    crops: int = Field(4, ge=1, description="k, crops per image (not stated in the paper: an assumption)")
+    scale: float = Field(0.5, gt=0, le=1, description="crop side as a fraction of the image side (an assumption)")
+    layout: Literal["random", "grid"] = Field(
+        "random", description="random: the paper's random crops, seeded per artwork; grid: evenly spaced")
+    seed: int = Field(0, description="seed of the random crop positions (with the artwork id)")
+    weighting: Literal["similarity", "softmax", "sum"] = Field(
+        "similarity", description="similarity: the paper's w_j = crop·image as it is; softmax: softmax(sim/temperature); "
+        "sum: sim clipped at 0 and normalised to sum 1")
+    temperature: float = Field(0.1, gt=0, description="softmax temperature (weighting: softmax)")
+    global_weight: float = Field(0.0, ge=0, le=1, description="mix of the global score (0: local only, the paper)")
 
 
 def crop_boxes(width: int, height: int, opts: LaclipOptions, key: str = "") -> list[tuple[int, int, int, int]]:
@@ -65,6 +71,8 @@ def crops_of(image: Image.Image, opts: LaclipOptions, key: str = "") -> list[Ima
 def crop_weights(crop_emb: np.ndarray, image_emb: np.ndarray, opts: LaclipOptions) -> np.ndarray:
     """(n_images, k) weights from each crop's similarity to its image's global embedding."""
     sim = np.einsum("nkd,nd->nk", crop_emb.astype(np.float64), image_emb.astype(np.float64))
+    if opts.weighting == "similarity":
+        return sim
     if opts.weighting == "softmax":
         z = sim / opts.temperature
         z = np.exp(z - z.max(axis=1, keepdims=True))

@@ -10,7 +10,9 @@ Ray's metrics export, which Prometheus scrapes on every node.
 
 `build_app(args)` is the ``import_path`` of the Serve config: it validates ``args``
 (`RetrievalAppConfig`), checks each index against the configured encoder, and binds
-``ingress`` → ``encoder-<model>`` + ``index-<model>`` handles.
+``ingress`` → ``encoder-<model>`` + ``index-<model>`` handles. ``artray.serve.app:app`` is the
+same application built from the args in the file ``$ARTRAY_SERVE_ARGS``, for Serve's tools that
+take an application rather than a builder (``serve build artray.serve.app:app``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 
 from fastapi import FastAPI, Request
@@ -42,6 +45,7 @@ from starlette.exceptions import HTTPException
 
 from artray import __version__
 from artray.encoders import EncoderMismatchError
+from artray.errors import UserError
 from artray.index.retrieval import read_index_manifest
 from artray.serve.binding import pin_replica_grpc_to_node
 from artray.serve.config import RetrievalAppConfig
@@ -276,3 +280,38 @@ def build_app(args: dict) -> serve.Application:
                        "rerank": ["laclip"] + (["itm"] if not unsupported("itm", family) else []),
                        "rerank_candidates": m.rerank.candidates})
     return Ingress.bind(cfg.model_dump(mode="json"), encoders, indexes, models)
+
+
+ARGS_ENV = "ARTRAY_SERVE_ARGS"  # a YAML file: the app's args, or a Serve config whose artray app has them
+
+
+def _args_from_file(path: str) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8")) or {}
+    except OSError as exc:
+        raise UserError(f"${ARGS_ENV}={path} cannot be read ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"${ARGS_ENV}={path} is not valid YAML: {exc}") from exc
+    if isinstance(data, dict) and "applications" in data:  # a whole Serve config: its artray application's args
+        apps = [a for a in data["applications"] if str(a.get("import_path", "")).startswith("artray.serve.app:")]
+        if not apps:
+            raise UserError(f"{path} has no application with import_path artray.serve.app:…")
+        data = apps[0].get("args") or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold the app's args (models, limits, auth, …) or a Serve config")
+    return data
+
+
+def __getattr__(name: str):
+    """``artray.serve.app:app``: the application of `build_app` with the args of ``$ARTRAY_SERVE_ARGS``
+    (built on access, so importing this module stays free of side effects)."""
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    path = os.environ.get(ARGS_ENV)
+    if not path:
+        raise UserError(f"artray.serve.app:app is built from the args in the file named by ${ARGS_ENV}, which is "
+                        f"not set: `{ARGS_ENV}=serve_configs/retrieval.yaml serve build artray.serve.app:app`, or "
+                        "use the builder `artray.serve.app:build_app` with args in a Serve config")
+    return build_app(_args_from_file(path))

@@ -1,0 +1,84 @@
+"""The console a person reads: one progress line per stage (redrawn on a terminal, plain lines elsewhere),
+and Ray's own log lines in a file instead of on the screen."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from artray.console import StageProgress, progress_line, report
+
+
+def test_progress_line_says_how_far_how_fast_how_long_and_what_failed():
+    assert progress_line("embed", 100, 20, 400, 10.0) == "[embed] 120/400 rows 30%, 12.0 rows/s, ETA 0:23, 20 failed"
+    assert progress_line("ingest", 400, 0, 400, 8.0) == "[ingest] 400/400 rows 100%, 50.0 rows/s"
+    assert progress_line("caption", 3, 0, None, 0.0) == "[caption] 3 rows, 0.0 rows/s"
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def _stage(progress: StageProgress, batches: int) -> None:
+    import ray
+
+    @ray.remote(num_cpus=0.1)
+    def commit(counter, i):
+        ray.get(report(counter, ok=10, failed=1 if i == 0 else 0))
+
+    ray.get([commit.remote(progress.counter, i) for i in range(batches)])
+
+
+def test_progress_in_a_log_is_plain_lines_and_ends_with_the_final_count(ray_local):
+    stream = _Stream(tty=False)
+    with StageProgress("embed", total=41, stream=stream, interval_s=0.0, poll_s=0.05) as progress:
+        _stage(progress, 4)
+    text = stream.getvalue()
+    assert "\x1b" not in text and "\r" not in text, "no terminal codes outside a terminal"
+    lines = text.splitlines()
+    assert lines[-1].startswith("[embed] 41/41 rows 100%") and lines[-1].endswith("1 failed")
+
+
+def test_progress_on_a_terminal_redraws_one_line(ray_local):
+    stream = _Stream(tty=True)
+    with StageProgress("augment", total=20, stream=stream, poll_s=0.05) as progress:
+        _stage(progress, 2)
+    text = stream.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n") and text.startswith("\r[augment]")
+    assert text.rstrip("\n").rsplit("\r", 1)[-1].startswith("[augment] 21/20 rows")
+
+
+def test_the_final_line_has_the_stages_exact_counts(ray_local):
+    stream = _Stream(tty=False)
+    with StageProgress("ingest", total=5, stream=stream, interval_s=3600) as progress:
+        progress.finish(4, 1)
+    assert stream.getvalue() == "[ingest] 5/5 rows 100%, " + stream.getvalue().split(", ", 1)[1]
+    assert stream.getvalue().rstrip().endswith("1 failed") and stream.getvalue().count("\n") == 1
+
+
+def test_ray_log_lines_go_to_a_file_and_warnings_stay_on_the_console(tmp_path):
+    code = ("import logging, ray.data; from artray.console import route_ray_logs; path = route_ray_logs(); "
+            "log = logging.getLogger('ray.data'); log.info('info-line-for-the-file'); "
+            "log.warning('warning-line-for-people'); print(path)")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env.pop("ARTRAY_VERBOSE", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    path = done.stdout.strip().splitlines()[-1]
+    assert path.startswith(str(tmp_path))
+    assert "info-line-for-the-file" not in done.stderr and "warning-line-for-people" in done.stderr
+    logged = open(path, encoding="utf-8").read()
+    assert "info-line-for-the-file" in logged and "warning-line-for-people" in logged
+
+    verbose = subprocess.run([sys.executable, "-c", code], env={**env, "ARTRAY_VERBOSE": "1"}, capture_output=True,
+                             text=True, timeout=120)
+    assert "info-line-for-the-file" in verbose.stderr and verbose.stdout.strip().endswith("None")
