@@ -27,7 +27,7 @@ class ImportConfig(JobConfig):
     images: str | None = Field(None, description="image folder, if not the format's default place")
     language: str | None = Field(None, description="language code; default en (zh for cnclip)")
     caption_source: Literal["visual", "contextual", "both"] = Field(
-        "visual", description="Artpedia: which sentences make the caption (source works: visual)")
+        "visual", description="Artpedia: which sentences make the caption (the source works use visual)")
     split_file: str | None = Field(None, description="ArtCap/folder: JSON or CSV mapping id/file name to split")
     split_seed: int = Field(0, description="seed of the split made when there is no split file/column")
     split_ratios: tuple[float, float, float] = Field(

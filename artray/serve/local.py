@@ -44,7 +44,7 @@ def demo_indexes(workdir: str, n: int = 50, tiny_dir: str | None = None,
     embed job runs on it). Every step resumes or skips finished work.
     """
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
     from artray.index.build import IndexConfig, build_index
     from artray.models.tiny import make_tiny
     from artray.stages.embed import EmbedConfig, run_embed
