@@ -143,3 +143,18 @@ def test_no_import_cycle_inside_artray():
     found = cycles(import_graph())
     assert not found, "import cycles inside artray/ (break each by moving the shared piece into a module both " \
                       "import):\n" + "\n".join("  " + " → ".join(c) for c in found)
+
+
+# Modules outside artray.scaffold that may import it: the CLI offers `artray demo` and `make-sample`.
+FRONT_DOORS = {"artray.cli"}
+
+
+def test_the_library_does_not_import_the_scaffolding():
+    """Sample corpora, tiny checkpoints and the demo serve tests, the demo and benchmarks; a library
+    module that imported them would ship test fixtures as behaviour."""
+    graph = import_graph()
+    found = sorted(f"{name} → {target}" for name, targets in graph.items()
+                   if not name.startswith("artray.scaffold") and name not in FRONT_DOORS
+                   for target in targets if target.startswith("artray.scaffold"))
+    assert not found, "library modules import artray.scaffold (move the piece into artray.scaffold, or pass " \
+                      "it in):\n" + "\n".join("  " + f for f in found)
