@@ -32,7 +32,7 @@ def _cmd_import(args) -> int:
     return 0
 
 
-# Ray jobs driven by a typed config: (command path, "module:ConfigClass", "module:run_function", positionals).
+# Jobs driven by a typed config: (command path, "module:ConfigClass", "module:run_function", positionals, help).
 # Each run function writes its outputs + manifest and prints its own one-line summary.
 RAY_JOBS = [
     (("corpus", "ingest"), "artray.stages.ingest:IngestConfig", "artray.stages.ingest:run_ingest", ("input", "output"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from artray.cli import build_parser, main
-from artray.config import JobConfig, add_config_arguments, config_from_args
+from artray.cli import RAY_JOBS, _load, build_parser, main
+from artray.config import JobConfig, _scalar_type, add_config_arguments, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "ray", "faiss", "transformers", "open_clip", "deepspeed")
@@ -88,6 +89,22 @@ def test_a_job_help_shows_its_config_flags(capsys):
     out = capsys.readouterr().out
     assert "--max-caption-chars" in out and "(default: 20000)" in out
     assert "--images" in out and "(default: None)" not in out  # a None default is not shown
+
+
+@pytest.mark.parametrize("path", [row[0] for row in RAY_JOBS], ids=lambda p: " ".join(p))
+def test_every_job_help_lists_its_config_flags(path, capsys):
+    """Each job's parser, completed on demand from its config class, prints a help naming every scalar field."""
+    with pytest.raises(SystemExit) as exc:
+        main([*path, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    config_cls = _load(dict((row[0], row[1]) for row in RAY_JOBS)[path])
+    positionals = dict((row[0], row[3]) for row in RAY_JOBS)[path]
+    for name, field in config_cls.model_fields.items():
+        hidden = (field.json_schema_extra or {}).get("hidden") if isinstance(field.json_schema_extra, dict) else False
+        if _scalar_type(field.annotation) and name not in positionals:
+            shown = re.search("--" + name.replace("_", "-") + r"(?![\w-])", out) is not None
+            assert shown != bool(hidden), name
 
 
 def test_address_only_on_commands_that_start_ray(capsys):
