@@ -1,5 +1,9 @@
 """`artray …` — one subcommand per job. Each job's flags come from its typed config, so the
-CLI, the YAML files under jobs/configs/ and the Python API never drift apart."""
+CLI, the YAML files under jobs/configs/ and the Python API never drift apart.
+
+The parser is built from the static table below; a job's config module (which may import
+torch, Ray or FAISS) is imported, and its flags added, only when that job is the command
+being parsed. So `artray --help`, `artray <group> --help` and `artray corpus info` stay fast."""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ import json
 import logging
 import sys
 
-from artray.config import add_config_arguments, config_from_args
-
 log = logging.getLogger("artray")
 
 
@@ -19,6 +21,7 @@ def _print_json(obj) -> None:
 
 
 def _cmd_import(args) -> int:
+    from artray.config import config_from_args
     from artray.corpora.importer import ImportConfig, import_corpus
 
     cfg = config_from_args(ImportConfig, args, {"format": args.format, "src": args.src, "dest": args.dest})
@@ -29,7 +32,7 @@ def _cmd_import(args) -> int:
     return 0
 
 
-# Ray jobs driven by a typed config: (command path, "module:ConfigClass", "module:run_function", positionals).
+# Jobs driven by a typed config: (command path, "module:ConfigClass", "module:run_function", positionals, help).
 # Each run function writes its outputs + manifest and prints its own one-line summary.
 RAY_JOBS = [
     (("corpus", "ingest"), "artray.stages.ingest:IngestConfig", "artray.stages.ingest:run_ingest", ("input", "output"),
@@ -55,7 +58,7 @@ RAY_JOBS = [
 ]
 
 
-# Jobs that run in one process and need no Ray cluster.
+# Jobs that run in one process and need no Ray cluster (so they have no --address).
 LOCAL_JOBS = {"artray.evaluate.caption_metrics:run_caption_metrics", "artray.index.build:build_index",
               "artray.serve.client:run_search", "artray.evaluate.report:run_report"}
 
@@ -66,23 +69,75 @@ def _load(ref: str):
 
 
 def _run_job(args) -> int:
-    from artray.runtime import init_ray
+    from artray.config import config_from_args
 
-    cfg = config_from_args(args.config_cls, args, {name: getattr(args, name) for name in args.positionals})
+    cfg = config_from_args(_load(args.config_ref), args, {name: getattr(args, name) for name in args.positionals})
     if args.runner not in LOCAL_JOBS:
+        from artray.runtime import init_ray
+
         init_ray(args.address)
     _load(args.runner)(cfg)
     return 0
 
 
+class _LazyParser(argparse.ArgumentParser):
+    """An argparse parser whose arguments may be added on first use, by `populate(parser)`.
+
+    A leaf command's flags come from its config class, whose module can be heavy; the parser
+    adds them just before it parses or prints help, i.e. only for the command being run."""
+
+    def __init__(self, *args, populate=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _complete(self) -> None:
+        populate, self._populate = self._populate, None
+        if populate:
+            populate(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._complete()
+        return super().format_usage()
+
+
+def _job_arguments(config_ref: str, runner: str, positionals: tuple[str, ...]):
+    """The `populate` of a job's parser: its positionals, --address if it starts Ray, its config's flags."""
+
+    def populate(p: argparse.ArgumentParser) -> None:
+        from artray.config import add_config_arguments
+
+        config_cls = _load(config_ref)
+        p.description = (config_cls.__doc__ or "").strip()
+        for name in positionals:
+            p.add_argument(name, nargs="?", help=f"{name} URI (or set it in --config)")
+        if runner not in LOCAL_JOBS:
+            p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+        add_config_arguments(p, config_cls, skip=positionals)
+
+    return populate
+
+
 def _add_job(sub, path: tuple[str, ...], config_ref: str, runner: str, positionals: tuple[str, ...], help_text: str):
-    config_cls = _load(config_ref)
-    p = sub.add_parser(path[-1], help=help_text, description=(config_cls.__doc__ or "").strip())
-    for name in positionals:
-        p.add_argument(name, nargs="?", help=f"{name} URI (or set it in --config)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
-    add_config_arguments(p, config_cls, skip=positionals)
-    p.set_defaults(func=_run_job, config_cls=config_cls, runner=runner, positionals=positionals)
+    p = sub.add_parser(path[-1], help=help_text, populate=_job_arguments(config_ref, runner, positionals))
+    p.set_defaults(func=_run_job, config_ref=config_ref, runner=runner, positionals=positionals)
+
+
+def _import_arguments(p: argparse.ArgumentParser) -> None:
+    from artray.config import add_config_arguments
+    from artray.corpora.importer import FORMATS, ImportConfig
+
+    p.add_argument("--format", choices=FORMATS, required=False, help="native format of SRC")
+    p.add_argument("src", nargs="?", help="input file or folder (local or s3://)")
+    p.add_argument("dest", nargs="?", help="output corpus URI (local or s3://)")
+    add_config_arguments(p, ImportConfig, skip=("format", "src", "dest"))
 
 
 def _cmd_info(args) -> int:
@@ -97,7 +152,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_make_sample(args) -> int:
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     paths = make_samples(args.dir, n=args.n, seed=args.seed)
     for name, path in paths.items():
@@ -123,45 +178,41 @@ def _cmd_to_safetensors(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from artray.demo import run_demo
+    from artray.scaffold.demo import run_demo
 
     run_demo(args.workdir)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from artray.corpora.importer import FORMATS, ImportConfig
-
-    parser = argparse.ArgumentParser(prog="artray", description=__doc__)
+    """The whole `artray` parser; only the command being parsed imports its config module."""
+    parser = _LazyParser(prog="artray", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     corpus_p = sub.add_parser("corpus", help="import, ingest, sample and inspect corpora")
     corpus_sub = corpus_p.add_subparsers(dest="corpus_command", required=True)
 
-    p = corpus_sub.add_parser("import", help="native corpus (artpedia/artcap/cnclip/folder) → artray corpus")
-    p.add_argument("--format", choices=FORMATS, required=False, help="native format of SRC")
-    p.add_argument("src", nargs="?", help="input file or folder (local or s3://)")
-    p.add_argument("dest", nargs="?", help="output corpus URI (local or s3://)")
-    add_config_arguments(p, ImportConfig, skip=("format", "src", "dest"))
+    p = corpus_sub.add_parser("import", help="native corpus (artpedia/artcap/cnclip/folder) → artray corpus",
+                              populate=_import_arguments)
     p.set_defaults(func=_cmd_import)
 
     p = corpus_sub.add_parser("info", help="print a corpus summary (counts per split, failures)")
-    p.add_argument("uri")
-    p.add_argument("--s3-endpoint")
+    p.add_argument("uri", help="corpus URI (local path or s3://)")
+    p.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: the AWS environment's)")
     p.set_defaults(func=_cmd_info)
 
     p = corpus_sub.add_parser("make-sample", help="write small sample corpora in the native formats")
-    p.add_argument("dir")
-    p.add_argument("--n", type=int, default=50, help="artworks per corpus")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("dir", help="folder to write artpedia/, artcap/, culti/ and folder/ into")
+    p.add_argument("--n", type=int, default=50, help="artworks per corpus (default: 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drawn scenes and splits (default: 0)")
     p.set_defaults(func=_cmd_make_sample)
 
     models_p = sub.add_parser("models", help="model checkpoints")
     models_sub = models_p.add_subparsers(dest="models_command", required=True)
     p = models_sub.add_parser("make-tiny", help="write tiny random checkpoints of every architecture artray uses")
-    p.add_argument("dir")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("dir", help="folder to write one sub-folder per architecture into")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     p.set_defaults(func=_cmd_make_tiny)
     p = models_sub.add_parser(
         "to-safetensors", help="convert a trusted pickle state dict (.pt/.pth/.bin, e.g. longclip-L.pt) to safetensors",
@@ -180,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job(groups[parent] if parent else sub, path, config_ref, runner, positionals, help_text)
 
     p = sub.add_parser("demo", help="run the chain on the sample corpora with tiny models")
-    p.add_argument("--workdir", default="demo_out", help="where the demo writes everything")
+    p.add_argument("--workdir", default="demo_out", help="where the demo writes everything (default: demo_out)")
     p.set_defaults(func=_cmd_demo)
 
     from artray.submit import add_parsers as add_submit_parsers  # `artray submit`, `artray jobs`

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from artray.errors import UserError
 from artray.schema import SPLITS
@@ -40,7 +41,7 @@ class JobConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    s3_endpoint: str | None = None  # S3-compatible endpoint URL; default: AWS environment
+    s3_endpoint: str | None = Field(None, description="S3-compatible endpoint URL (default: the AWS environment's)")
 
     def storage_options(self) -> StorageOptions:
         return StorageOptions(endpoint_url=self.s3_endpoint)
@@ -131,11 +132,45 @@ def _scalar_type(annotation: Any) -> Any:
     return None
 
 
+def _extra(field: FieldInfo) -> dict:
+    return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+
+
+def _choices(field: FieldInfo) -> list | None:
+    """The values a flag accepts: a Literal's, or the family names that ``json_schema_extra={"choices":
+    "families:<kind>"}`` asks for (kind: retrieval, captioner or all)."""
+    wanted = _extra(field).get("choices")
+    if isinstance(wanted, str) and wanted.startswith("families:"):
+        from artray.families import names
+
+        return list(names(wanted.split(":", 1)[1]))
+    lit = field.annotation
+    if typing.get_origin(lit) in (typing.Union, types.UnionType):
+        lit = next(a for a in typing.get_args(lit) if a is not type(None))
+    return list(typing.get_args(lit)) if typing.get_origin(lit) is typing.Literal else None
+
+
+def _flag_help(name: str, field: FieldInfo) -> str:
+    """What the flag does and its default; test hooks (``json_schema_extra={"hidden": True}``) stay
+    settable but out of --help."""
+    if _extra(field).get("hidden"):
+        return argparse.SUPPRESS
+    text = field.description or name.replace("_", " ")
+    if field.is_required():
+        text += " (required)"
+    else:
+        default = field.get_default(call_default_factory=True)
+        if default is not None:
+            text += f" (default: {default})"
+    return text.replace("%", "%%")  # argparse %-formats help strings
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type[JobConfig], skip: tuple[str, ...] = ()) -> None:
     """Add `--config`, `--set` and one `--flag` per scalar field of `cls`."""
     parser.add_argument("--config", help="YAML file with the job's config")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted for nested keys); repeatable")
+                        help="override a config key (dotted for nested keys; also the list and mapping keys "
+                             "that have no flag); repeatable")
     for name, field in cls.model_fields.items():
         if name in skip:
             continue
@@ -143,16 +178,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[JobConfig], 
         if typ is None:
             continue
         flag = "--" + name.replace("_", "-")
-        help_text = field.description or f"default: {field.default!r}"
+        help_text = _flag_help(name, field)
         if typ is bool:
             parser.add_argument(flag, dest=f"cfg_{name}", action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            choices = None
-            lit = field.annotation
-            if typing.get_origin(lit) in (typing.Union, types.UnionType):
-                lit = next(a for a in typing.get_args(lit) if a is not type(None))
-            if typing.get_origin(lit) is typing.Literal:
-                choices = list(typing.get_args(lit))
+            choices = _choices(field)
             parser.add_argument(flag, dest=f"cfg_{name}", type=typ, default=None, choices=choices, help=help_text,
                                 metavar=None if choices else name.upper())
 

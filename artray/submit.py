@@ -26,7 +26,6 @@ import yaml
 
 from artray.errors import UserError
 from artray.redact import is_credential_name
-from artray.runtime import worker_env
 
 # stage → (entrypoint script relative to the working dir, leading arguments)
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -115,6 +114,8 @@ def build_runtime_env(working_dir: str | Path = ".", runtime_env_file: str | Non
                       install_deps: bool = False) -> dict:
     """The job's runtime_env: the YAML file's, with `working_dir` set, the excludes ensured and this shell's
     ``ARTRAY_ALLOW_PICKLE`` passed on."""
+    from artray.runtime import worker_env  # here: `artray --help` builds this module's parsers, runtime may grow
+
     working_dir = Path(working_dir)
     env: dict = {}
     if runtime_env_file:

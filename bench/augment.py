@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
     from artray.models.tiny import make_tiny
     from artray.stages.augment import AugmentConfig
 

@@ -33,7 +33,8 @@ import ray
 from artray import corpus
 from artray.encoders import load_encoder
 from artray.index.retrieval import load_index, read_index_manifest
-from artray.serve.local import ServeProcess, demo_indexes, serve_config
+from artray.scaffold.demo_indexes import demo_indexes
+from artray.serve.local import ServeProcess, serve_config
 
 
 def run_load(call, queries: list[str], concurrency: int, max_requests: int, max_seconds: float) -> dict:

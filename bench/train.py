@@ -194,7 +194,7 @@ def main() -> int:
     import ray
 
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
     from artray.models.tiny import make_tiny
     from artray.train.config import TrainConfig
     from artray.train.run import run_train

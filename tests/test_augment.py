@@ -45,7 +45,7 @@ def tiny(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def artpedia(tmp_path_factory) -> str:
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     root = tmp_path_factory.mktemp("augment-corpus")
     src = make_samples(str(root / "samples"), n=20)["artpedia"]

@@ -12,9 +12,9 @@ import pytest
 
 from artray import corpus, storage
 from artray.corpora.importer import ImportConfig, import_corpus
-from artray.corpora.sample import make_samples
 from artray.evaluate import caption_scorers as sc
 from artray.evaluate.caption_metrics import CaptionMetricsConfig, run_caption_metrics
+from artray.scaffold.sample_corpora import make_samples
 from artray.schema import ARTWORK_SCHEMA, CAPTION_SCHEMA, artwork_row
 
 COCO = ["bleu", "meteor", "rouge", "cider"]

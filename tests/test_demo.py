@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from artray import corpus
-from artray.demo import run_demo
+from artray.scaffold.demo import run_demo
 from artray.schema import VARIANT_SCHEMA
 
 STAGES = ("[import]", "[ingest]", "[augment]", "[caption]", "[train]", "[evaluate retrieval]", "[embed]", "[index]",

@@ -15,7 +15,7 @@ import pytest
 
 from artray import corpus, storage
 from artray.corpora.importer import ImportConfig, import_corpus
-from artray.corpora.sample import make_samples
+from artray.scaffold.sample_corpora import make_samples
 from artray.evaluate import fusion
 from artray.evaluate.laclip import LaclipOptions
 from artray.evaluate.retrieval import RetrievalEvalConfig, RetrievalEvalError, run_retrieval_eval

@@ -34,9 +34,10 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from artray.runtime import free_port
+from artray.scaffold.demo_indexes import demo_indexes
 from artray.serve.app import make_fastapi
 from artray.serve.config import RetrievalAppConfig
-from artray.serve.local import ServeProcess, demo_indexes, serve_config
+from artray.serve.local import ServeProcess, serve_config
 from artray.serve.queries import parse_embed, parse_search
 
 TOKEN = "fuzz-token-" + "y" * 24

@@ -12,7 +12,7 @@ import pytest
 from artray import corpus
 from artray.cli import main
 from artray.corpora.importer import ImportConfig, import_corpus
-from artray.corpora.sample import make_samples
+from artray.scaffold.sample_corpora import make_samples
 
 
 @pytest.fixture(scope="module")

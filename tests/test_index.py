@@ -11,7 +11,7 @@ import torch
 
 from artray import corpus, storage
 from artray.corpora.importer import ImportConfig, import_corpus
-from artray.corpora.sample import make_samples
+from artray.scaffold.sample_corpora import make_samples
 from artray.encoders import EncoderMismatchError, load_encoder
 from artray.index.build import IndexConfig, build_index
 from artray.index.faiss_types import IndexBuildError

@@ -15,7 +15,7 @@ from PIL import Image
 
 from artray import corpus, storage
 from artray.corpora.importer import ImportConfig, import_corpus
-from artray.corpora.sample import make_samples
+from artray.scaffold.sample_corpora import make_samples
 from artray.evaluate import fusion
 from artray.evaluate.report import ReportConfig, ReportError, build_report, run_report
 from artray.evaluate.retrieval_metrics import mean_recall, qrels_dict, retrieval_metrics, run_dict

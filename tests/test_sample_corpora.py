@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artray.corpora.sample import make_samples
-from artray.corpora.sample_scenes import PALETTE
+from artray.scaffold.sample_corpora import make_samples
+from artray.scaffold.sample_scenes import PALETTE
 
 SPLITS = ("train", "val", "test")
 PREFIX = {"train": "train", "val": "valid", "test": "test"}

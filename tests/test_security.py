@@ -307,10 +307,10 @@ import sys
 import ray
 
 from artray.corpora.importer import ImportConfig, import_corpus
-from artray.corpora.sample import make_samples
 from artray.evaluate.report import ReportConfig, run_report
 from artray.index.build import IndexConfig, build_index
 from artray.runtime import free_port, init_ray
+from artray.scaffold.sample_corpora import make_samples
 from artray.serve.local import ServeProcess, serve_config
 from artray.stages.embed import EmbedConfig, run_embed
 

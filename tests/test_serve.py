@@ -30,9 +30,10 @@ from artray import corpus
 from artray.encoders import EncoderMismatchError, load_encoder
 from artray.index.retrieval import read_index_manifest
 from artray.runtime import free_port
+from artray.scaffold.demo_indexes import demo_indexes
 from artray.serve.app import build_app
 from artray.serve.config import AuthConfig
-from artray.serve.local import ServeProcess, demo_indexes, serve_config
+from artray.serve.local import ServeProcess, serve_config
 from artray.stages.embed import read_embeddings
 
 TOKEN = "test-token-" + "x" * 24

@@ -98,7 +98,7 @@ def as_client(ray_head, monkeypatch):
 
 @pytest.fixture(scope="module")
 def sample_dir():
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     d = Path(tempfile.mkdtemp(prefix="/tmp/arsmp"))
     make_samples(d, n=6, seed=0)

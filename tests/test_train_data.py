@@ -22,7 +22,7 @@ BASE = {"model": "m.pt", "corpus": "c", "output": "o"}
 @pytest.fixture(scope="module")
 def artpedia(tmp_path_factory) -> str:
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     root = tmp_path_factory.mktemp("train-data")
     src = make_samples(str(root / "samples"), n=12)["artpedia"]

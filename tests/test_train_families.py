@@ -28,7 +28,7 @@ def tiny(tiny_models) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> dict[str, str]:
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     root = tmp_path_factory.mktemp("train-families")
     src = make_samples(str(root / "samples"), n=60)
@@ -41,7 +41,7 @@ def corpora(tmp_path_factory) -> dict[str, str]:
 def retrieval_corpora(tmp_path_factory) -> dict[str, str]:
     """200 artworks each (140 train, 30 val): recall over 30 val items."""
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     root = tmp_path_factory.mktemp("train-retrieval")
     src = make_samples(str(root / "samples"), n=200)

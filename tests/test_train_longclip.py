@@ -57,7 +57,7 @@ def assert_learns(out: dict, min_r1_gain: float = 0.1, min_mean_gain: float = 0.
 @pytest.fixture(scope="module")
 def artpedia(tmp_path_factory) -> str:
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     root = tmp_path_factory.mktemp("train-corpus")
     src = make_samples(str(root / "samples"), n=N_SAMPLE)["artpedia"]

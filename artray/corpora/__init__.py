@@ -1,1 +1,3 @@
-"""Native corpus formats → the artwork/text schema, plus URL ingest and sample corpora."""
+"""Native corpus formats → the artwork/text schema (`importer`), and URL ingest (`fetch`).
+
+The bundled sample corpora live apart from the library, in `artray.scaffold`."""

@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from artray import storage
 from artray.corpora import splits
-from artray.corpora.importer import (
-    CorpusImportError,
-    ImportConfig,
-    ImportPlan,
-    ImportSink,
-    bad_unicode,
-    load_json,
-)
+from artray.corpora.import_config import CorpusImportError, ImportConfig
+from artray.corpora.json_input import load_json
+from artray.corpora.sink import ImportPlan, ImportSink, bad_unicode
 
 INDEX = "ArtCap.json"
 IMAGES = "ArtCap_Images_Dataset"

@@ -9,13 +9,9 @@ already downloaded, from an image folder with files named `<id>.<ext>`.
 from __future__ import annotations
 
 from artray import storage
-from artray.corpora.importer import (
-    CorpusImportError,
-    ImportConfig,
-    ImportPlan,
-    ImportSink,
-    load_json,
-)
+from artray.corpora.import_config import CorpusImportError, ImportConfig
+from artray.corpora.json_input import load_json
+from artray.corpora.sink import ImportPlan, ImportSink
 
 INDEX = "artpedia.json"
 INT32 = (-(2**31), 2**31 - 1)  # the schema's year column

@@ -13,14 +13,9 @@ import binascii
 from collections import defaultdict
 
 from artray import storage
-from artray.corpora.importer import (
-    CorpusImportError,
-    ImportConfig,
-    ImportPlan,
-    ImportSink,
-    bad_unicode,
-    parse_json_line,
-)
+from artray.corpora.import_config import CorpusImportError, ImportConfig
+from artray.corpora.json_input import parse_json_line
+from artray.corpora.sink import ImportPlan, ImportSink, bad_unicode
 from artray.schema import normalise_split
 
 IMGS_SUFFIX = "_imgs.tsv"

@@ -19,15 +19,9 @@ import pyarrow as pa
 
 from artray import storage
 from artray.corpora import splits
-from artray.corpora.importer import (
-    CorpusImportError,
-    ImportConfig,
-    ImportPlan,
-    ImportSink,
-    bad_unicode,
-    line_of,
-    parse_json_line,
-)
+from artray.corpora.import_config import CorpusImportError, ImportConfig
+from artray.corpora.json_input import line_of, parse_json_line
+from artray.corpora.sink import ImportPlan, ImportSink, bad_unicode
 
 METADATA_NAMES = ("metadata.csv", "metadata.parquet", "metadata.jsonl")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")

@@ -47,8 +47,9 @@ class CaptionMetricsConfig(JobConfig):
     output: str = Field(description="where per_caption.parquet/.tsv and summary.json go")
     candidates_captioner: str | None = Field(None, description="caption output: which captioner (needed if several)")
     candidates_preset: str = Field("caption", description="caption output: which preset")
-    references_captioner: str | None = None
-    references_preset: str = "caption"
+    references_captioner: str | None = Field(None, description="caption output as references: which captioner "
+                                                                "(needed if several)")
+    references_preset: str = Field("caption", description="caption output as references: which preset")
     splits: SplitList = Field(None, description="only these splits (default: every split present)")
     metrics: list[Literal["bleu", "meteor", "rouge", "cider", "spice", "bertscore"]] = Field(
         default_factory=lambda: list(METRICS))
@@ -61,9 +62,9 @@ class CaptionMetricsConfig(JobConfig):
     spice_download: bool = Field(False, description="let pycocoevalcap download CoreNLP from nlp.stanford.edu")
     bertscore_model: str | None = Field(None, description="default: distilbert-base-uncased (en), bert-base-chinese (zh)")
     bertscore_num_layers: int | None = Field(None, ge=1, description="default: bert_score's choice, else all layers")
-    bertscore_idf: bool = False
+    bertscore_idf: bool = Field(False, description="weight tokens by IDF over the references (bert_score's idf)")
     bertscore_rescale: bool = Field(False, description="rescale with bert_score's baseline (known hub models only)")
-    bertscore_batch_size: int = Field(64, ge=1)
+    bertscore_batch_size: int = Field(64, ge=1, description="caption pairs per BERTScore forward pass")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="for BERTScore")
 
 

@@ -49,8 +49,8 @@ class ReportConfig(JobConfig):
     split: str | None = Field(None, description="caption sources: only this split (default: all)")
     max_examples: int = Field(12, ge=0, description="example captions shown (flagged ones first)")
     max_augment: int = Field(6, ge=0, description="artworks in the augmentation grid")
-    thumb_px: int = Field(96, ge=16, le=512)
-    title: str = "artray report"
+    thumb_px: int = Field(96, ge=16, le=512, description="long side of the thumbnails in pixels")
+    title: str = Field("artray report", description="the page's title")
 
 
 def _caption_sources(cfg: ReportConfig, opts) -> dict[str, list[dict]]:

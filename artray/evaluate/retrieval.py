@@ -87,7 +87,8 @@ class RetrievalEvalConfig(JobConfig):
 
     corpus: str = Field(description="corpus URI (import / ingest output)")
     output: str = Field(description="where runs, metrics and summary.json go")
-    split: Literal["train", "val", "test"] = "test"
+    split: Literal["train", "val", "test"] = Field("test", description="the corpus split whose artworks and texts "
+                                                                       "make the queries and the gallery")
     models: list[ModelSpec] = Field(min_length=1)
     query_sets: list[QuerySet] = Field(default_factory=lambda: [QuerySet(name="corpus")])
     directions: list[Literal["t2i", "i2t"]] = Field(default_factory=lambda: list(DIRECTIONS))
@@ -95,12 +96,13 @@ class RetrievalEvalConfig(JobConfig):
     laclip: LaclipOptions = Field(default_factory=LaclipOptions)
     fusions: list[FusionSpec] = Field(default_factory=list)
     significance_test: Literal["student", "fisher", "tukey"] = Field("student", description="ranx compare's test")
-    max_p: float = Field(0.05, gt=0, lt=1)
-    device: Device = "auto"
-    dtype: DType = "auto"
-    batch_size: int = Field(32, ge=1)
+    max_p: float = Field(0.05, gt=0, lt=1, description="p-value under which a difference between models is "
+                                                      "reported as significant")
+    device: Device = Field("auto", description="where the encoders run (auto: CUDA when there is a GPU, else CPU)")
+    dtype: DType = Field("auto", description="encoder precision (auto: float16 on CUDA, float32 on CPU)")
+    batch_size: int = Field(32, ge=1, description="images or texts per encoder forward pass")
     actors: int | None = Field(None, ge=1, description="encoder actors (default: one per GPU, else from CPUs)")
-    actor_num_cpus: float = Field(1.0, gt=0)
+    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per encoder actor")
 
     @model_validator(mode="after")
     def _unique_names(self):

@@ -5,5 +5,5 @@
 - ``artray.serve.config``       the app's ``args``: models, limits, auth, CORS
 - ``artray.serve.queries``      request parsing and validation (every bad request → 4xx)
 - ``artray.serve.client``       `artray search`
-- ``artray.serve.local``        tiny demo indexes and `serve run` as a subprocess (tests, bench, demo)
+- ``artray.serve.local``        `serve run` as a subprocess (tests, bench, demo; tiny indexes: ``artray.scaffold``)
 """

@@ -54,7 +54,7 @@ class SearchClientConfig(JobConfig):
     text: str | None = Field(None, description="text query")
     image: str | None = Field(None, description="path of an image file to query with")
     artwork_id: str | None = Field(None, description="query with an artwork of the gallery")
-    k: int = Field(10, ge=1)
+    k: int = Field(10, ge=1, description="results to return")
     model: str | None = Field(None, description="model name (GET /models); default: the API's default")
     target: Literal["image", "text"] | None = Field(None, description="what to return (default: the other modality)")
     token_env: str = Field("ARTRAY_API_TOKEN", description="environment variable holding the API token, if any")

@@ -74,7 +74,7 @@ class SlowImageServer:
 def make_inputs(root: Path) -> dict:
     """Sample Artpedia imported twice: with images (one truncated, one text blank) and with URLs only."""
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     src = make_samples(str(root / "samples"), n=N_ARTWORKS)["artpedia"]
     images = root / "artpedia"

@@ -27,8 +27,9 @@ from chaoskit import ChaosCluster
 from ray import serve
 
 from artray.runtime import free_port
+from artray.scaffold.demo_indexes import demo_indexes
 from artray.serve.client import SearchClient, SearchClientError
-from artray.serve.local import ServeProcess, demo_indexes, serve_config
+from artray.serve.local import ServeProcess, serve_config
 
 pytestmark = pytest.mark.chaos
 

@@ -42,7 +42,7 @@ ATOL = 1e-6  # fp32 on CPU, same ops in the same order: differences are rounding
 def corpus_and_variants(tmp_path_factory) -> tuple[str, str]:
     """The Artpedia sample (n=100) and one mirrored variant per train artwork."""
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
 
     root = tmp_path_factory.mktemp("train-faults")
     src = make_samples(str(root / "samples"), n=100)["artpedia"]

@@ -96,7 +96,7 @@ def _search_demo(indexes: dict[str, str], text: str, image: bytes, saved_config:
 def run_demo(workdir: str = "demo_out") -> dict:
     """Run the demo chain in `workdir` (re-runnable: every step resumes or skips finished work)."""
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
     from artray.evaluate.report import ReportConfig, run_report
     from artray.evaluate.retrieval import RetrievalEvalConfig, run_retrieval_eval
     from artray.index.build import IndexConfig, build_index

@@ -17,7 +17,7 @@ import json
 import random
 from pathlib import Path
 
-from artray.corpora.sample_scenes import (
+from artray.scaffold.sample_scenes import (
     SceneSampler,
     caption_en,
     caption_zh,
