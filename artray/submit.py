@@ -94,7 +94,26 @@ def make_client(address: str | None = None):
     try:
         return JobSubmissionClient(address, headers=headers or None)
     except Exception as exc:  # connection refused, 401/403, wrong scheme …
-        raise UserError(f"cannot reach the Ray job API at {address}: {_scrub(str(exc), token)}") from exc
+        detail = _scrub(str(exc), token)
+        if _auth_refused(detail):
+            if token:
+                raise UserError(f"the Ray job API at {address} refused the auth token ({_first_line(detail)}): this "
+                                "shell's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) is not the "
+                                "cluster's; use the cluster's token") from exc
+            raise UserError(f"the Ray job API at {address} needs an auth token and this shell sends none: set "
+                            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or the token file ~/.ray/auth_token) to the "
+                            "cluster's token") from exc
+        raise UserError(f"cannot reach the Ray job API at {address}: {detail}") from exc
+
+
+def _auth_refused(message: str) -> bool:
+    lowered = message.lower()
+    return any(s in lowered for s in ("401", "403", "unauthorized", "unauthenticated", "forbidden",
+                                      "invalid auth", "authentication"))
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else ""
 
 
 def _scrub(text: str, token: str | None) -> str:

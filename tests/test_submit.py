@@ -194,7 +194,11 @@ def test_artray_submit_is_refused_without_the_token(ray_head, sample_dir, tmp_pa
     rc = main(_submit_args(address, "--set", f"src={sample_dir / 'artcap'}", "--set", f"dest={tmp_path / 'out'}",
                            "--job-id", job_id, "--wait"))
     out, err = capsys.readouterr()
-    assert rc == 2 and f"artray: error: cannot reach the Ray job API at {address}" in err
+    assert rc == 2, err
+    if how == "wrong token":
+        assert f"artray: error: the Ray job API at {address} refused the auth token" in err
+    else:
+        assert f"artray: error: the Ray job API at {address} needs an auth token" in err
     assert "not-the-token" not in out + err
     assert job_id not in _submission_ids(address, token_file) and not (tmp_path / "out").exists()
 
