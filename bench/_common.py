@@ -129,3 +129,56 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], digits: int = 1) -> 
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def write_json(path: str | None, obj: dict) -> None:
+    """Write a benchmark's result as JSON to `path` (``--json``), for bench/gpu_table.py; no-op without one."""
+    if not path:
+        return
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, default=str)
+        fh.write("\n")
+
+
+def device_name() -> str:
+    """The GPU's name (``torch.cuda.get_device_name``) when torch sees one, else "CPU"."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    except Exception:  # noqa: BLE001 - no torch, or a broken driver: the figures came from the CPU
+        return "CPU"
+
+
+def steady_rate(done: Sequence[tuple[float, int]], start: float) -> dict:
+    """Start-up and steady-state rate from completion events: `done` = (time, items finished) per batch.
+
+    start-up s = first batch done − `start` (process spawn / run start: imports, model load and the
+    first batch); steady items/s = items after the first batch / (last done − first done). Needs two
+    batches or more (else steady is None).
+    """
+    events = sorted(done)
+    if not events:
+        return {"startup_s": None, "steady_per_s": None, "steady_items": 0}
+    first, last = events[0][0], events[-1][0]
+    after = sum(n for _, n in events[1:])
+    return {"startup_s": round(first - start, 3),
+            "steady_per_s": round(after / (last - first), 3) if after and last > first else None,
+            "steady_items": after}
+
+
+def shard_commits(dir_path: str) -> list[tuple[float, int]]:
+    """(mtime, rows) of every Parquet shard under a local folder: when a stage committed each batch
+    (stages write shards atomically, so the mtime is the commit); input to `steady_rate`."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for root, _, files in os.walk(dir_path):
+        for name in files:
+            if name.endswith(".parquet"):
+                path = os.path.join(root, name)
+                out.append((os.stat(path).st_mtime, pq.ParquetFile(path).metadata.num_rows))
+    return out

@@ -20,7 +20,12 @@ One run, side by side:
 4. checks both made the same number of images and whether they are byte-identical (they
    are when artray's batches are one artwork each: ``batch_size == variants``, one size).
 
-Prints images/s for both and the ratio artray / bare (goal: >= 0.9). On CPU both sides run
+Prints images/s for both and the ratio artray / bare (goal: >= 0.9), and the steady state apart from
+start-up: artray commits one shard per batch here (``shard_rows = variants``), the bare loop notes when
+each artwork's files are written; start-up = run start to the first batch done (imports, model load and
+the first batch), steady img/s = images after the first batch / time from the first batch to the last
+(``_common.steady_rate``), image-steps/s = steady img/s x the denoising steps each image gets.
+``--json FILE`` writes every figure for bench/gpu_table.py. On CPU both sides run
 one torch thread (`--threads`, exported as OMP_NUM_THREADS to the actor and the bare process
 alike): on a shared 2-core machine two threads make either side swing by 10x between runs.
 """
@@ -34,10 +39,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, machine_line, median, ratio, table
+from _common import Timer, machine_line, median, ratio, shard_commits, steady_rate, table, write_json
 
 
 def _full_size_sd15(out: Path) -> str:
@@ -95,6 +101,7 @@ def _bare(args: dict) -> None:
     rows = [r for r in corpus.read_artworks(args["input"]).sort_by("artwork_id").to_pylist() if r["split"] == "train"]
     out = Path(args["output"])
     out.mkdir(parents=True, exist_ok=True)
+    done = []  # (time, images) per artwork: the steady-state measure
     for r in rows:
         im = images.to_rgb(r["image"])
         size = target_size(*im.size, args["long_side"])
@@ -106,6 +113,8 @@ def _bare(args: dict) -> None:
                                   num_inference_steps=args["steps"], generator=gens, output_type="np").images
         for v, px in enumerate((res * 255).round().clip(0, 255).astype("uint8")):
             (out / f"{r['artwork_id']}#{v}.png").write_bytes(encode_image(px.tobytes(), size, "png", 95))
+        done.append((time.time(), m))
+    (out / "_done.json").write_text(json.dumps(done))
 
 
 def _worker_niceness() -> None:
@@ -119,6 +128,16 @@ def _run_bare(args: dict) -> tuple[float, dict[str, bytes]]:
         subprocess.run([sys.executable, __file__, "--_bare", json.dumps(args)], check=True, preexec_fn=_worker_niceness)
     files = {p.stem: p.read_bytes() for p in Path(args["output"]).glob("*.png")}
     return t.s, files
+
+
+def _steady(tool: str, out_dir: str, start: float) -> dict:
+    """Start-up and steady-state img/s of one side: artray's shard commit times (one shard per batch),
+    the bare loop's own per-artwork times."""
+    if tool == "artray":
+        done = shard_commits(str(Path(out_dir) / "variants"))
+    else:
+        done = [tuple(e) for e in json.loads((Path(out_dir) / "_done.json").read_text())]
+    return steady_rate(done, start)
 
 
 def _run_artray(cfg) -> tuple[float, dict[str, bytes], dict]:
@@ -145,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-size", action="store_true", help="SD-1.5 architecture, random weights, 576 px, 40 steps")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU (or --full-size) at hand")
     p.add_argument("--workdir", help="keep inputs/outputs here (default: a temp dir)")
+    p.add_argument("--json", help="write every figure to this JSON file (bench/gpu.sh reads it)")
     p.add_argument("--_bare", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._bare:
@@ -180,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     # as on a cluster that has run any Ray Data job before (cold, they add ~15 s on 2 busy cores).
     ray.data.range(2).map_batches(lambda b: b, num_cpus=0.25).materialize()
     print(machine_line())
-    rows, ratios = [], []
+    rows, ratios, steady_rows = [], [], []
+    denoise = min(int(a.steps * 0.34), a.steps)  # img2img at strength 0.34 runs this many of the steps
+    report = {"part": "augment", "full_size": a.full_size, "device": torch.cuda.get_device_name() if gpu else "CPU",
+              "long_side": a.long_side, "steps": a.steps, "denoising_steps": denoise, "variants": a.variants,
+              "rounds": []}
     for rnd in range(a.rounds):
         cfg = AugmentConfig(input=inp, output=str(work / f"artray-r{rnd}"), model=model, variants=a.variants,
                             steps=a.steps, long_side=a.long_side, batch_size=a.variants,
@@ -191,9 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         for stale in (cfg.output, bare_args["output"]):  # a kept --workdir must not make artray resume
             shutil.rmtree(stale, ignore_errors=True)
         order = ("artray", "bare") if rnd % 2 == 0 else ("bare", "artray")
-        res = {}
+        res, steady = {}, {}
+        cfg = cfg.model_copy(update={"shard_rows": a.variants})  # one shard per batch: its commit time is the batch's
         for tool in order:
+            start = time.time()
             res[tool] = _run_artray(cfg)[:2] if tool == "artray" else _run_bare(bare_args)
+            steady[tool] = _steady(tool, cfg.output if tool == "artray" else bare_args["output"], start)
         (t_art, img_art), (t_bare, img_bare) = res["artray"], res["bare"]
         n = len(img_art)
         if n != len(img_bare) or n == 0:
@@ -202,11 +229,28 @@ def main(argv: list[str] | None = None) -> int:
         same = sum(img_art[k] == img_bare.get(k) for k in img_art)
         ratios.append(ratio(n / t_art, n / t_bare))
         rows.append([rnd, n, n / t_art, n / t_bare, ratios[-1], f"{same}/{n}"])
+        s_art, s_bare = steady["artray"], steady["bare"]
+        steady_rows.append([rnd, s_art["startup_s"], s_bare["startup_s"], s_art["steady_per_s"], s_bare["steady_per_s"],
+                            ratio(s_art["steady_per_s"], s_bare["steady_per_s"]), s_art["steady_items"]])
+        report["rounds"].append({"images": n, "byte_identical": same, "artray_wall_s": round(t_art, 3),
+                                 "bare_wall_s": round(t_bare, 3), "artray": s_art, "bare": s_bare})
     print(table(["round", "images", "artray img/s", "bare img/s", "ratio", "byte-identical"], rows, digits=3))
+    print("steady state (after each side's first batch; start-up = run start to first batch done):")
+    print(table(["round", "artray start-up s", "bare start-up s", "artray steady img/s", "bare steady img/s",
+                 "ratio", "steady images"], steady_rows, digits=3))
     setup = "full-size SD-1.5 (random weights)" if a.full_size else "tiny SD img2img"
     setup += f", fp16, {torch.cuda.get_device_name()}" if gpu else f", fp32, CPU, {threads} torch threads each"
     print(f"{setup}; {a.long_side} px long side, {a.steps} steps (strength 0.34), {a.variants} variants/artwork, "
           f"batch {a.variants}; ratio artray/bare (median of {a.rounds}): {median(ratios):.3f} (goal >= 0.9)")
+    for side in ("artray", "bare"):
+        rates = [r[side]["steady_per_s"] for r in report["rounds"]]
+        report[f"{side}_img_per_s"] = median([r["images"] / r[f"{side}_wall_s"] for r in report["rounds"]])
+        report[f"{side}_steady_img_per_s"] = median(rates)
+        report[f"{side}_startup_s"] = median([r[side]["startup_s"] for r in report["rounds"]])
+        steady_rate_ = report[f"{side}_steady_img_per_s"]
+        report[f"{side}_steady_image_steps_per_s"] = steady_rate_ * denoise if steady_rate_ is not None else None
+    report["setup"] = setup
+    write_json(a.json, report)
     ray.shutdown()
     return 0
 
