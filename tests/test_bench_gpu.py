@@ -8,6 +8,7 @@ is asserted here (targets live in bench/RESULTS.md).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,3 +50,27 @@ def test_gpu_sh_cpu_tiny_gives_every_figure(tmp_path):
             assert abs(_number(r[4]) - _number(r[2]) / _number(r[3])) <= 0.01 * _number(r[4]) + 0.002, r
         assert all(r[6] == "CPU" for r in mine), mine  # --cpu: the device column says where figures came from
         assert all("→" in r[7] for r in mine), mine  # the load before → after the part, written beside it
+
+
+def test_gpu_table_keeps_the_parts_that_ran_when_one_fails(tmp_path):
+    """A part that failed (no JSON) gets its own row with the last line of its log; the others keep theirs."""
+    (tmp_path / "embed.json").write_text(json.dumps({
+        "part": "embed", "full_size": True, "device": "NVIDIA H100 80GB HBM3", "artray_img_per_s": 50.0,
+        "bare_img_per_s": 40.0, "artray_steady_img_per_s": 900.0, "bare_steady_img_per_s": 1000.0,
+        "artray_startup_s": 20.0, "bare_startup_s": 10.0}))
+    (tmp_path / "embed.load").write_text("0.50 → 1.20, 33 s\n")
+    (tmp_path / "caption.log").write_text("loading...\nran out of its 110 s budget (exit 124)\n")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_table.py"), str(tmp_path), "--parts", "caption,embed"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # a part without figures is an error
+    table = (tmp_path / "gpu_table.md").read_text(encoding="utf-8")
+    caption = [line for line in table.splitlines() if line.startswith("| caption")]
+    assert len(caption) == 1 and "ran out of its 110 s budget" in caption[0]
+    steady = next(line for line in table.splitlines() if "embed (full size) | steady img/s" in line)
+    assert "| 900.0 | 1000.0 | 0.900 |" in steady and "NVIDIA H100 80GB HBM3" in steady and "0.50 → 1.20, 33 s" in steady
+
+
+def test_gpu_sh_refuses_full_size_on_cpu(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--cpu", "--out", str(tmp_path)],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "add --tiny" in proc.stderr
