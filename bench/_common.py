@@ -153,32 +153,16 @@ def device_name() -> str:
         return "CPU"
 
 
-def steady_rate(done: Sequence[tuple[float, int]], start: float) -> dict:
-    """Start-up and steady-state rate from completion events: `done` = (time, items finished) per batch.
+def steady_from_two_runs(n_small: int, t_small: float, n_big: int, t_big: float) -> dict:
+    """Start-up and steady-state rate of one tool from two runs of the same work at two sizes.
 
-    start-up s = first batch done − `start` (process spawn / run start: imports, model load and the
-    first batch); steady items/s = items after the first batch / (last done − first done). Needs two
-    batches or more (else steady is None).
+    steady items/s = (n_big − n_small) / (t_big − t_small): the cost of each extra item once the tool
+    runs, whatever its start-up; start-up s = t_small − n_small / steady (imports, model load, actor
+    start: what a run of zero items would take). Measured from wall times only, so it needs no hook
+    inside the tool and means the same for every tool. None when the big run was not slower.
     """
-    events = sorted(done)
-    if not events:
-        return {"startup_s": None, "steady_per_s": None, "steady_items": 0}
-    first, last = events[0][0], events[-1][0]
-    after = sum(n for _, n in events[1:])
-    return {"startup_s": round(first - start, 3),
-            "steady_per_s": round(after / (last - first), 3) if after and last > first else None,
-            "steady_items": after}
-
-
-def shard_commits(dir_path: str) -> list[tuple[float, int]]:
-    """(mtime, rows) of every Parquet shard under a local folder: when a stage committed each batch
-    (stages write shards atomically, so the mtime is the commit); input to `steady_rate`."""
-    import pyarrow.parquet as pq
-
-    out = []
-    for root, _, files in os.walk(dir_path):
-        for name in files:
-            if name.endswith(".parquet"):
-                path = os.path.join(root, name)
-                out.append((os.stat(path).st_mtime, pq.ParquetFile(path).metadata.num_rows))
-    return out
+    if n_big <= n_small or t_big <= t_small:
+        return {"startup_s": None, "steady_per_s": None, "steady_items": n_big - n_small}
+    rate = (n_big - n_small) / (t_big - t_small)
+    return {"startup_s": round(t_small - n_small / rate, 3), "steady_per_s": round(rate, 3),
+            "steady_items": n_big - n_small}

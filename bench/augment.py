@@ -20,12 +20,12 @@ One run, side by side:
 4. checks both made the same number of images and whether they are byte-identical (they
    are when artray's batches are one artwork each: ``batch_size == variants``, one size).
 
-Prints images/s for both and the ratio artray / bare (goal: >= 0.9), and the steady state apart from
-start-up: artray commits one shard per batch here (``shard_rows = variants``), the bare loop notes when
-each artwork's files are written; start-up = run start to the first batch done (imports, model load and
-the first batch), steady img/s = images after the first batch / time from the first batch to the last
-(``_common.steady_rate``), image-steps/s = steady img/s x the denoising steps each image gets.
-``--json FILE`` writes every figure for bench/gpu_table.py. On CPU both sides run
+Prints images/s for both and the ratio artray / bare (goal: >= 0.9). With ``--startup-n K`` each side
+also runs on a K-artwork sample corpus in the same round, and the two wall times give the steady state
+apart from start-up (``_common.steady_from_two_runs``): steady img/s = extra images / extra seconds of
+the big run over the small one, start-up = the small run's time less its images at that rate;
+image-steps/s = steady img/s x the denoising steps each image gets. ``--json FILE`` writes every figure
+for bench/gpu_table.py. On CPU both sides run
 one torch thread (`--threads`, exported as OMP_NUM_THREADS to the actor and the bare process
 alike): on a shared 2-core machine two threads make either side swing by 10x between runs.
 """
@@ -39,11 +39,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, machine_line, median, ratio, shard_commits, steady_rate, table, write_json
+from _common import Timer, machine_line, median, ratio, steady_from_two_runs, table, write_json
 
 
 def _full_size_sd15(out: Path) -> str:
@@ -101,7 +100,6 @@ def _bare(args: dict) -> None:
     rows = [r for r in corpus.read_artworks(args["input"]).sort_by("artwork_id").to_pylist() if r["split"] == "train"]
     out = Path(args["output"])
     out.mkdir(parents=True, exist_ok=True)
-    done = []  # (time, images) per artwork: the steady-state measure
     for r in rows:
         im = images.to_rgb(r["image"])
         size = target_size(*im.size, args["long_side"])
@@ -113,8 +111,6 @@ def _bare(args: dict) -> None:
                                   num_inference_steps=args["steps"], generator=gens, output_type="np").images
         for v, px in enumerate((res * 255).round().clip(0, 255).astype("uint8")):
             (out / f"{r['artwork_id']}#{v}.png").write_bytes(encode_image(px.tobytes(), size, "png", 95))
-        done.append((time.time(), m))
-    (out / "_done.json").write_text(json.dumps(done))
 
 
 def _worker_niceness() -> None:
@@ -130,14 +126,17 @@ def _run_bare(args: dict) -> tuple[float, dict[str, bytes]]:
     return t.s, files
 
 
-def _steady(tool: str, out_dir: str, start: float) -> dict:
-    """Start-up and steady-state img/s of one side: artray's shard commit times (one shard per batch),
-    the bare loop's own per-artwork times."""
+def _small_run(tool: str, cfg, bare_args: dict, small_inp: str) -> tuple[int, float]:
+    """(images, wall s) of one side on the small corpus: the start-up reference of the steady state."""
     if tool == "artray":
-        done = shard_commits(str(Path(out_dir) / "variants"))
+        small = cfg.model_copy(update={"input": small_inp, "output": cfg.output + "-small"})
+        shutil.rmtree(small.output, ignore_errors=True)
+        t, imgs, _ = _run_artray(small)
     else:
-        done = [tuple(e) for e in json.loads((Path(out_dir) / "_done.json").read_text())]
-    return steady_rate(done, start)
+        out = bare_args["output"] + "-small"
+        shutil.rmtree(out, ignore_errors=True)
+        t, imgs = _run_bare({**bare_args, "input": small_inp, "output": out})
+    return len(imgs), t
 
 
 def _run_artray(cfg) -> tuple[float, dict[str, bytes], dict]:
@@ -165,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU (or --full-size) at hand")
     p.add_argument("--workdir", help="keep inputs/outputs here (default: a temp dir)")
     p.add_argument("--json", help="write every figure to this JSON file (bench/gpu.sh reads it)")
+    p.add_argument("--startup-n", type=int, default=0,
+                   help="also run each side on a corpus of this many sample artworks (>= 3): steady state apart from start-up")
     p.add_argument("--_bare", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._bare:
@@ -189,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     src = make_samples(str(work / "samples"), n=a.n)["artpedia"]
     inp = str(work / "corpus")
     import_corpus(ImportConfig(format="artpedia", src=src, dest=inp))
+    small_inp = str(work / "corpus-small")
+    if a.startup_n:
+        import_corpus(ImportConfig(format="artpedia", src=make_samples(str(work / "samples-small"), n=a.startup_n)["artpedia"],
+                                   dest=small_inp))
     model = _full_size_sd15(work / "sd15-random") if a.full_size else make_tiny(str(work / "tiny"))["sd-img2img"]
 
     cpus = os.cpu_count() or 2
@@ -215,12 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         for stale in (cfg.output, bare_args["output"]):  # a kept --workdir must not make artray resume
             shutil.rmtree(stale, ignore_errors=True)
         order = ("artray", "bare") if rnd % 2 == 0 else ("bare", "artray")
-        res, steady = {}, {}
-        cfg = cfg.model_copy(update={"shard_rows": a.variants})  # one shard per batch: its commit time is the batch's
+        res, small = {}, {}
         for tool in order:
-            start = time.time()
             res[tool] = _run_artray(cfg)[:2] if tool == "artray" else _run_bare(bare_args)
-            steady[tool] = _steady(tool, cfg.output if tool == "artray" else bare_args["output"], start)
+            if a.startup_n:
+                small[tool] = _small_run(tool, cfg, bare_args, small_inp)
         (t_art, img_art), (t_bare, img_bare) = res["artray"], res["bare"]
         n = len(img_art)
         if n != len(img_bare) or n == 0:
@@ -229,13 +233,16 @@ def main(argv: list[str] | None = None) -> int:
         same = sum(img_art[k] == img_bare.get(k) for k in img_art)
         ratios.append(ratio(n / t_art, n / t_bare))
         rows.append([rnd, n, n / t_art, n / t_bare, ratios[-1], f"{same}/{n}"])
-        s_art, s_bare = steady["artray"], steady["bare"]
+        s_art, s_bare = ({**steady_from_two_runs(*small[k], n, t), "small_wall_s": round(small[k][1], 3),
+                          "small_images": small[k][0]} if small else {"startup_s": None, "steady_per_s": None,
+                                                                      "steady_items": 0}
+                         for k, t in (("artray", t_art), ("bare", t_bare)))
         steady_rows.append([rnd, s_art["startup_s"], s_bare["startup_s"], s_art["steady_per_s"], s_bare["steady_per_s"],
                             ratio(s_art["steady_per_s"], s_bare["steady_per_s"]), s_art["steady_items"]])
         report["rounds"].append({"images": n, "byte_identical": same, "artray_wall_s": round(t_art, 3),
                                  "bare_wall_s": round(t_bare, 3), "artray": s_art, "bare": s_bare})
     print(table(["round", "images", "artray img/s", "bare img/s", "ratio", "byte-identical"], rows, digits=3))
-    print("steady state (after each side's first batch; start-up = run start to first batch done):")
+    print(f"steady state (two sizes: {a.startup_n} and {a.n} sample artworks; start-up = a run of zero images):")
     print(table(["round", "artray start-up s", "bare start-up s", "artray steady img/s", "bare steady img/s",
                  "ratio", "steady images"], steady_rows, digits=3))
     setup = "full-size SD-1.5 (random weights)" if a.full_size else "tiny SD img2img"

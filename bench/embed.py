@@ -12,16 +12,17 @@ One run, side by side, images only (the corpus texts are left out on both sides)
    both load through the ``open_clip`` family of ``artray.encoders``;
 3. per round, in an order that alternates:
    * **artray**: `run_embed` (read tasks → one `_EmbedBatch` actor pool → Parquet shards) on a local
-     Ray started once before timing (Ray Data's system actors warmed); one shard per batch
-     (``shard_rows = batch_size``), so the shards' commit times give the steady state;
+     Ray started once before timing (Ray Data's system actors warmed);
    * **bare**: a fresh Python process: `load_encoder` (same family, checkpoint, device, dtype), then
-     for each batch of `--batch-size` artworks decode (`to_rgb`) and `encode_images`, noting when each
-     batch is done; timed from spawn to exit;
+     for each batch of `--batch-size` artworks decode (`to_rgb`) and `encode_images`; timed from
+     spawn to exit;
+   and with ``--startup-n K`` each side again on a K-artwork sample corpus;
 4. checks both embedded every image and that the vectors agree (cosine of each pair).
 
-Figures: wall img/s (start-up and model load included on both sides), start-up (run start to the
-first batch done) and steady img/s (images after the first batch / first to last batch done), and
-the ratio artray / bare of each. ``--json FILE`` writes them for bench/gpu_table.py.
+Figures: wall img/s (start-up and model load included on both sides) and, with ``--startup-n``, the
+steady state from the two sizes (``_common.steady_from_two_runs``: steady img/s = extra images / extra
+seconds, start-up = the small run less its images at that rate), each with the ratio artray / bare.
+``--json FILE`` writes them for bench/gpu_table.py.
 """
 
 from __future__ import annotations
@@ -33,11 +34,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, machine_line, median, ratio, shard_commits, steady_rate, table, write_json  # noqa: E402
+from _common import Timer, machine_line, median, ratio, steady_from_two_runs, table, write_json  # noqa: E402
 
 
 def full_size_clip_l(out: Path) -> str:
@@ -70,40 +70,37 @@ def _bare(args: dict) -> None:
     encoder = load_encoder("open_clip", args["model"], args["device"], "auto")
     encoder.max_batch = args["batch_size"]
     rows = corpus.read_artworks(args["input"], columns=["artwork_id", "image"]).to_pylist()
-    ids, vectors, done = [], [], []
+    ids, vectors = [], []
     for i in range(0, len(rows), args["batch_size"]):
         batch = rows[i:i + args["batch_size"]]
         vectors.append(encoder.encode_images([images.to_rgb(r["image"]) for r in batch]))
         ids += [r["artwork_id"] for r in batch]
-        done.append((time.time(), len(batch)))
     out = Path(args["output"])
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", np.concatenate(vectors))
-    (out / "meta.json").write_text(json.dumps({"ids": ids, "done": done}))
+    (out / "meta.json").write_text(json.dumps({"ids": ids}))
 
 
-def _run_bare(args: dict) -> tuple[float, dict, dict]:
-    start = time.time()
+def _run_bare(args: dict) -> tuple[float, dict]:
     with Timer() as t:
         subprocess.run([sys.executable, __file__, "--_bare", json.dumps(args)], check=True)
     import numpy as np
 
     meta = json.loads((Path(args["output"]) / "meta.json").read_text())
     vectors = np.load(Path(args["output"]) / "vectors.npy")
-    return t.s, dict(zip(meta["ids"], vectors)), steady_rate([tuple(e) for e in meta["done"]], start)
+    return t.s, dict(zip(meta["ids"], vectors))
 
 
-def _run_artray(cfg) -> tuple[float, dict, dict]:
+def _run_artray(cfg) -> tuple[float, dict]:
     import numpy as np
 
     from artray.stages.embed import read_embeddings, run_embed
 
-    start = time.time()
     with Timer() as t:
         run_embed(cfg)
     table_ = read_embeddings(cfg.output, columns=["id", "kind", "vector"]).to_pylist()
     vectors = {r["id"]: np.asarray(r["vector"], np.float32) for r in table_ if r["kind"] == "image"}
-    return t.s, vectors, steady_rate(shard_commits(str(Path(cfg.output) / "embeddings")), start)
+    return t.s, vectors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU at hand")
     p.add_argument("--workdir", help="keep inputs/outputs here (default: a temp dir)")
     p.add_argument("--json", help="write every figure to this JSON file (bench/gpu.sh reads it)")
+    p.add_argument("--startup-n", type=int, default=0,
+                   help="also run each side on a corpus of this many sample artworks (>= 3): steady state apart from start-up")
     p.add_argument("--_bare", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._bare:
@@ -140,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(inp) / "_manifest.json").exists():
         import_corpus(ImportConfig(format="artpedia", src=make_samples(str(work / "samples"), n=a.n)["artpedia"],
                                    dest=inp))
+    small_inp = str(work / "corpus-small")
+    if a.startup_n and not (Path(small_inp) / "_manifest.json").exists():
+        import_corpus(ImportConfig(format="artpedia", src=make_samples(str(work / "samples-small"), n=a.startup_n)["artpedia"],
+                                   dest=small_inp))
     from artray import corpus
 
     expected = corpus.read_artworks(inp, columns=["artwork_id"]).num_rows  # make_samples writes *about* n
@@ -155,19 +158,33 @@ def main(argv: list[str] | None = None) -> int:
     rows, runs = [], []
     for rnd in range(a.rounds):
         cfg = EmbedConfig(input=inp, output=str(work / f"artray-r{rnd}"), family="open_clip", checkpoint=model,
-                          texts=False, device=device, batch_size=a.batch_size, actors=1,
-                          shard_rows=a.batch_size)
+                          texts=False, device=device, batch_size=a.batch_size, actors=1)
         bare_args = {"model": model, "input": inp, "output": str(work / f"bare-r{rnd}"), "device": device,
                      "batch_size": a.batch_size, "threads": threads}
         for stale in (cfg.output, bare_args["output"]):  # a kept --workdir must not make artray resume
             shutil.rmtree(stale, ignore_errors=True)
         order = ("artray", "bare") if rnd % 2 == 0 else ("bare", "artray")
-        res = {tool: _run_artray(cfg) if tool == "artray" else _run_bare(bare_args) for tool in order}
-        (t_art, v_art, s_art), (t_bare, v_bare, s_bare) = res["artray"], res["bare"]
+        res, small = {}, {}
+        for tool in order:
+            res[tool] = _run_artray(cfg) if tool == "artray" else _run_bare(bare_args)
+            if a.startup_n:  # the same run on the small corpus, right after: the start-up reference
+                if tool == "artray":
+                    s_cfg = cfg.model_copy(update={"input": small_inp, "output": cfg.output + "-small"})
+                    shutil.rmtree(s_cfg.output, ignore_errors=True)
+                    t_s, v_s = _run_artray(s_cfg)
+                else:
+                    shutil.rmtree(bare_args["output"] + "-small", ignore_errors=True)
+                    t_s, v_s = _run_bare({**bare_args, "input": small_inp, "output": bare_args["output"] + "-small"})
+                small[tool] = (len(v_s), t_s)
+        (t_art, v_art), (t_bare, v_bare) = res["artray"], res["bare"]
         n = len(v_art)
         if n != len(v_bare) or n != expected:
             print(f"round {rnd}: artray embedded {n} images, bare {len(v_bare)}, expected {expected}: not comparable")
             return 1
+        s_art, s_bare = ({**steady_from_two_runs(*small[k], n, t), "small_wall_s": round(small[k][1], 3),
+                          "small_images": small[k][0]} if small else {"startup_s": None, "steady_per_s": None,
+                                                                      "steady_items": 0}
+                         for k, t in (("artray", t_art), ("bare", t_bare)))
         cos = min(float(np.dot(v_art[k], v_bare[k])) for k in v_art)
         runs.append({"images": n, "artray_wall_s": round(t_art, 3), "bare_wall_s": round(t_bare, 3),
                      "artray": s_art, "bare": s_bare, "min_cosine": round(cos, 5)})

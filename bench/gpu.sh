@@ -59,21 +59,21 @@ if [[ $tiny -eq 1 ]]; then
   flag=""; [[ $cpu -eq 1 ]] && flag="--cpu"
   budget=([augment]=150 [train-longclip]=150 [train-cnclip]=150 [caption]=150 [embed]=120 [serve]=180)
   args=(
-    [augment]="augment.py --workdir $work/augment $flag --n 8 --variants 2 --steps 6 --long-side 64"
+    [augment]="augment.py --workdir $work/augment $flag --n 8 --startup-n 3 --variants 2 --steps 6 --long-side 64"
     [train-longclip]="train.py --family longclip --epochs 2 --batch-size 4 --n 12 --workers 1"
     [train-cnclip]="train.py --family cnclip --epochs 2 --batch-size 4 --n 12 --workers 1"
     [caption]="caption.py --workdir $work/caption --n 4 --presets caption --rounds 1 --max-new-tokens 8 --batch-size 2"
-    [embed]="embed.py --workdir $work/embed $flag --n 12 --batch-size 4"
+    [embed]="embed.py --workdir $work/embed $flag --n 12 --startup-n 3 --batch-size 4"
     [serve]="serve.py --n 12 --duration-s 3 --requests 60 --concurrency 1 --port $port --workdir $work/serve"
   )
 else
-  budget=([augment]=170 [train-longclip]=75 [train-cnclip]=90 [caption]=110 [embed]=45 [serve]=50)
+  budget=([augment]=190 [train-longclip]=75 [train-cnclip]=85 [caption]=100 [embed]=45 [serve]=45)
   args=(
-    [augment]="augment.py --workdir $work/augment --full-size --n 40 --rounds 1"
+    [augment]="augment.py --workdir $work/augment --full-size --n 36 --startup-n 4 --rounds 1"
     [train-longclip]="train.py --full-size --use-gpu --family longclip --workers 1 --batch-size 32 --n 300 --epochs 3"
     [train-cnclip]="train.py --full-size --use-gpu --family cnclip --workers 1 --batch-size 32 --n 300 --epochs 3"
     [caption]="caption.py --workdir $work/caption --full-size --n 16 --presets caption --rounds 1"
-    [embed]="embed.py --workdir $work/embed --full-size --n 500 --batch-size 64"
+    [embed]="embed.py --workdir $work/embed --full-size --n 500 --startup-n 4 --batch-size 64"
     [serve]="serve.py --full-size --device cuda --n 50 --duration-s 8 --requests 400 --concurrency 1 8 --port $port --workdir $work/serve"
   )
 fi
