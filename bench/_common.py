@@ -129,3 +129,40 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], digits: int = 1) -> 
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def write_json(path: str | None, obj: dict) -> None:
+    """Write a benchmark's result as JSON to `path` (``--json``), for bench/gpu_table.py; no-op without one."""
+    if not path:
+        return
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, default=str)
+        fh.write("\n")
+
+
+def device_name() -> str:
+    """The GPU's name (``torch.cuda.get_device_name``) when torch sees one, else "CPU"."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    except Exception:  # noqa: BLE001 - no torch, or a broken driver: the figures came from the CPU
+        return "CPU"
+
+
+def steady_from_two_runs(n_small: int, t_small: float, n_big: int, t_big: float) -> dict:
+    """Start-up and steady-state rate of one tool from two runs of the same work at two sizes.
+
+    steady items/s = (n_big − n_small) / (t_big − t_small): the cost of each extra item once the tool
+    runs, whatever its start-up; start-up s = t_small − n_small / steady (imports, model load, actor
+    start: what a run of zero items would take). Measured from wall times only, so it needs no hook
+    inside the tool and means the same for every tool. None when the big run was not slower.
+    """
+    if n_big <= n_small or t_big <= t_small:
+        return {"startup_s": None, "steady_per_s": None, "steady_items": n_big - n_small}
+    rate = (n_big - n_small) / (t_big - t_small)
+    return {"startup_s": round(t_small - n_small / rate, 3), "steady_per_s": round(rate, 3),
+            "steady_items": n_big - n_small}

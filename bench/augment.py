@@ -20,7 +20,12 @@ One run, side by side:
 4. checks both made the same number of images and whether they are byte-identical (they
    are when artray's batches are one artwork each: ``batch_size == variants``, one size).
 
-Prints images/s for both and the ratio artray / bare (goal: >= 0.9). On CPU both sides run
+Prints images/s for both and the ratio artray / bare (goal: >= 0.9). With ``--startup-n K`` each side
+also runs on a K-artwork sample corpus in the same round, and the two wall times give the steady state
+apart from start-up (``_common.steady_from_two_runs``): steady img/s = extra images / extra seconds of
+the big run over the small one, start-up = the small run's time less its images at that rate;
+image-steps/s = steady img/s x the denoising steps each image gets. ``--json FILE`` writes every figure
+for bench/gpu_table.py. On CPU both sides run
 one torch thread (`--threads`, exported as OMP_NUM_THREADS to the actor and the bare process
 alike): on a shared 2-core machine two threads make either side swing by 10x between runs.
 """
@@ -37,7 +42,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, machine_line, median, ratio, table
+from _common import Timer, machine_line, median, ratio, steady_from_two_runs, table, write_json
 
 
 def _full_size_sd15(out: Path) -> str:
@@ -121,6 +126,19 @@ def _run_bare(args: dict) -> tuple[float, dict[str, bytes]]:
     return t.s, files
 
 
+def _small_run(tool: str, cfg, bare_args: dict, small_inp: str) -> tuple[int, float]:
+    """(images, wall s) of one side on the small corpus: the start-up reference of the steady state."""
+    if tool == "artray":
+        small = cfg.model_copy(update={"input": small_inp, "output": cfg.output + "-small"})
+        shutil.rmtree(small.output, ignore_errors=True)
+        t, imgs, _ = _run_artray(small)
+    else:
+        out = bare_args["output"] + "-small"
+        shutil.rmtree(out, ignore_errors=True)
+        t, imgs = _run_bare({**bare_args, "input": small_inp, "output": out})
+    return len(imgs), t
+
+
 def _run_artray(cfg) -> tuple[float, dict[str, bytes], dict]:
     from artray import corpus, storage
     from artray.schema import VARIANT_SCHEMA
@@ -145,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-size", action="store_true", help="SD-1.5 architecture, random weights, 576 px, 40 steps")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU (or --full-size) at hand")
     p.add_argument("--workdir", help="keep inputs/outputs here (default: a temp dir)")
+    p.add_argument("--json", help="write every figure to this JSON file (bench/gpu.sh reads it)")
+    p.add_argument("--startup-n", type=int, default=0,
+                   help="also run each side on a corpus of this many sample artworks (>= 3): steady state apart from start-up")
     p.add_argument("--_bare", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._bare:
@@ -169,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     src = make_samples(str(work / "samples"), n=a.n)["artpedia"]
     inp = str(work / "corpus")
     import_corpus(ImportConfig(format="artpedia", src=src, dest=inp))
+    small_inp = str(work / "corpus-small")
+    if a.startup_n:
+        import_corpus(ImportConfig(format="artpedia", src=make_samples(str(work / "samples-small"), n=a.startup_n)["artpedia"],
+                                   dest=small_inp))
     model = _full_size_sd15(work / "sd15-random") if a.full_size else make_tiny(str(work / "tiny"))["sd-img2img"]
 
     cpus = os.cpu_count() or 2
@@ -180,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     # as on a cluster that has run any Ray Data job before (cold, they add ~15 s on 2 busy cores).
     ray.data.range(2).map_batches(lambda b: b, num_cpus=0.25).materialize()
     print(machine_line())
-    rows, ratios = [], []
+    rows, ratios, steady_rows = [], [], []
+    denoise = min(int(a.steps * 0.34), a.steps)  # img2img at strength 0.34 runs this many of the steps
+    report = {"part": "augment", "full_size": a.full_size, "device": torch.cuda.get_device_name() if gpu else "CPU",
+              "long_side": a.long_side, "steps": a.steps, "denoising_steps": denoise, "variants": a.variants,
+              "rounds": []}
     for rnd in range(a.rounds):
         cfg = AugmentConfig(input=inp, output=str(work / f"artray-r{rnd}"), model=model, variants=a.variants,
                             steps=a.steps, long_side=a.long_side, batch_size=a.variants,
@@ -191,9 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         for stale in (cfg.output, bare_args["output"]):  # a kept --workdir must not make artray resume
             shutil.rmtree(stale, ignore_errors=True)
         order = ("artray", "bare") if rnd % 2 == 0 else ("bare", "artray")
-        res = {}
+        res, small = {}, {}
         for tool in order:
             res[tool] = _run_artray(cfg)[:2] if tool == "artray" else _run_bare(bare_args)
+            if a.startup_n:
+                small[tool] = _small_run(tool, cfg, bare_args, small_inp)
         (t_art, img_art), (t_bare, img_bare) = res["artray"], res["bare"]
         n = len(img_art)
         if n != len(img_bare) or n == 0:
@@ -202,11 +233,31 @@ def main(argv: list[str] | None = None) -> int:
         same = sum(img_art[k] == img_bare.get(k) for k in img_art)
         ratios.append(ratio(n / t_art, n / t_bare))
         rows.append([rnd, n, n / t_art, n / t_bare, ratios[-1], f"{same}/{n}"])
+        s_art, s_bare = ({**steady_from_two_runs(*small[k], n, t), "small_wall_s": round(small[k][1], 3),
+                          "small_images": small[k][0]} if small else {"startup_s": None, "steady_per_s": None,
+                                                                      "steady_items": 0}
+                         for k, t in (("artray", t_art), ("bare", t_bare)))
+        steady_rows.append([rnd, s_art["startup_s"], s_bare["startup_s"], s_art["steady_per_s"], s_bare["steady_per_s"],
+                            ratio(s_art["steady_per_s"], s_bare["steady_per_s"]), s_art["steady_items"]])
+        report["rounds"].append({"images": n, "byte_identical": same, "artray_wall_s": round(t_art, 3),
+                                 "bare_wall_s": round(t_bare, 3), "artray": s_art, "bare": s_bare})
     print(table(["round", "images", "artray img/s", "bare img/s", "ratio", "byte-identical"], rows, digits=3))
+    print(f"steady state (two sizes: {a.startup_n} and {a.n} sample artworks; start-up = a run of zero images):")
+    print(table(["round", "artray start-up s", "bare start-up s", "artray steady img/s", "bare steady img/s",
+                 "ratio", "steady images"], steady_rows, digits=3))
     setup = "full-size SD-1.5 (random weights)" if a.full_size else "tiny SD img2img"
     setup += f", fp16, {torch.cuda.get_device_name()}" if gpu else f", fp32, CPU, {threads} torch threads each"
     print(f"{setup}; {a.long_side} px long side, {a.steps} steps (strength 0.34), {a.variants} variants/artwork, "
           f"batch {a.variants}; ratio artray/bare (median of {a.rounds}): {median(ratios):.3f} (goal >= 0.9)")
+    for side in ("artray", "bare"):
+        rates = [r[side]["steady_per_s"] for r in report["rounds"]]
+        report[f"{side}_img_per_s"] = median([r["images"] / r[f"{side}_wall_s"] for r in report["rounds"]])
+        report[f"{side}_steady_img_per_s"] = median(rates)
+        report[f"{side}_startup_s"] = median([r[side]["startup_s"] for r in report["rounds"]])
+        steady_rate_ = report[f"{side}_steady_img_per_s"]
+        report[f"{side}_steady_image_steps_per_s"] = steady_rate_ * denoise if steady_rate_ is not None else None
+    report["setup"] = setup
+    write_json(a.json, report)
     ray.shutdown()
     return 0
 

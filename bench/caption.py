@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Timer, machine_line, median, ratio, table  # noqa: E402
+from _common import Timer, machine_line, median, ratio, table, write_json  # noqa: E402
 
 PRESETS = {"caption": "Caption this image",
            "query": "Generate a query for this image, suitable for text-to-image retrieval"}
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="8 artworks, one preset, one round, 16 tokens")
     p.add_argument("--full-size", action="store_true", help="LLaVA-1.5-7B architecture, random weights, 200 tokens, GPU")
     p.add_argument("--workdir", help="keep inputs/outputs here (default: a temp dir)")
+    p.add_argument("--json", help="write every figure to this JSON file (bench/gpu.sh reads it)")
     p.add_argument("--_bare", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._bare:
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 2
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
     print(machine_line())
-    rows, ratios = [], []
+    rows, ratios, runs = [], [], []
     for rnd in range(a.rounds):
         # CPU: as many one-thread actors as CPUs fit beside the write tasks; bare: one process, one thread per CPU.
         cfg = CaptionConfig(input=inp, output=str(work / f"artray-r{rnd}"), model=model, presets=presets,
@@ -190,12 +191,20 @@ def main(argv: list[str] | None = None) -> int:
         ratios.append(ratio(n / t_art, n / t_bare))
         rows.append([rnd, n, t_art, t_bare, n / t_art, n / t_bare, tok_art / t_art, tok_bare / t_bare, ratios[-1],
                      f"{same}/{n}"])
+        runs.append({"captions": n, "identical": same, "artray_wall_s": round(t_art, 3), "bare_wall_s": round(t_bare, 3),
+                     "artray_tokens": tok_art, "bare_tokens": tok_bare})
     print(table(["round", "captions", "artray s", "bare s", "artray cap/s", "bare cap/s", "artray tok/s",
                  "bare tok/s", "ratio", "identical"], rows, digits=3))
     setup = ("full-size LLaVA-1.5-7B (random weights), fp16, GPU, 200 tokens (EOS ignored)" if a.full_size
              else f"tiny LLaVA, fp32, CPU, greedy, up to {a.max_new_tokens} tokens")
     print(f"{setup}; {a.n} artworks x {len(presets)} presets, batch {a.batch_size}; wall times include start-up "
           f"and model load; ratio artray/bare captions/s (median of {a.rounds}): {median(ratios):.3f}")
+    report = {"part": "caption", "full_size": a.full_size, "setup": setup, "backend": "transformers",
+              "device": torch.cuda.get_device_name() if a.full_size else "CPU", "rounds": runs}
+    for side in ("artray", "bare"):
+        report[f"{side}_captions_per_s"] = median([r["captions"] / r[f"{side}_wall_s"] for r in runs])
+        report[f"{side}_tokens_per_s"] = median([r[f"{side}_tokens"] / r[f"{side}_wall_s"] for r in runs])
+    write_json(a.json, report)
     ray.shutdown()
     return 0
 

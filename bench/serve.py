@@ -10,6 +10,12 @@ to ``encoder.encode_texts`` + ``index.search`` in this process. Each run stops a
 ``--requests`` requests or ``--duration-s`` seconds, whichever comes first. Prints QPS,
 p50 and p99 side by side, and the overhead ratios (HTTP / direct). Loopback only: the
 load never leaves this machine.
+
+``--full-size`` (meant for a GPU): the encoder is a random-weight Long-CLIP ViT-L/14 at 248 tokens
+(the architecture of the published Long-CLIP-L, built offline like bench/train.py's), the index is its
+embeddings of the sample corpus (``artray embed`` + ``artray index build`` on this Ray), and the encoder
+replica gets one GPU (``--device cuda``, fp16), the direct side the same encoder on the same device.
+``--json FILE`` writes the summary for bench/gpu_table.py.
 """
 
 from __future__ import annotations
@@ -66,6 +72,34 @@ def run_load(call, queries: list[str], concurrency: int, max_requests: int, max_
             "p99_ms": round(1000 * done[min(len(done) - 1, int(0.99 * len(done)))], 2)}
 
 
+def full_size_index(workdir: str, n: int, device: str) -> str:
+    """An index of the sample Artpedia corpus embedded by a random full-size Long-CLIP-L (built once)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train import _full_size_longclip  # the same random Long-CLIP-L the training bench builds
+
+    from artray.corpora.importer import ImportConfig, import_corpus
+    from artray.corpora.sample import make_samples
+    from artray.index.build import IndexConfig, build_index
+    from artray.stages.embed import EmbedConfig, run_embed
+
+    root = Path(workdir).absolute() / "full-size"
+    root.mkdir(parents=True, exist_ok=True)
+    corpus_uri, emb, idx = (str(root / d) for d in ("corpus", "embeddings", "index"))
+    if corpus.read_manifest(corpus_uri) is None:
+        import_corpus(ImportConfig(format="artpedia", src=make_samples(str(root / "samples"), n=n)["artpedia"],
+                                   dest=corpus_uri))
+    weights = root / "longclip-L-random.safetensors"
+    if not weights.exists():
+        weights = Path(_full_size_longclip(str(root)))
+    if corpus.read_manifest(emb) is None:
+        run_embed(EmbedConfig(input=corpus_uri, output=emb, family="longclip", checkpoint=str(weights), device=device))
+    if corpus.read_manifest(idx) is None:
+        build_index(IndexConfig(embeddings=emb, output=idx))
+    return idx
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "artray-bench-serve"),
@@ -76,18 +110,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--duration-s", type=float, default=20.0, help="at most this long per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--port", type=int, default=8765, help="HTTP port on 127.0.0.1")
+    parser.add_argument("--full-size", action="store_true",
+                        help="random full-size Long-CLIP-L encoder (GPU), index of its sample-corpus embeddings")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="encoder device, both sides")
+    parser.add_argument("--n", type=int, default=50, help="sample artworks in the index")
+    parser.add_argument("--json", help="write the summary to this JSON file (bench/gpu.sh reads it)")
     args = parser.parse_args(argv)
+    if args.full_size and args.model != "longclip":
+        parser.error("--full-size builds a Long-CLIP-L index: use --model longclip")
     if args.requests < 1 or args.duration_s <= 0 or min(args.concurrency) < 1:
         parser.error("--requests, --duration-s and --concurrency must be positive")
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level="WARNING",
              log_to_driver=False)
-    indexes = demo_indexes(args.workdir)
-    uri = indexes[args.model]
-    texts = corpus.read_texts(str(Path(args.workdir).absolute() / "corpora" / args.model))["text"].to_pylist()
+    if args.full_size:
+        uri = full_size_index(args.workdir, args.n, args.device)
+        texts = corpus.read_texts(str(Path(args.workdir).absolute() / "full-size" / "corpus"))["text"].to_pylist()
+    else:
+        indexes = demo_indexes(args.workdir, n=args.n, names=(args.model,))
+        uri = indexes[args.model]
+        texts = corpus.read_texts(str(Path(args.workdir).absolute() / "corpora" / args.model))["text"].to_pylist()
 
     recorded = read_index_manifest(uri)["encoder"]
-    encoder = load_encoder(recorded["family"], recorded["checkpoint"], device="cpu")
+    encoder = load_encoder(recorded["family"], recorded["checkpoint"], device=args.device)
     index = load_index(uri, encoder=encoder.identity())
 
     def direct(query: str) -> list:
@@ -95,6 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = []
     config = serve_config({args.model: uri}, args.port)
+    if args.device == "cuda":  # the encoder replica on the GPU, as a GPU deployment would run it
+        for m in config["applications"][0]["args"]["models"]:
+            m["device"] = "cuda"
+        for d in config["applications"][0]["deployments"]:
+            if d["name"].startswith("encoder-"):
+                d["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1}
     with (ServeProcess(config, ray.get_runtime_context().gcs_address) as app,
           httpx.Client(base_url=app.url, timeout=30, limits=httpx.Limits(max_connections=64)) as client):
         def http(query: str) -> list:
@@ -114,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
                                "qps": round(row["direct"]["qps"] / row["http"]["qps"], 2)}
             results.append(row)
 
-    print(f"[bench serve] {args.model} tiny ({recorded['family']}, dim {recorded['dim']}), text → image, k={args.k}, "
+    size = "full-size Long-CLIP-L (random weights)" if args.full_size else "tiny"
+    print(f"[bench serve] {args.model} {size} ({recorded['family']}, dim {recorded['dim']}), text → image, k={args.k}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
     print(f"{'conc':>4} | {'HTTP qps':>8} {'p50 ms':>8} {'p99 ms':>8} | {'direct qps':>10} {'p50 ms':>8} {'p99 ms':>8} "
           f"| {'p50 x':>6} {'p99 x':>6} {'qps x':>6}")
@@ -125,6 +177,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("overhead ratio = HTTP / direct for latency, direct / HTTP for QPS")
     summary = {"model": args.model, "k": args.k, "cpus": os.cpu_count(), "results": results}
     print(json.dumps(summary))
+    if args.json:
+        import torch
+
+        device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+        Path(args.json).write_text(json.dumps({"part": "serve", "full_size": args.full_size, "device": device,
+                                               "encoder": f"{size} {recorded['family']}", **summary}, indent=1))
     return summary
 
 

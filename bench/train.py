@@ -186,6 +186,7 @@ def main() -> int:
     p.add_argument("--cpus-per-worker", type=float,
                    help="CPUs (and so torch/OpenMP threads) per Ray Train worker; default 8 with --use-gpu, else 1")
     p.add_argument("--peak-tflops", type=float, default=PEAK_BF16_TFLOPS, help="for model FLOPs utilisation")
+    p.add_argument("--json", help="also write the report to this JSON file (bench/gpu.sh reads it)")
     args = p.parse_args()
     if not args.use_gpu:  # before Ray starts: its workers inherit the environment
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -249,6 +250,9 @@ def main() -> int:
         report.update({f"plain_samples_per_s_{t}thread{'s' if t > 1 else ''}": round(r["samples_per_s"], 2)
                        for t, r in plain.items()})
     print(json.dumps(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"part": "train", **report}, fh, indent=1)
     return 0
 
 
