@@ -191,11 +191,73 @@ def build_entrypoint(stage: str, config: str | None, working_dir: str | Path = "
 
 # --- submit / follow ------------------------------------------------------------------------
 
+# Config keys that name where a job writes: a relative path there is always a local path, never a hub id.
+OUTPUT_KEYS = ("output", "dest")
+
+
+def _relative_paths(data, key: str = "") -> list[tuple[str, str, bool]]:
+    """(dotted key, value, inside a list) of every value of a job config that is a relative path on this
+    machine: an output key's value, or any value naming a file or folder that exists here."""
+    found = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            found += _relative_paths(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found += [(k, val, True) for k, val, _ in _relative_paths(v, f"{key}[{i}]")]
+    elif isinstance(data, str) and data.strip() and "://" not in data and not data.startswith(("hf-hub:", "local-dir:")):
+        path = Path(data).expanduser()
+        if not path.is_absolute() and (key.rsplit(".", 1)[-1] in OUTPUT_KEYS or path.exists()):
+            found.append((key, data, False))
+    return found
+
+
+def resolve_relative_paths(config: str | None, overrides: list[str], address: str) -> list[str]:
+    """`overrides` with every relative local path of the job's config made absolute (against the directory
+    `artray submit` runs in), when the job runs on this machine; refused with the fix otherwise.
+
+    A submitted job runs inside Ray's unpacked copy of the working dir, which is deleted with the
+    cluster: a relative output would be written there and lost, a relative input not found."""
+    from artray.config import ConfigError, _merge, parse_overrides
+
+    data: dict = {}
+    if config:
+        try:
+            data = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"config file {config} cannot be read: {exc}") from exc
+    try:
+        data = _merge(data if isinstance(data, dict) else {}, parse_overrides(list(overrides)))
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+    paths = _relative_paths(data)
+    if not paths:
+        return list(overrides)
+    listed = ", ".join(f"{k}={v}" for k, v, _ in paths)
+    if not _is_loopback(address):
+        raise UserError(
+            f"{listed}: relative paths name files on this machine, but the job runs on the cluster at "
+            f"{urlparse(address).hostname}, inside a temporary copy of the working dir that is deleted with the "
+            "cluster (an output there is lost, an input is not found). Use s3:// URIs, or absolute paths on "
+            "storage every node mounts")
+    in_lists = [k for k, _, nested in paths if nested]
+    if in_lists:
+        raise UserError(f"{', '.join(in_lists)}: relative paths inside a list cannot be resolved for a submitted job; "
+                        "write them as absolute paths (or s3:// URIs) in the config")
+    resolved = [f"{k}={Path(v).expanduser().resolve()}" for k, v, _ in paths]
+    print(f"[submit] relative paths resolved against {Path.cwd()}: "
+          + ", ".join(r for r in resolved), file=sys.stderr)
+    return [*overrides, *resolved]
+
+
 def submit(stage: str, config: str | None, *, address: str | None = None, working_dir: str | Path = ".",
            runtime_env_file: str | None = DEFAULT_RUNTIME_ENV, install_deps: bool = False,
            overrides: list[str] = (), extra: list[str] = (), submission_id: str | None = None,
            client=None) -> str:
-    """Submit one stage as a Ray job; returns its submission id."""
+    """Submit one stage as a Ray job; returns its submission id. Relative local paths in its config are
+    made absolute when the cluster is on this machine, and refused otherwise (`resolve_relative_paths`)."""
+    overrides = resolve_relative_paths(config, list(overrides), resolve_address(address) if client is None
+                                       else getattr(client, "_address", resolve_address(address)))
     entrypoint = build_entrypoint(stage, config, working_dir, overrides, extra)
     runtime_env = build_runtime_env(working_dir, runtime_env_file, install_deps)
     client = client or make_client(address)
@@ -235,9 +297,10 @@ def wait(client, job_id: str, *, follow: bool = True, out=None, poll_s: float = 
 # --- CLI ------------------------------------------------------------------------------------
 
 def _cmd_submit(args) -> int:
+    overrides = resolve_relative_paths(args.config, args.overrides, resolve_address(args.address))  # before connecting
     client = make_client(args.address)
     job_id = submit(args.stage, args.config, working_dir=args.working_dir, runtime_env_file=args.runtime_env,
-                    install_deps=args.install_deps, overrides=args.overrides,
+                    install_deps=args.install_deps, overrides=overrides,
                     submission_id=args.job_id, client=client)
     print(f"[submit] {args.stage}: submitted {job_id}", file=sys.stderr)
     if not args.wait:

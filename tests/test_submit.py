@@ -133,6 +133,30 @@ def test_submit_import_job_succeeds_and_writes_outputs(as_client, failing_job, s
     assert main(["jobs", "status", job_id, "--address", address]) == 0
 
 
+def test_relative_paths_are_resolved_where_the_user_submits_from(as_client, sample_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    """`--set dest=out/rel` lands in the submitting directory (not inside Ray's unpacked working dir, deleted with
+    the cluster), and a relative input that exists here is found."""
+    address, _ = as_client
+    (tmp_path / "in").mkdir()
+    shutil.copytree(sample_dir / "artcap", tmp_path / "in" / "artcap")
+    monkeypatch.chdir(tmp_path)
+    job_id = f"artray-test-rel-{secrets.token_hex(3)}"
+    rc = main(_submit_args(address, "--set", "src=in/artcap", "--set", "dest=out/rel", "--job-id", job_id, "--wait"))
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert f"dest={tmp_path / 'out' / 'rel'}" in err
+    assert json.loads((tmp_path / "out" / "rel" / "_manifest.json").read_text())["counts"]["artworks"] == 6
+
+
+def test_relative_paths_for_a_remote_cluster_are_refused_before_anything_is_sent(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["submit", "import", "--address", "http://ray-head.invalid:8265", "--working-dir", str(REPO),
+               "--config", str(REPO / "jobs/configs/import-artcap.yaml"), "--set", "dest=out/rel"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "dest=out/rel: relative paths name files on this machine" in err and "s3://" in err
+
+
 @pytest.fixture(scope="module")
 def failing_job(ray_head):
     """A job whose stage fails (missing input), submitted up front so it runs beside the others."""
