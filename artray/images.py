@@ -159,7 +159,8 @@ def _srgb_transform(icc: bytes, mode: str):
             return None
         if mode == "RGB" and "srgb" in (ImageCms.getProfileDescription(src) or "").lower().replace(" ", ""):
             return None
-        return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), mode, "RGB")
+        # NOCACHE: lcms's one-pixel cache is not thread-safe, and ingest's threads share cached transforms.
+        return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), mode, "RGB", flags=ImageCms.Flags.NOCACHE)
     except Exception:  # a broken profile must not cost the image
         return None
 

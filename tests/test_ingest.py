@@ -66,13 +66,16 @@ class _Server:
                 status, headers, body = route(n)
                 headers = dict(headers)
                 drip = float(headers.pop("drip", 0))  # seconds between single bytes of a Content-Length body
+                if headers.pop("cut", None):  # the connection drops after half the declared body
+                    body, self.close_connection = body[: len(body) // 2], True
+                    headers["Content-Length"] = str(len(body) * 2)
                 try:
                     self.send_response(status)
                     for k, v in headers.items():
                         if k != "stream":
                             for value in v if isinstance(v, list) else [v]:  # a list: the header repeated
                                 self.send_header(k, value)
-                    if "stream" not in headers:
+                    if "stream" not in headers and "Content-Length" not in headers:
                         self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     if drip:
@@ -345,6 +348,17 @@ def test_a_content_length_body_dripped_byte_by_byte_is_cut_off_at_the_download_d
     assert (res.ok, res.reason, res.retryable) == (False, "timeout", True) and "download_timeout_s=2" in res.detail
     assert time.monotonic() - t0 < 4 and 5 <= res.bytes_downloaded <= 15
     assert server.counts["/drip.jpg"] == 1  # a deadline is not retried in the same run (a re-run retries it)
+
+
+def test_a_body_cut_mid_download_is_retried_under_the_same_retry_budget(server):
+    server.routes["/once.jpg"] = lambda n: (200, {"cut": "1"} if n == 1 else {}, BIG_JPEG)
+    server.routes["/always.jpg"] = lambda n: (200, {"cut": "1"}, BIG_JPEG)
+    fetcher = Fetcher(FetchConfig(retries=2, backoff_s=0.01, max_long_side=None))
+    res = fetcher.fetch(f"{server.url}/once.jpg")
+    assert res.ok and res.image == BIG_JPEG and res.attempts == 2 and server.counts["/once.jpg"] == 2
+    res = fetcher.fetch(f"{server.url}/always.jpg")
+    assert (res.ok, res.reason, res.retryable) == (False, "incomplete_download", True)
+    assert server.counts["/always.jpg"] == 3 and res.attempts == 3 and "gave up after 3 attempts" in res.detail
 
 
 def test_x_robots_tag_opt_outs_are_skipped_unless_ignored(server):
