@@ -493,7 +493,8 @@ def _folder_rows(kind: str, files: dict[str, bytes], images: dict, src: Path):
         elif kind == "parquet":
             records = list(enumerate(pq.read_table(io.BytesIO(raw)).to_pylist(), start=1))
         else:
-            reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig")))
+            # a row holding a byte that is not UTF-8 is that row's failure, not the file's
+            reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "surrogateescape")))
             records = [(reader.line_num, r) for r in reader]
     except (ValueError, csv.Error, pa.ArrowException):
         return None, False

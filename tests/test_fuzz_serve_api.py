@@ -270,3 +270,36 @@ def test_a_lone_surrogate_query_is_a_400_and_does_not_fail_its_batch(client):
     embed = client.post("/embed", content=json.dumps({"model": "cnclip", "texts": ["ok", "\ud800"]}),
                         headers={"Content-Type": "application/json"})
     assert embed.status_code == 400 and "texts[1]" in embed.json()["detail"]
+
+
+def test_a_boolean_k_is_refused_and_a_form_k_still_read():
+    """Was: pydantic's lax mode read `"k": true` as k=1."""
+    with TestClient(_parsing_app()) as c:
+        for k in (True, False):
+            response = c.post("/search", json={"text": "a red circle", "k": k})
+            assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
+            assert "not the boolean" in response.json()["detail"]
+        assert c.post("/search", json={"text": "a", "k": 4}).json() == {"kind": "text", "k": 4}
+        form = {"text": (None, "a"), "k": (None, "5")}  # multipart/form-data fields are strings
+        assert c.post("/search", files=form).json() == {"kind": "text", "k": 5}
+
+
+def test_an_image_over_the_pixel_limit_is_a_413_citing_the_configured_limit():
+    """Was: over Pillow's own hard limit the message cited Pillow's 178956970 pixels, not max_image_pixels."""
+    import struct
+    import zlib
+
+    png = bytearray(_png_bytes())
+    png[16:24] = struct.pack(">II", 100_000, 100_000)  # the header claims 10^10 pixels
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    with TestClient(_parsing_app()) as c:
+        response = c.post("/search", json={"image": base64.b64encode(bytes(png)).decode()})
+    assert (response.status_code, response.json()["error"]) == (413, "image_too_large")
+    assert f"limit of {LIMITS['max_image_pixels']}" in response.json()["detail"]
+    assert "178956970" not in response.json()["detail"]
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    return buf.getvalue()

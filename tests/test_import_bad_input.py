@@ -282,7 +282,6 @@ def test_folder_metadata_that_crashed_the_reader(tmp_path):
 
 
 @pytest.mark.parametrize("name, data, match", [
-    ("metadata.csv", b"file_name,caption\na.jpg,caf\xe9\n", r"metadata.csv is not UTF-8 text \(line 2"),
     ("metadata.csv", b"file_name,caption\na.jpg," + b"x" * 140_000 + b"\n", r"metadata.csv line 2: not valid CSV"),
     ("metadata.parquet", b"PAR1 not really parquet", r"metadata.parquet cannot be read as Parquet"),
 ])
@@ -290,6 +289,22 @@ def test_folder_metadata_files_that_cannot_be_parsed_are_errors(tmp_path, name, 
     (tmp_path / name).write_bytes(data)
     with pytest.raises(CorpusImportError, match=match):
         import_corpus(ImportConfig(format="folder", src=str(tmp_path), dest=str(tmp_path / "o")))
+
+
+def test_a_non_utf8_byte_in_metadata_csv_fails_its_row_only(tmp_path):
+    """Was: one Latin-1 byte anywhere in metadata.csv refused the whole import; every other bad row
+    is a failure row and the rest is imported."""
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.jpg").write_bytes(jpeg())
+    (tmp_path / "metadata.csv").write_bytes(
+        b"file_name,caption\na.jpg,a red field\nb.jpg,caf\xe9 au lait\nc.jpg,\"a blue\nsquare\"\n")
+    dest = tmp_path / "out"
+    import_corpus(ImportConfig(format="folder", src=str(tmp_path), dest=str(dest), split_ratios=(1.0, 0.0, 0.0)))
+    arts = corpus.read_artworks(str(dest)).sort_by("artwork_id").to_pylist()
+    assert [(a["artwork_id"], a["captions"]) for a in arts] == [("a", ["a red field"]), ("c", ["a blue square"])]
+    (fail,) = corpus.read_failures(str(dest)).to_pylist()
+    assert (fail["reason"], fail["row"]) == ("bad_encoding", "3") and fail["file"].endswith("metadata.csv")
+    assert "column 'caption'" in fail["detail"] and "UTF-8" in fail["detail"]
 
 
 def test_cnclip_rows_that_were_silently_lost_or_mixed_up(tmp_path):

@@ -12,12 +12,13 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
 
 from artray import corpus, storage
-from artray.corpora.fetch import FetchConfig, Fetcher, default_user_agent, parse_retry_after
+from artray.corpora.fetch import FetchConfig, Fetcher, default_user_agent, robots_directive
 from artray.runtime import free_port
 from artray.schema import ARTWORK_SCHEMA, FAILURE_SCHEMA, TEXT_SCHEMA, artwork_row
 from artray.stages.ingest import IngestConfig, IngestError, run_ingest
@@ -63,13 +64,28 @@ class _Server:
                     n = server.counts[self.path]
                 route = server.routes.get(self.path, lambda n: (404, {}, b""))
                 status, headers, body = route(n)
+                headers = dict(headers)
+                drip = float(headers.pop("drip", 0))  # seconds between single bytes of a Content-Length body
+                if headers.pop("cut", None):  # the connection drops after half the declared body
+                    body, self.close_connection = body[: len(body) // 2], True
+                    headers["Content-Length"] = str(len(body) * 2)
                 try:
                     self.send_response(status)
                     for k, v in headers.items():
-                        self.send_header(k, v)
-                    if "stream" not in headers:
+                        if k != "stream":
+                            for value in v if isinstance(v, list) else [v]:  # a list: the header repeated
+                                self.send_header(k, value)
+                    if "stream" not in headers and "Content-Length" not in headers:
                         self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
+                    if drip:
+                        stop = time.monotonic() + 20  # never longer: a client that hangs fails its test, not CI
+                        for i in range(len(body)):
+                            if time.monotonic() > stop:
+                                break
+                            self.wfile.write(body[i:i + 1])
+                            time.sleep(drip)
+                        return
                     for i in range(0, len(body), 1 << 16):
                         self.wfile.write(body[i:i + (1 << 16)])
                 except (BrokenPipeError, ConnectionResetError):
@@ -310,5 +326,113 @@ def test_fetcher_honours_retry_after_and_limits(server):
     with ThreadPoolExecutor(8) as pool:
         assert all(r.ok for r in pool.map(lambda _: limited.fetch(f"{server.url}/counted.jpg"), range(8)))
     assert flight["max"] == 2  # the per-host semaphore, not the thread count, bounds requests in flight
-    assert parse_retry_after("7") == 7.0 and parse_retry_after("soon") is None
-    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") < 1
+
+
+def _in_thread(fn, timeout_s: float):
+    """fn()'s value, or None if it has not returned after `timeout_s` (a daemon thread: a hang fails the test)."""
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(value=fn()), daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return done.get("value")
+
+
+def test_a_content_length_body_dripped_byte_by_byte_is_cut_off_at_the_download_deadline(server):
+    """Was: the whole-download deadline was checked only between 64 KiB reads, so a server sending one byte
+    every 0.2 s (each inside the read timeout) held the fetch (and its whole ingest batch) for hours."""
+    server.routes["/drip.jpg"] = lambda n: (200, {"drip": "0.2"}, BIG_JPEG)
+    fetcher = Fetcher(FetchConfig(download_timeout_s=2, timeout_s=5, retries=2, backoff_s=0.01))
+    t0 = time.monotonic()
+    res = _in_thread(lambda: fetcher.fetch(f"{server.url}/drip.jpg"), 15)
+    assert res is not None, "the dripped download was never cut off"
+    assert (res.ok, res.reason, res.retryable) == (False, "timeout", True) and "download_timeout_s=2" in res.detail
+    assert time.monotonic() - t0 < 4 and 5 <= res.bytes_downloaded <= 15
+    assert server.counts["/drip.jpg"] == 1  # a deadline is not retried in the same run (a re-run retries it)
+
+
+def test_a_body_cut_mid_download_is_retried_under_the_same_retry_budget(server):
+    server.routes["/once.jpg"] = lambda n: (200, {"cut": "1"} if n == 1 else {}, BIG_JPEG)
+    server.routes["/always.jpg"] = lambda n: (200, {"cut": "1"}, BIG_JPEG)
+    fetcher = Fetcher(FetchConfig(retries=2, backoff_s=0.01, max_long_side=None))
+    res = fetcher.fetch(f"{server.url}/once.jpg")
+    assert res.ok and res.image == BIG_JPEG and res.attempts == 2 and server.counts["/once.jpg"] == 2
+    res = fetcher.fetch(f"{server.url}/always.jpg")
+    assert (res.ok, res.reason, res.retryable) == (False, "incomplete_download", True)
+    assert server.counts["/always.jpg"] == 3 and res.attempts == 3 and "gave up after 3 attempts" in res.detail
+
+
+def test_x_robots_tag_opt_outs_are_skipped_unless_ignored(server):
+    s = server.routes
+    s["/noai.jpg"] = _ok(GOOD_JPEG, **{"X-Robots-Tag": "noai"})
+    s["/listed.jpg"] = _ok(GOOD_JPEG, **{"X-Robots-Tag": "max-snippet: 20, noimageindex"})
+    s["/ours.jpg"] = _ok(GOOD_JPEG, **{"X-Robots-Tag": ["otherbot: noindex", "artray: noimageai, nofollow"]})
+    s["/other.jpg"] = _ok(GOOD_JPEG, **{"X-Robots-Tag": "otherbot: noai, noindex"})
+    s["/fine.jpg"] = _ok(GOOD_JPEG, **{"X-Robots-Tag": "nofollow, noarchive"})
+    fetcher = Fetcher(FetchConfig(retries=0))
+    got = {name: fetcher.fetch(f"{server.url}/{name}.jpg") for name in ("noai", "listed", "ours", "other", "fine")}
+    assert {n: (r.ok, r.reason, r.retryable) for n, r in got.items()} == {
+        "noai": (False, "robots_disallowed", False), "listed": (False, "robots_disallowed", False),
+        "ours": (False, "robots_disallowed", False), "other": (True, None, False), "fine": (True, None, False)}
+    assert "'noai'" in got["noai"].detail and "ignore_robots" in got["noai"].detail
+    assert got["noai"].bytes_downloaded == 0  # refused from the headers, before the body
+    assert Fetcher(FetchConfig(ignore_robots=True)).fetch(f"{server.url}/noai.jpg").ok
+    museum = Fetcher(FetchConfig(user_agent="MuseumBot/2.1 (+https://museum.example)"))
+    assert not museum.fetch(f"{server.url}/ours.jpg").ok  # artray's own token is still us
+    s["/museum.jpg"] = _ok(GOOD_JPEG, **{"X-Robots-Tag": "museumbot: noai"})
+    assert museum.fetch(f"{server.url}/museum.jpg").reason == "robots_disallowed"
+    assert robots_directive(["googlebot: noindex", "noimageai"], {"artray"}) == "noimageai"
+    assert robots_directive(["unavailable_after: 25 Jun 2010 15:00:00 PST"], {"artray"}) is None
+
+
+def _exif_rotated_jpeg() -> bytes:
+    """800x400 as stored (top half red, bottom blue) with EXIF orientation 6: shown 400x800, red on the right."""
+    im = Image.new("RGB", (800, 400), (0, 0, 255))
+    im.paste((255, 0, 0), (0, 0, 800, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    return buf.getvalue()
+
+
+def _scan16_png() -> bytes:
+    """A 16-bit grayscale scan (mode I;16), 1000x500, a dark-to-light ramp: mean gray about 128 in 8 bits."""
+    ramp = np.tile(np.linspace(0, 65535, 1000), (500, 1)).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_ingest_commits_the_batch_around_a_drip_honours_robots_and_stores_images_as_shown(ray_local, server, tmp_path):
+    """One fetch batch holds a dripping URL, a noai image, an EXIF-rotated photo and a 16-bit scan: the drip
+    fails at the deadline while the rest of its batch commits; the noai image is skipped (fetched with
+    ignore_robots); the rotated photo is stored upright with its shown size; the scan is not stored white."""
+    s = server.routes
+    s["/drip.jpg"] = lambda n: (200, {"drip": "0.2"}, BIG_JPEG)
+    s["/noai.jpg"] = _ok(GOOD_JPEG, **{"X-Robots-Tag": "noai, noimageai"})
+    s["/rotated.jpg"], s["/scan16.png"] = _ok(_exif_rotated_jpeg()), _ok(_scan16_png())
+    items = {n: f"{server.url}/{n}.{'png' if n == 'scan16' else 'jpg'}" for n in ("drip", "noai", "rotated", "scan16")}
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    _make_input(inp, items)
+    cfg = _cfg(inp, out, actors=1, batch_size=8, shard_rows=8, download_timeout_s=2, timeout_s=2)
+    t0 = time.monotonic()
+    run_ingest(cfg)
+    assert time.monotonic() - t0 < 60
+    fails = _failures(out)
+    assert {k: (r["reason"], r["retryable"]) for k, r in fails.items()} == {
+        "drip": ("timeout", True), "noai": ("robots_disallowed", False)}
+    by_id = {r["artwork_id"]: r for r in _artworks(out).to_pylist()}
+    assert sorted(by_id) == ["rotated", "scan16"]
+    rotated = by_id["rotated"]
+    with Image.open(io.BytesIO(rotated["image"])) as im:  # a plain open: no orientation tag left to apply
+        assert (rotated["width"], rotated["height"]) == im.size == (200, 400)
+        assert im.getpixel((190, 200))[0] > 200 and im.getpixel((10, 200))[2] > 200  # red right, blue left
+    scan = by_id["scan16"]
+    with Image.open(io.BytesIO(scan["image"])) as im:
+        pixels = np.asarray(im.convert("L"))
+    assert (scan["width"], scan["height"]) == (400, 200) and 110 < pixels.mean() < 145
+    assert pixels.min() < 10 and pixels.max() > 245
+
+    again = run_ingest(cfg.model_copy(update={"ignore_robots": True, "retry_failed": True, "download_timeout_s": 1}))
+    assert "noai" in {r["artwork_id"] for r in _artworks(out).to_pylist()} and again["counts"]["fetched"] == 1
+    assert set(_failures(out)) == {"drip"}

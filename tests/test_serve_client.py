@@ -3,6 +3,7 @@ dropped connections, a 400, a Retry-After. What is retried, how often, for how l
 
 from __future__ import annotations
 
+import email.utils
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ from artray.serve.client import (
     SearchClient,
     SearchClientConfig,
     SearchClientError,
+    retry_after_s,
     search,
 )
 
@@ -118,6 +120,19 @@ def test_retry_after_is_honoured():
     with FlakyServer(1, retry_after="0.4") as server:
         assert SearchClient(server.url, retries=1, backoff=0.0).search("x") == ANSWER
     assert server.seen[1]["t"] - server.seen[0]["t"] >= 0.38
+
+
+def test_retry_after_as_an_http_date_is_honoured_and_every_wait_is_capped():
+    """Retry-After is read by urllib3's Retry, as URL ingest reads it (was: a date fell back to the backoff)."""
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: 1 to 2 s from now
+    with FlakyServer(1, retry_after=when) as server:
+        assert SearchClient(server.url, retries=1, backoff=0.0).search("x") == ANSWER
+    assert server.seen[1]["t"] - server.seen[0]["t"] >= 0.9
+    with FlakyServer(1, retry_after="3600") as server:  # capped at max_backoff
+        assert SearchClient(server.url, retries=1, backoff=0.0, max_backoff=0.3).search("x") == ANSWER
+    assert server.seen[1]["t"] - server.seen[0]["t"] < 1.5
+    assert (retry_after_s("7"), retry_after_s(" 0.4 "), retry_after_s("soon"), retry_after_s(None)) == (7.0, 0.4, None, None)
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
 
 
 def test_nothing_listening_is_a_connection_error_retried_then_named():

@@ -14,16 +14,18 @@ import csv
 import io
 import json
 import posixpath
+import re
 
 import pyarrow as pa
 
 from artray import storage
 from artray.corpora import splits
 from artray.corpora.import_config import CorpusImportError, ImportConfig
-from artray.corpora.json_input import line_of, parse_json_line
+from artray.corpora.json_input import parse_json_line
 from artray.corpora.sink import ImportPlan, ImportSink, bad_unicode
 
 METADATA_NAMES = ("metadata.csv", "metadata.parquet", "metadata.jsonl")
+_ESCAPED = re.compile("[\udc80-\udcff]")  # how surrogateescape decodes a byte that is not UTF-8
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 
 
@@ -49,20 +51,27 @@ def _records_from_table(uri: str, options) -> list[tuple[int, dict]]:
                     rec = {"__error__": f"the line is a JSON {type(rec).__name__}, not an object of columns"}
                 out.append((lineno, rec))
         return out
-    data = storage.read_bytes(uri, options)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CorpusImportError(f"{uri} is not UTF-8 text (line {line_of(data, exc.start)}: {exc.reason}); "
-                                "re-save it as UTF-8") from exc
-    reader = csv.DictReader(io.StringIO(text))
+    # Bytes that are not UTF-8 survive decoding as lone surrogates (surrogateescape): the rows holding them
+    # become failure rows, like every other bad row, instead of refusing the whole file.
+    reader = csv.DictReader(io.StringIO(storage.read_bytes(uri, options).decode("utf-8-sig", "surrogateescape")))
     out = []
     try:
         for row in reader:
+            column = next((k for k, v in row.items() if _escaped_bytes(v)), None)
+            if column is not None or (None in row and _escaped_bytes(row[None])):
+                where = f"column {column!r}" if column is not None else "a field past the header's columns"
+                row = {"__error__": f"the row is not UTF-8 text ({where} holds a byte that is not UTF-8); "
+                                    f"re-save {posixpath.basename(uri)} as UTF-8", "__reason__": "bad_encoding"}
             out.append((reader.line_num, row))
     except csv.Error as exc:  # a NUL byte, a field over csv's size limit
         raise CorpusImportError(f"{uri} line {reader.reader.line_num}: not valid CSV ({exc}); fix the file") from exc
     return out
+
+
+def _escaped_bytes(value) -> bool:
+    """True if `value` (a CSV field, or the list of fields past the header) holds a byte that was not UTF-8."""
+    values = value if isinstance(value, list) else [value]
+    return any(isinstance(v, str) and _ESCAPED.search(v) for v in values)
 
 
 def bad_path(path: str) -> str | None:

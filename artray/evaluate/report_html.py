@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from artray.images import viewer_image  # noqa: E402
+
 DIRECTION_TITLES = {"t2i": "text → image", "i2t": "image → text"}
 TABLE_METRICS = [("R@1", "hit_rate@1"), ("R@5", "hit_rate@5"), ("R@10", "hit_rate@10"), ("MRR", "mrr"),
                  ("P@1", None), ("median_rank", None)]
@@ -42,8 +44,8 @@ def chart(fig, alt: str) -> str:
 
 
 def thumbnail(image: Image.Image, px: int) -> str:
-    """A small JPEG of `image` as an <img> tag."""
-    im = image.convert("RGB")
+    """A small JPEG of `image` (as a viewer shows it: `artray.images.viewer_image`) as an <img> tag."""
+    im = viewer_image(image).copy()  # a copy: thumbnail() shrinks in place
     im.thumbnail((px, px))
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=80)

@@ -11,7 +11,8 @@ Every route of the API is a read (``/search`` and ``/embed`` compute an answer a
 nothing), so a request that failed in transit can be sent again safely. The client retries
 on connection errors, timeouts and 502/503/504 (a replica restarting, the proxy without a
 healthy replica) with exponential backoff and full jitter, bounded both by a number of
-retries and by a total time; any other status is final. Standard library only.
+retries and by a total time; any other status is final. Standard library only, but for urllib3's
+`Retry`, which reads ``Retry-After`` (seconds or an HTTP date) as URL ingest's adapters do.
 
 The token, when the API has auth on, comes from an environment variable on the command
 line (never a flag, so it stays out of shell history and process lists).
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
 
 from artray.config import JobConfig
 from artray.errors import UserError
@@ -157,7 +160,7 @@ class SearchClient:
                 detail = raw[:200].decode(errors="replace") or exc.reason
             message = f"{self.url} answered {exc.code}: {detail}"
             if exc.code in RETRY_STATUSES:
-                raise _Transient(message, exc.code, _retry_after(exc.headers.get("Retry-After"))) from exc
+                raise _Transient(message, exc.code, retry_after_s(exc.headers.get("Retry-After"))) from exc
             raise SearchClientError(message, exc.code) from exc
         except urllib.error.URLError as exc:
             raise _Transient(f"cannot reach {self.url} ({exc.reason}); is `serve run` up?") from exc
@@ -173,11 +176,19 @@ class _Transient(Exception):
         self.status, self.retry_after = status, retry_after
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:  # an HTTP date: rare, and the backoff is a fine stand-in
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a server asks for in ``Retry-After``, parsed by urllib3's `Retry` (delta-seconds or an HTTP date,
+    never negative); fractional seconds ("0.5", sent by some proxies) are read too. None when absent or unreadable
+    (the backoff stands in). Callers cap it."""
+    if not value:
         return None
+    try:
+        return float(Retry.DEFAULT.parse_retry_after(value))
+    except InvalidHeader:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return None
 
 
 def _b64(image: bytes | str | Path) -> str:

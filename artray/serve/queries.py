@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -46,6 +46,14 @@ class SearchRequest(BaseModel):
     model: str | None = None
     target: Target | None = None  # default: cross-modal (text → images, image/artwork → texts)
     rerank: Method | None = None  # laclip (any model) or itm (BLIP): re-score the top candidates
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _k_is_not_a_boolean(cls, value):
+        """pydantic's lax mode reads JSON true as 1; a boolean k is a client bug, not a request for one hit."""
+        if isinstance(value, bool):
+            raise ValueError(f"k must be an integer, not the boolean {str(value).lower()}")
+        return value
 
 
 class EmbedRequest(BaseModel):

@@ -93,6 +93,8 @@ class IngestConfig(JobConfig):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse images with more pixels (decompression bombs)")
     max_bytes: int = Field(50_000_000, ge=1, description="refuse downloads larger than this")
     retry_failed: bool = Field(False, description="also re-attempt permanent failures (404, undecodable, ...)")
+    ignore_robots: bool = Field(False, description="fetch images whose X-Robots-Tag says noai/noimageai/noindex/"
+                                "noimageindex/none (skipped as robots_disallowed by default); only with the owner's permission")
     splits: list[str] | None = Field(None, description="only ingest these splits (default: all)")
 
     def fetch_config(self, actors: int) -> FetchConfig:
@@ -102,7 +104,7 @@ class IngestConfig(JobConfig):
             backoff_s=self.backoff_s, max_backoff_s=self.max_backoff_s,
             per_host_limit=max(1, self.per_host_concurrency // actors), pool_size=self.threads_per_actor,
             max_bytes=self.max_bytes, max_long_side=self.max_long_side, resample=self.resample,
-            max_image_pixels=self.max_image_pixels,
+            max_image_pixels=self.max_image_pixels, ignore_robots=self.ignore_robots,
         )
 
 
