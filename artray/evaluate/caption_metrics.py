@@ -158,8 +158,9 @@ def _metrics(cfg: CaptionMetricsConfig) -> set[str]:
     metrics = set(cfg.metrics if cfg.metrics is not None else SET_METRICS[cfg.metric_set])
     foreign = sorted(metrics - set(SET_METRICS[cfg.metric_set]))
     if foreign:
-        raise sc.MetricsError(f"metrics {foreign} are not in metric_set {cfg.metric_set!r} (it has "
-                              f"{list(SET_METRICS[cfg.metric_set])}); use metric_set coco for them")
+        raise sc.MetricsError(f"metrics {foreign} are not in metric_set {cfg.metric_set!r}: set metrics to some of "
+                              f"{list(SET_METRICS[cfg.metric_set])} (or leave it out for all), or use metric_set coco "
+                              "for them")
     return metrics
 
 
@@ -229,7 +230,8 @@ def run_caption_metrics(cfg: CaptionMetricsConfig) -> dict:
         "tokenizer_note": {"ptb": "pycocoevalcap PTBTokenizer (Stanford, lower-cased, punctuation removed)",
                            "char": "one token per CJK character; Latin words and numbers whole; punctuation removed",
                            "jieba": "jieba word segmentation; punctuation removed"}[tokenizer],
-        "metric_set": "coco", "metrics": sorted(metrics), "splits": per_split, "artworks_scored": len(rows), "left_out": dict(skipped),
+        "metric_set": "coco", "metrics": sorted(metrics), "splits": per_split, "artworks_scored": len(rows),
+        "left_out": dict(skipped),
         "spice": {"available": spice_ok, "note": spice_note}, "bertscore": bert_info,
         "candidate_flags": dict(Counter(f for r in rows for f in r["candidate_flags"])),
     }
