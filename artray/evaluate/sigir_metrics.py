@@ -37,7 +37,11 @@ def _require(module: str, package: str):
 def rouge(candidates: list[str], references: list[list[str]]) -> dict[str, list[float]]:
     """rouge-score's ROUGE-1/2/L precision, recall and F1 per candidate."""
     rouge_scorer = _require("rouge_score.rouge_scorer", "rouge-score==0.1.2")
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False)
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    # The tokenizer RougeScorer makes by default, passed in so that it does not log "Using default tokenizer".
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=False,
+                                      tokenizer=DefaultTokenizer(use_stemmer=False))
     out: dict[str, list[float]] = {c: [] for c in ROUGE_COLUMNS}
     for cand, refs in zip(candidates, references):
         scores = scorer.score_multi(refs, cand)
