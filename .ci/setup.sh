@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 if ! command -v java >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null
 fi
+# WordNet 3.0 for nltk's METEOR (caption metrics, metric_set: sigir); artray builds nltk's data folder from it.
+if { [ ! -f /usr/share/wordnet/index.sense ] || [ ! -f /usr/share/wordnet/data.noun ]; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq wordnet-base wordnet-sense-index >/dev/null
+fi
 # Headless Chromium opens the HTML report in tests (tests/test_report.py).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq chromium >/dev/null

@@ -1,12 +1,16 @@
-"""Quality flags of a generated caption: refusal, loop, empty, truncated (pure functions, no models).
+"""Quality flags of a generated caption: refusal, loop, markup_run, prompt_echo, empty, truncated (pure functions).
 
 Method (B)'s second captioner (Llama-3.2-11B-Vision, base) answered most artworks with
 refusals that then looped ("I'm not able to provide that information. I'm not able to
 provide that information. ..."). Such text must never silently become training data, but
-it is kept, flagged, so a person can see what a captioner did. `usable` is the default
-filter for training: refusal, loop and empty exclude a caption; `truncated` (the answer
-hit max_new_tokens) is informational, since a long description cut at 200 tokens is
-still a description (method (B) kept them).
+it is kept, flagged, so a person can see what a captioner did. Other bad MLLM output:
+a leaked special/markup token followed by a long run of one character or of punctuation
+(`markup_run`: "…</s>!!!!!!!!!!!!"; the run is one word or no word, so the word loop test
+cannot see it), refusals after an escaped newline (a literal backslash-n before "I'm not
+able to…"), and captions that begin by echoing the instruction prompt (`prompt_echo`).
+`usable` is the default filter for training: every flag but `truncated` excludes a
+caption; `truncated` (the answer hit max_new_tokens) is informational, since a long
+description cut at 200 tokens is still a description (method (B) kept them).
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-FLAGS = ("refusal", "loop", "empty", "truncated")
-EXCLUDE_BY_DEFAULT = ("refusal", "loop", "empty")
+FLAGS = ("refusal", "loop", "markup_run", "prompt_echo", "empty", "truncated")
+EXCLUDE_BY_DEFAULT = ("refusal", "loop", "markup_run", "prompt_echo", "empty")
 
 _REFUSALS = [re.compile(p) for p in (
     r"\bi(?:'m| am)\s+(?:not able|unable|not allowed|not permitted)\s+to\b",
@@ -32,10 +36,27 @@ _REFUSALS = [re.compile(p) for p in (
 _TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|(?:(?![\u3040-\u30ff\u3400-\u4dbf"
                     r"\u4e00-\u9fff\uf900-\ufaff])[\w'])+")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s*|\n+")
+# An escaped line break or tab written out literally ("\\n" in the text: a backslash, then n).
+_LITERAL_ESCAPE = re.compile(r"\\+([nrt])")
+# Leaked special tokens and markup: <|im_end|>, </s>, <image>, <0x0A>, [INST], <<SYS>>, HTML-like tags.
+_MARKUP = re.compile(r"<\|[^<>|\s]{1,40}\|>|<</?SYS>>|<0x[0-9A-Fa-f]{2}>|\[/?[A-Z_]{2,12}\]"
+                     r"|</?[A-Za-z_][\w:.-]{0,30}(?:\s[^<>]{0,60})?/?>")
+# After such a token: 10+ of one character, or 10+ punctuation marks (single spaces between allowed).
+_RUN_AFTER_MARKUP = re.compile(r"(\S)(?:\s?\1){9,}|(?:[^\w\s]\s?){10,}")
+# Anywhere: 30+ of one character (single spaces between allowed) — a loop below the word level.
+_CHAR_LOOP = re.compile(r"(\S)(?:\s?\1){29,}")
+# Words a leaked chat template puts before an echoed prompt ("USER: <image>\nCaption this image").
+_ROLE_WORDS = {"user", "human", "system", "sys", "assistant", "instruction", "instructions", "prompt", "question",
+               "q", "image", "img", "inst", "s", "im_start", "im_end", "start_of_turn", "end_of_turn", "turn"}
+
+
+def unescape(text: str) -> str:
+    """Literal "\\n", "\\r" (a backslash and a letter) become line breaks, "\\t" a space."""
+    return _LITERAL_ESCAPE.sub(lambda m: " " if m.group(1) == "t" else "\n", text)
 
 
 def _normalise(text: str) -> str:
-    return text.replace("\u2019", "'").replace("\u2018", "'").lower()
+    return unescape(text).replace("\u2019", "'").replace("\u2018", "'").lower()
 
 
 def tokens(text: str) -> list[str]:
@@ -45,16 +66,19 @@ def tokens(text: str) -> list[str]:
 
 def is_empty(text: str) -> bool:
     """No letter or digit at all: '', whitespace, '...', a lone special token's remains."""
-    return not any(ch.isalnum() for ch in text)
+    return not any(ch.isalnum() for ch in unescape(text))
 
 
 def is_refusal(text: str) -> bool:
     """The model declines (first person: "I'm not able to", "I cannot provide", "As an AI", ...).
 
-    Third-person statements ("the saint cannot see the angel") are not refusals.
+    Third-person statements ("the saint cannot see the angel") are not refusals. Each line
+    (literal "\\n" escapes count as line breaks) is also checked on its own, so an apology
+    that opens a later line counts.
     """
-    norm = " ".join(_normalise(text).split())
-    return any(p.search(norm) for p in _REFUSALS)
+    norm = _normalise(text)
+    texts = [" ".join(norm.split())] + [" ".join(line.split()) for line in norm.splitlines()[1:]]
+    return any(p.search(t) for t in texts for p in _REFUSALS)
 
 
 def _longest_tandem(toks: list[str], max_period: int) -> tuple[int, int]:
@@ -72,12 +96,16 @@ def _longest_tandem(toks: list[str], max_period: int) -> tuple[int, int]:
 
 def is_loop(text: str, min_repeats: int = 3, max_period: int = 40, min_tokens: int = 30,
             max_repeated_share: float = 0.5) -> bool:
-    """Degenerate repetition, by any of three tests:
+    """Degenerate repetition, by any of four tests:
 
     * a block of 2+ words repeated `min_repeats` times back to back (one word: 2 more times);
     * one sentence of 3+ words said `min_repeats` times anywhere in the text;
-    * in a text of `min_tokens`+ words, more than `max_repeated_share` of its 4-grams are repeats.
+    * in a text of `min_tokens`+ words, more than `max_repeated_share` of its 4-grams are repeats;
+    * one character 30+ times in a row ("!!!!…", "aaaa…", ". . . …"): below the word level.
     """
+    text = unescape(text)
+    if _CHAR_LOOP.search(text):
+        return True
     toks = tokens(text)
     period, copies = _longest_tandem(toks, max_period)
     if copies >= (min_repeats + 2 if period == 1 else min_repeats):
@@ -89,8 +117,32 @@ def is_loop(text: str, min_repeats: int = 3, max_period: int = 40, min_tokens: i
     return len(toks) >= min_tokens and 1 - len(set(grams)) / len(grams) > max_repeated_share
 
 
-def quality_flags(text: str, truncated: bool = False, min_repeats: int = 3) -> list[str]:
-    """The flags of one generated text, in FLAGS order; [] for a normal caption."""
+def is_markup_run(text: str) -> bool:
+    """A leaked special/markup token (``<|im_end|>``, ``</s>``, ``[INST]``, a tag) followed by a long run
+    of one character or of punctuation ("</s>!!!!!!!!!!!!", "<|eot_id|>. . . . . . . . . . ")."""
+    first = _MARKUP.search(text)
+    return first is not None and _RUN_AFTER_MARKUP.search(text, first.end()) is not None
+
+
+def is_prompt_echo(text: str, prompt: str | None, min_words: int = 3) -> bool:
+    """The text begins by repeating the instruction `prompt` (all of it, or its first half and at
+    least `min_words` words), possibly after leaked chat-template role words ("USER: <image>")."""
+    want = tokens(prompt or "")
+    if not want:
+        return False
+    need = min(len(want), max(min_words, (len(want) + 1) // 2))
+    toks = tokens(text)
+    skip = 0
+    while skip < min(len(toks), 8) and toks[skip] in _ROLE_WORDS:
+        skip += 1
+    return any(toks[i:i + need] == want[:need] for i in range(skip + 1))
+
+
+def quality_flags(text: str, truncated: bool = False, min_repeats: int = 3, prompt: str | None = None) -> list[str]:
+    """The flags of one generated text, in FLAGS order; [] for a normal caption.
+
+    `prompt` is the instruction the model was given (for `prompt_echo`; None skips that test).
+    """
     if is_empty(text):
         return ["empty"] + (["truncated"] if truncated else [])
     flags = []
@@ -98,6 +150,10 @@ def quality_flags(text: str, truncated: bool = False, min_repeats: int = 3) -> l
         flags.append("refusal")
     if is_loop(text, min_repeats=min_repeats):
         flags.append("loop")
+    if is_markup_run(text):
+        flags.append("markup_run")
+    if is_prompt_echo(text, prompt):
+        flags.append("prompt_echo")
     if truncated:
         flags.append("truncated")
     return flags

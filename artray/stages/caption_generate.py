@@ -202,7 +202,7 @@ class CaptionBatch:
                                  "retry (lower batch_size if it is out of memory)", True)
             return
         for (i, _), (text, n_tokens, hit_max) in zip(chunk, out):
-            flags = quality_flags(text, truncated=hit_max, min_repeats=self.job.loop_repeats)
+            flags = quality_flags(text, hit_max, self.job.loop_repeats, prompt=self.job.prompts[rows[i]["preset"]])
             row = caption_row(self.job, rows[i], text, flags, self.revision, self.generation_json)
             results[i] = {**ok_result(row, rows[i]["caption_id"]), "_tokens": n_tokens}
 

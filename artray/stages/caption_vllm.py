@@ -92,7 +92,7 @@ def vllm_captions(ds, job: CaptionJob, engine_kwargs: dict, actors: int, io_cpus
         if row.get("__inference_error__"):
             return failure(job, work, "generation_error", f"vLLM: {row['__inference_error__']}; re-run to retry", True)
         text, n = row["generated_text"].strip(), int(row["num_generated_tokens"])
-        flags = quality_flags(text, truncated=n >= gen["max_new_tokens"], min_repeats=job.loop_repeats)
+        flags = quality_flags(text, n >= gen["max_new_tokens"], job.loop_repeats, prompt=job.prompts[row["preset"]])
         return {**ok_result(caption_row(job, work, text, flags, None, generation_json), work["caption_id"]),
                 "_tokens": n}
 
