@@ -144,11 +144,33 @@ def _cmd_info(args) -> int:
     from artray import corpus
     from artray.storage import StorageOptions
 
-    summary = corpus.summarize(args.uri, StorageOptions(endpoint_url=args.s3_endpoint))
-    summary["manifest"] = {k: v for k, v in (corpus.read_manifest(args.uri, StorageOptions(endpoint_url=args.s3_endpoint)) or {}).items()
-                           if k in ("stage", "finished", "wall_s", "format")}
+    options = StorageOptions(endpoint_url=args.s3_endpoint)
+    summary = corpus.summarize(args.uri, options)
+    manifest = corpus.read_manifest(args.uri, options) or {}
+    summary["manifest"] = {k: v for k, v in manifest.items() if k in ("stage", "finished", "wall_s", "format")}
+    config = manifest.get("config") or {}
+    if manifest.get("stage") == "import":  # how the captions were made from the native format
+        summary["caption_source"] = (config.get("caption_source") if config.get("format") == "artpedia"
+                                     else config.get("caption_column") if config.get("format") == "folder"
+                                     else "the format's captions")
     _print_json(summary)
+    for hint in corpus_next_steps(summary):
+        print(f"next: {hint}", file=sys.stderr)
     return 0
+
+
+def corpus_next_steps(summary: dict) -> list[str]:
+    """What a person does next with a corpus like `summary` (from `corpus info`)."""
+    hints = []
+    missing = summary["artworks"] - summary["with_image"]
+    if summary["artworks"] and missing:
+        what = "no artwork has" if missing == summary["artworks"] else f"{missing} of {summary['artworks']} artworks have no"
+        hints.append(f"{what} image yet: `artray corpus ingest {summary['uri']} <output>` downloads their img_url "
+                     "images (set --contact for Wikimedia)")
+    if summary["failures"]:
+        hints.append(f"{summary['failures']} rows failed ({', '.join(summary['failure_reasons'])}): their reasons and "
+                     f"files are in {summary['uri']}/_failures/")
+    return hints
 
 
 def _cmd_make_sample(args) -> int:

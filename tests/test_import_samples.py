@@ -162,3 +162,18 @@ def test_cli_make_sample_import_info(tmp_path, capsys):
     assert main(["corpus", "info", str(tmp_path / "c")]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["artworks"] == 12 and info["languages"] == ["zh"] and info["manifest"]["stage"] == "import"
+
+
+def test_corpus_info_shows_the_caption_source_and_says_what_comes_next(tmp_path, capsys):
+    """An Artpedia import without its images: info names the caption source and points at `corpus ingest`."""
+    import shutil
+
+    assert main(["corpus", "make-sample", str(tmp_path / "s"), "--n", "8"]) == 0
+    shutil.rmtree(tmp_path / "s" / "artpedia" / "images")
+    assert main(["corpus", "import", "--format", "artpedia", str(tmp_path / "s" / "artpedia"), str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(["corpus", "info", str(tmp_path / "a")]) == 0
+    out, err = capsys.readouterr()
+    info = json.loads(out)
+    assert info["caption_source"] == "visual" and info["with_image"] == 0
+    assert "next: no artwork has image yet: `artray corpus ingest" in err
