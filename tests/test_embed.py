@@ -27,7 +27,7 @@ N = 20  # artworks (and texts) in the sample folder corpus
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.getbasetemp() / "tiny"))  # idempotent: shared by the session's modules
 
@@ -68,7 +68,7 @@ def _hf_clip(dest: Path) -> str:
     """A tiny transformers CLIPModel folder (make_tiny has none), saved like a hub checkpoint."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from artray.models.tiny_tokenizers import clip_tokenizer
+    from artray.scaffold.tiny.tokenizers import clip_tokenizer
 
     tok = clip_tokenizer()
     torch.manual_seed(0)

@@ -34,13 +34,13 @@ def _unit_rows(x: torch.Tensor) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.mktemp("tiny")), seed=0)
 
 
 def test_make_tiny_lists_every_checkpoint_and_is_idempotent(tiny):
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     dest = Path(tiny["llava"]).parent
     index = json.loads((dest / "tiny_models.json").read_text())["models"]

@@ -46,7 +46,7 @@ def demo_indexes(workdir: str, n: int = 50, tiny_dir: str | None = None,
     from artray.corpora.importer import ImportConfig, import_corpus
     from artray.corpora.sample import make_samples
     from artray.index.build import IndexConfig, build_index
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
     from artray.stages.embed import EmbedConfig, run_embed
 
     root = Path(workdir).absolute()
