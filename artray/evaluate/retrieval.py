@@ -23,7 +23,6 @@ checkpoint and re-scoring), ``summary.json`` (all metrics, MR, fusion, significa
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Literal
