@@ -18,7 +18,8 @@ from PIL import Image
 from artray.models.weights import load_state_dict, save_state_dict
 from artray.storage import StorageOptions
 
-NAMES = ["sd-img2img", "llava", "blip-retrieval", "blip-captioner", "git-captioner", "clip-77", "longclip", "cnclip"]
+NAMES = ["sd-img2img", "llava", "blip-retrieval", "blip-captioner", "git-captioner", "clip-77", "longclip", "cnclip",
+         "hf-clip"]
 ZH = ["窠内一飞鸟，展翅回首；四周饰以卷草纹。", "《敦煌壁画全集》：“飞天”（唐代）壁画！", "莫高窟第220窟，ABC 123？"]
 
 

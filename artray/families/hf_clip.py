@@ -35,7 +35,7 @@ class HFClipFamily:
     context_length = 77
     rerankers = frozenset({"laclip"})
     trainer = None
-    tiny: dict[str, str] = {}
+    tiny = {"hf-clip": "artray.scaffold.tiny.hf_clip:build"}
 
     def load(self, checkpoint, device="cpu", dtype=None, storage_options=None):
         from artray.models.pretrained import load_pretrained
