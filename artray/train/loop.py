@@ -87,9 +87,9 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
 
     import ray.train
 
+    from artray.families import trainer_class
     from artray.train.config import TrainConfig
     from artray.train.engine import deepspeed_config, initialize
-    from artray.families import trainer_class
     from artray.train.validate import validate
 
     cfg = TrainConfig.model_validate(loop_config["cfg"])

@@ -6,6 +6,7 @@ ZeRO-3's parameter gathering stays in lockstep; rank 0's numbers are the ones re
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +22,7 @@ def recall(text_emb: torch.Tensor, image_emb: torch.Tensor, relevant: list[set[i
     """val_r1/5/10 (text→image R@K), val_i2t_r1/5/10 (image→text; images with no text left out) and
     val_mean_recall (their mean), by the evaluation's own metrics (:mod:`artray.evaluate.retrieval_metrics`)."""
     sim = (F.normalize(text_emb.float(), dim=-1) @ F.normalize(image_emb.float(), dim=-1).T).cpu().numpy()
+    sim = np.nan_to_num(sim, nan=-1.0, posinf=1.0, neginf=-1.0)  # a diverged model ranks last, not crashes
     texts = [t for t, rel in enumerate(relevant) if rel]
     t2i = rm.retrieval_metrics(sim[texts], [sorted(relevant[t]) for t in texts])
     texts_of: dict[int, list[int]] = {}
