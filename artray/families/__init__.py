@@ -26,8 +26,9 @@ from pydantic import AfterValidator, Field
 
 from artray.errors import UserError
 
-# name → "module:attribute" of its family object; the order is the order of CLI choices and help text.
-REGISTRY: dict[str, str] = {
+# name → "module:attribute" of its family object (or, registered at run time, the object itself);
+# the order is the order of CLI choices and help text.
+REGISTRY: dict[str, Any] = {
     "longclip": "artray.families.longclip:LONGCLIP",
     "cnclip": "artray.families.cnclip:CNCLIP",
     "blip": "artray.families.blip:BLIP",
@@ -48,11 +49,9 @@ class UnknownFamilyError(UserError, ValueError):
 
 
 def register(name: str, ref: str | Any, aliases: tuple[str, ...] = ()) -> None:
-    """Add (or replace) family `name`: `ref` is its object or a "module:attribute" reference to it."""
-    REGISTRY[name] = ref if isinstance(ref, str) else f"<object>:{name}"
+    """Add (or replace) family `name`: `ref` is a "module:attribute" reference to its object, or the object."""
+    REGISTRY[name] = ref
     _loaded.pop(name, None)
-    if not isinstance(ref, str):
-        _loaded[name] = ref
     for alias in aliases:
         ALIASES[alias] = name
 
@@ -70,9 +69,20 @@ def _import(ref: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+class IncompleteFamilyError(TypeError):
+    """A registered family object lacks a part of the `ModelFamily` contract; the message lists them."""
+
+
 def _family(name: str) -> Any:
     if name not in _loaded:
-        _loaded[name] = _import(REGISTRY[name])
+        from artray.families.base import missing_parts
+
+        ref = REGISTRY[name]
+        family = _import(ref) if isinstance(ref, str) else ref
+        if problems := missing_parts(family):
+            raise IncompleteFamilyError(f"model family {name!r} ({ref}) does not keep the ModelFamily contract "
+                                        f"(artray.families.base): " + "; ".join(problems))
+        _loaded[name] = family
     return _loaded[name]
 
 
