@@ -131,16 +131,18 @@ def _scalar_type(annotation: Any) -> Any:
     return None
 
 
-def _registry_choices(field) -> list[str] | None:
-    """Choices a field takes from the model-family registry: ``json_schema_extra={"choices": "families:<kind>"}``
-    (kind: all, retrieval, captioner, train, or presets for the training presets), read when the parser is built."""
+def _registry_choices(field) -> tuple[list[str], str] | None:
+    """(choices, help) a field takes from the model-family registry, read when the parser is built: fields marked
+    ``json_schema_extra={"choices": "families:<kind>"}`` (kind: all, retrieval, captioner, train, or presets)."""
     marker = (field.json_schema_extra or {}).get("choices") if isinstance(field.json_schema_extra, dict) else None
     if not (isinstance(marker, str) and marker.startswith("families:")):
         return None
     from artray import families
 
     kind = marker.removeprefix("families:")
-    return sorted(families.presets()) if kind == "presets" else families.choices(kind)
+    if kind == "presets":
+        return sorted(families.presets()), field.description or ""
+    return families.choices(kind), f"{field.description or 'model family'}. {families.help_text(kind)}"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type[JobConfig], skip: tuple[str, ...] = ()) -> None:
@@ -165,7 +167,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type[JobConfig], 
                 lit = next(a for a in typing.get_args(lit) if a is not type(None))
             if typing.get_origin(lit) is typing.Literal:
                 choices = list(typing.get_args(lit))
-            choices = _registry_choices(field) or choices
+            if registry := _registry_choices(field):
+                choices, help_text = registry
             parser.add_argument(flag, dest=f"cfg_{name}", type=typ, default=None, choices=choices, help=help_text,
                                 metavar=None if choices else name.upper())
 
