@@ -183,7 +183,7 @@ def _cmd_make_sample(args) -> int:
 
 
 def _cmd_make_tiny(args) -> int:
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     paths = make_tiny(args.dir, seed=args.seed)
     for name, path in paths.items():

@@ -136,14 +136,25 @@ def _extra(field: FieldInfo) -> dict:
     return field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
 
 
-def _choices(field: FieldInfo) -> list | None:
-    """The values a flag accepts: a Literal's, or the family names that ``json_schema_extra={"choices":
-    "families:<kind>"}`` asks for (kind: retrieval, captioner or all)."""
-    wanted = _extra(field).get("choices")
-    if isinstance(wanted, str) and wanted.startswith("families:"):
-        from artray.families import names
+def _registry_choices(field: FieldInfo) -> tuple[list[str], str] | None:
+    """(choices, what they are) a field takes from the model-family registry, read when the parser is built:
+    fields marked ``json_schema_extra={"choices": "families:<kind>"}`` (kind: all, retrieval, captioner, train,
+    or presets)."""
+    marker = _extra(field).get("choices")
+    if not (isinstance(marker, str) and marker.startswith("families:")):
+        return None
+    from artray import families
 
-        return list(names(wanted.split(":", 1)[1]))
+    kind = marker.removeprefix("families:")
+    if kind == "presets":
+        return sorted(families.presets()), ""
+    return families.choices(kind), families.help_text(kind)
+
+
+def _choices(field: FieldInfo) -> list | None:
+    """The values a flag accepts: the registry's (see `_registry_choices`) or a Literal's."""
+    if registry := _registry_choices(field):
+        return registry[0]
     lit = field.annotation
     if typing.get_origin(lit) in (typing.Union, types.UnionType):
         lit = next(a for a in typing.get_args(lit) if a is not type(None))
@@ -156,6 +167,8 @@ def _flag_help(name: str, field: FieldInfo) -> str:
     if _extra(field).get("hidden"):
         return argparse.SUPPRESS
     text = field.description or name.replace("_", " ")
+    if registry := _registry_choices(field):
+        text = f"{text}. {registry[1]}".rstrip(". ") if registry[1] else text
     if field.is_required():
         text += " (required)"
     else:

@@ -6,14 +6,10 @@ arrays of L2-normalised rows, so an inner product is a cosine for every family. 
 embed job, the index, the Serve deployments and the evaluation all go through it, which
 is what keeps a gallery and its queries in the same space.
 
-Families (a plain dict, ``FAMILIES``):
-
-- ``blip``      BLIP ITC features (``BlipForImageTextRetrieval``; hub id, folder or s3://)
-- ``longclip``  a Long-CLIP state dict file (248 tokens) in open_clip; a 77-token OpenAI one too
-- ``cnclip``    Chinese-CLIP (transformers)
-- ``open_clip`` ``hf-hub:org/name``, ``local-dir:/path``, ``ViT-B-32@laion2b_s34b_b79k``
-                (architecture@pretrained tag) or an OpenAI-layout state dict file
-- ``hf_clip``   transformers ``CLIPModel`` (hub id, folder or s3://)
+The families (``blip``, ``longclip``, ``cnclip``, ``open_clip``, ``hf_clip``: the retrieval
+kind of :mod:`artray.families`) each define their ``Encoder`` subclass in
+``artray/families/<name>.py``; this module holds what they share. Importing it does not
+import torch (the CLI builds its parser from configs that name these types).
 
 Weight files from user paths load as safetensors; pickle checkpoints need the opt-in of
 ``artray.models.weights`` (``ARTRAY_ALLOW_PICKLE=1``).
@@ -26,18 +22,18 @@ only if their fingerprints do, which catches a checkpoint overwritten in place.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
 
 from artray.errors import UserError
-from artray.models.weights import PICKLE_SUFFIXES, check_weights_path, pretrained_kwargs
+from artray.families import RetrievalFamily as Family  # noqa: F401  (config field type: a registered retrieval family)
 from artray.storage import StorageOptions
 
-FAMILIES_HELP = "blip, longclip, cnclip, open_clip or hf_clip"
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 # Long enough to reach past position 20 (where Long-CLIP's stretched positions begin) and past 77.
@@ -55,10 +51,14 @@ class EncoderMismatchError(UserError, ValueError):
 
 
 def resolve_device(device: str) -> str:
+    import torch
+
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    import torch
+
     if dtype == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
@@ -66,6 +66,8 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 
 def probe_image() -> Image.Image:
     """A fixed 64×64 synthetic picture (gradients and a square) for fingerprints."""
+    from PIL import Image
+
     y, x = np.mgrid[0:64, 0:64]
     arr = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
     arr[16:40, 20:44] = (200, 35, 35)
@@ -89,12 +91,15 @@ class Encoder(ABC):
     def _texts(self, texts: list[str]) -> torch.Tensor:
         """Unnormalised embeddings of one micro-batch of texts."""
 
-    @torch.no_grad()
     def _run(self, fn, items: list) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
         if not items:
             return np.zeros((0, self.dim), np.float32)
-        chunks = [fn(items[i:i + self.max_batch]) for i in range(0, len(items), self.max_batch)]
-        return F.normalize(torch.cat(chunks).float(), dim=-1).cpu().numpy()
+        with torch.no_grad():
+            chunks = [fn(items[i:i + self.max_batch]) for i in range(0, len(items), self.max_batch)]
+            return F.normalize(torch.cat(chunks).float(), dim=-1).cpu().numpy()
 
     def encode_images(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32, unit rows. Images must be RGB (see ``artray.images.to_rgb``)."""
@@ -119,154 +124,6 @@ class Encoder(ABC):
         self.dim = int(self._run(self._texts, ["x"]).shape[1])
 
 
-class BlipEncoder(Encoder):
-    family = "blip"
-
-    def __init__(self, checkpoint, device, dtype, storage_options=None):
-        from artray.models.blip import load_blip_retrieval
-
-        super().__init__(checkpoint, device, dtype)
-        self.bundle = load_blip_retrieval(checkpoint, device, dtype, storage_options)
-        cfg = self.bundle.model.config.text_config
-        self.max_length = min(self.bundle.processor.tokenizer.model_max_length, cfg.max_position_embeddings)
-        self._set_dim()
-
-    def _images(self, images):
-        from artray.models.blip import blip_image_embeds
-
-        pixels = self.bundle.processor(images=images, return_tensors="pt").pixel_values
-        return blip_image_embeds(self.bundle, pixels)
-
-    def _texts(self, texts):
-        from artray.models.blip import blip_text_embeds
-
-        tok = self.bundle.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                              return_tensors="pt")
-        return blip_text_embeds(self.bundle, tok.input_ids, tok.attention_mask)
-
-    def itm_logits(self, images: list[Image.Image], texts: list[str], image_index: list[int] | None = None) -> np.ndarray:
-        """ITM logits (no match, match) of texts[i] with images[image_index[i]] (default: images[i]),
-        float32 (len(texts), 2); each image is encoded once per micro-batch of texts."""
-        from artray.models.blip import blip_itm_logits
-
-        index = list(range(len(texts))) if image_index is None else list(image_index)
-        if len(index) != len(texts) or any(not 0 <= i < len(images) for i in index):
-            raise ValueError(f"itm_logits: {len(texts)} texts need as many image indexes into {len(images)} images")
-        out = []
-        for start in range(0, len(texts), self.max_batch):
-            chunk = index[start:start + self.max_batch]
-            used = sorted(set(chunk))
-            pixels = self.bundle.processor(images=[images[i] for i in used], return_tensors="pt").pixel_values
-            tok = self.bundle.processor.tokenizer(texts[start:start + self.max_batch], padding=True, truncation=True,
-                                                  max_length=self.max_length, return_tensors="pt")
-            local = [used.index(i) for i in chunk]
-            out.append(blip_itm_logits(self.bundle, pixels, tok.input_ids, tok.attention_mask, local).cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, 2), np.float32)
-
-
-class OpenClipEncoder(Encoder):
-    """open_clip models: Long-CLIP and OpenAI-layout state dict files, hub/local/named models."""
-
-    family = "open_clip"
-
-    def __init__(self, checkpoint, device, dtype, storage_options=None):
-        super().__init__(checkpoint, device, dtype)
-        if self.family == "longclip" or checkpoint.endswith((*PICKLE_SUFFIXES, ".safetensors")):
-            from artray.models.longclip import load_longclip
-
-            bundle = load_longclip(checkpoint, device, dtype, storage_options)
-            self.model, self.preprocess, self.tokenizer = bundle.model, bundle.preprocess, bundle.tokenizer
-        else:
-            import open_clip
-
-            name, pretrained = checkpoint, None
-            if "@" in checkpoint and not checkpoint.startswith(("hf-hub:", "local-dir:")):
-                name, pretrained = checkpoint.split("@", 1)
-                check_weights_path(pretrained)  # a local weights file; tags pass
-            elif checkpoint.startswith("local-dir:"):
-                check_weights_path(checkpoint.removeprefix("local-dir:"))
-            precision = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained, device=device, precision=precision)
-            self.model.eval()
-            self.tokenizer = open_clip.get_tokenizer(name)
-        self._set_dim()
-
-    def _images(self, images):
-        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device, self.dtype)
-        return self.model.encode_image(pixels)
-
-    def _texts(self, texts):
-        return self.model.encode_text(self.tokenizer(texts).to(self.device))
-
-
-class LongClipEncoder(OpenClipEncoder):
-    family = "longclip"
-
-
-def _pooled(out) -> torch.Tensor:
-    """transformers 5 returns an output object from get_*_features; the embedding is its pooler_output."""
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-class CNClipEncoder(Encoder):
-    family = "cnclip"
-
-    def __init__(self, checkpoint, device, dtype, storage_options=None):
-        from artray.models.cnclip import load_cnclip
-
-        super().__init__(checkpoint, device, dtype)
-        self.bundle = load_cnclip(checkpoint, device, dtype, storage_options)
-        cfg = self.bundle.model.config.text_config
-        self.max_length = min(self.bundle.processor.tokenizer.model_max_length, cfg.max_position_embeddings)
-        self._set_dim()
-
-    def _images(self, images):
-        from artray.models.cnclip import cnclip_image_embeds
-
-        pixels = self.bundle.processor(images=images, return_tensors="pt").pixel_values
-        return cnclip_image_embeds(self.bundle, pixels)
-
-    def _texts(self, texts):
-        from artray.models.cnclip import cnclip_text_embeds
-
-        tok = self.bundle.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                              return_tensors="pt")
-        return cnclip_text_embeds(self.bundle, tok.input_ids, tok.attention_mask, tok.get("token_type_ids"))
-
-
-class HFClipEncoder(Encoder):
-    family = "hf_clip"
-
-    def __init__(self, checkpoint, device, dtype, storage_options=None):
-        from transformers import CLIPModel, CLIPProcessor
-
-        from artray.models.resolve import resolve_model_path
-
-        super().__init__(checkpoint, device, dtype)
-        path = resolve_model_path(checkpoint, storage_options)
-        self.model = CLIPModel.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
-        self.processor = CLIPProcessor.from_pretrained(path)
-        self.max_length = self.model.config.text_config.max_position_embeddings
-        self._set_dim()
-
-    def _images(self, images):
-        pixels = self.processor(images=images, return_tensors="pt").pixel_values.to(self.device, self.dtype)
-        return _pooled(self.model.get_image_features(pixel_values=pixels))
-
-    def _texts(self, texts):
-        tok = self.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                       return_tensors="pt").to(self.device)
-        return _pooled(self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask))
-
-
-FAMILIES: dict[str, type[Encoder]] = {
-    "blip": BlipEncoder, "longclip": LongClipEncoder, "cnclip": CNClipEncoder,
-    "open_clip": OpenClipEncoder, "hf_clip": HFClipEncoder,
-}
-Family = Literal["blip", "longclip", "cnclip", "open_clip", "hf_clip"]
-
-
 def canonical_checkpoint(checkpoint: str) -> str:
     """`checkpoint` as recorded with vectors: an existing local path made absolute, anything else as is."""
     from pathlib import Path
@@ -278,12 +135,18 @@ def canonical_checkpoint(checkpoint: str) -> str:
 
 def load_encoder(family: str, checkpoint: str, device: str = "auto", dtype: str = "auto",
                  storage_options: StorageOptions | None = None) -> Encoder:
-    """Load `checkpoint` as a `family` encoder on `device` ("auto": CUDA if present) in `dtype`
-    ("auto": fp16 on CUDA, fp32 on CPU)."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown encoder family {family!r}: use {FAMILIES_HELP}")
+    """Load `checkpoint` as a `family` encoder (a retrieval family of :mod:`artray.families`) on `device`
+    ("auto": CUDA if present) in `dtype` ("auto": fp16 on CUDA, fp32 on CPU)."""
+    from artray import families
+
+    fam = families.get(family, kind="retrieval")
     device = resolve_device(device)
-    return FAMILIES[family](canonical_checkpoint(checkpoint), device, resolve_dtype(dtype, device), storage_options)
+    return fam.load_encoder(canonical_checkpoint(checkpoint), device, resolve_dtype(dtype, device), storage_options)
+
+
+def pooled(out) -> torch.Tensor:
+    """transformers 5 returns an output object from get_*_features; the embedding is its pooler_output."""
+    return out if not hasattr(out, "pooler_output") else out.pooler_output
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

@@ -56,7 +56,7 @@ def _full_size_sd15(out: Path) -> str:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from artray.models import tiny_tokenizers as tt
+    from artray.scaffold.tiny import tokenizers as tt
 
     if (out / "model_index.json").exists():
         return str(out)
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from artray.corpora.importer import ImportConfig, import_corpus
     from artray.scaffold.sample_corpora import make_samples
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
     from artray.stages.augment import AugmentConfig
 
     gpu = torch.cuda.is_available() and not a.cpu

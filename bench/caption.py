@@ -46,8 +46,8 @@ def _full_size_llava(out: Path) -> str:
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
     from transformers import LlavaProcessor
 
-    from artray.models import tiny_tokenizers as tt
-    from artray.models.tiny import OPENAI_MEAN, OPENAI_STD
+    from artray.scaffold.tiny import tokenizers as tt
+    from artray.scaffold.tiny.common import OPENAI_MEAN, OPENAI_STD
 
     if (out / "config.json").exists():
         return str(out)
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from artray.corpora.importer import ImportConfig, import_corpus
     from artray.scaffold.sample_corpora import make_samples
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
     from artray.stages.caption import CaptionConfig
 
     if a.full_size and not torch.cuda.is_available():

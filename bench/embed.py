@@ -126,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.sample_corpora import make_samples
+    from artray.scaffold.tiny import make_tiny
     from artray.stages.embed import EmbedConfig
 
     gpu = torch.cuda.is_available() and not a.cpu

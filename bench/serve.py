@@ -80,7 +80,7 @@ def full_size_index(workdir: str, n: int, device: str) -> str:
     from train import _full_size_longclip  # the same random Long-CLIP-L the training bench builds
 
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.corpora.sample import make_samples
+    from artray.scaffold.sample_corpora import make_samples
     from artray.index.build import IndexConfig, build_index
     from artray.stages.embed import EmbedConfig, run_embed
 

@@ -66,7 +66,7 @@ def _full_size_cnclip(root: str) -> str:
     import torch
     from transformers import ChineseCLIPConfig, ChineseCLIPModel, ChineseCLIPProcessor
 
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     tiny = make_tiny(os.path.join(root, "tiny"))["cnclip"]
     torch.manual_seed(0)
@@ -139,11 +139,11 @@ def plain_loop(cfg, epochs: int) -> dict:
     from PIL import Image
 
     from artray.train.data import build_train_table, draw_caption, draw_image
-    from artray.train.families import make_family
+    from artray.families import trainer_class
 
-    family = make_family(cfg)
+    family = trainer_class(cfg.family)(cfg)
     module = family.build_module().train()
-    device = "cuda" if cfg.use_gpu else "cpu"
+    device = "cuda" if cfg.uses_gpu else "cpu"
     module.to(device)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
     rows = build_train_table(cfg).to_pylist()
@@ -159,14 +159,14 @@ def plain_loop(cfg, epochs: int) -> dict:
             chunk = rows[i:i + cfg.batch_size]
             _plain_step(family, module, opt, batch_of(chunk), device, cfg.precision)
             seen += len(chunk)
-        if cfg.use_gpu:
+        if cfg.uses_gpu:
             torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - start))
     out = {"samples_per_s": statistics.median(rates[1:] or rates)}
     first = batch_of(rows[:cfg.batch_size])
     out["flops_per_sample"] = flops_per_sample(family, module, first, len(rows[:cfg.batch_size]), device,
                                                cfg.precision)
-    if cfg.use_gpu:
+    if cfg.uses_gpu:
         out["step_only_samples_per_s"] = step_only(family, module, opt, first, device, cfg.precision)
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -174,7 +174,7 @@ def plain_loop(cfg, epochs: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--family", default="longclip", choices=["longclip", "cnclip", "blip-retrieval"])
+    p.add_argument("--family", default="longclip", choices=["longclip", "cnclip", "blip"])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n", type=int, default=60, help="sample corpus size")
@@ -196,7 +196,7 @@ def main() -> int:
 
     from artray.corpora.importer import ImportConfig, import_corpus
     from artray.scaffold.sample_corpora import make_samples
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
     from artray.train.config import TrainConfig
     from artray.train.run import run_train
 
@@ -205,15 +205,17 @@ def main() -> int:
     src = make_samples(os.path.join(root, "samples"), n=args.n)[name]
     import_corpus(ImportConfig(format=fmt, src=src, dest=os.path.join(root, name)))
     if args.full_size:
-        if args.family == "blip-retrieval":
+        if args.family == "blip":
             p.error("--full-size is written for longclip and cnclip")
         model = _full_size_longclip(root) if args.family == "longclip" else _full_size_cnclip(root)
     else:
-        model = make_tiny(os.path.join(root, "tiny"))[args.family]
+        from artray import families
+
+        model = make_tiny(os.path.join(root, "tiny"))[next(iter(families.get(args.family).tiny))]
     # full size: no checkpoints (ZeRO-2 state of ViT-H is ~14 GB an epoch, not what is measured here)
     cfg = TrainConfig(family=args.family, model=model, corpus=os.path.join(root, name), output=os.path.join(root, "runs"),
                       epochs=args.epochs, batch_size=args.batch_size, num_workers=args.workers, zero_stage=args.zero,
-                      use_gpu=args.use_gpu, precision=precision, lr=1e-4, warmup_steps=0, max_failures=0,
+                      gpus_per_worker=1 if args.use_gpu else 0, precision=precision, lr=1e-4, warmup_steps=0, max_failures=0,
                       export=False, keep_checkpoints=args.epochs, checkpoint_every=0 if args.full_size else 1,
                       cpus_per_worker=args.cpus_per_worker or (8.0 if args.use_gpu else 1.0))
     ray.init(num_cpus=None if args.use_gpu else 2, include_dashboard=False, logging_level="ERROR")

@@ -64,7 +64,7 @@ def s3_bucket(s3_endpoint) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
-    """Every tiny checkpoint (``artray.models.tiny``), written once per session; name → path."""
-    from artray.models.tiny import make_tiny
+    """Every tiny checkpoint (``artray.scaffold.tiny``), written once per session; name → path."""
+    from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.getbasetemp() / "tiny"))

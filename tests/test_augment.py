@@ -37,7 +37,7 @@ LONG = "{caption} " + " ".join(["an oil painting in a quiet museum gallery"] * 1
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.mktemp("tiny")))
 

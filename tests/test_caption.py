@@ -13,7 +13,7 @@ from artray import corpus, storage
 from artray.config import ConfigError, load_config
 from artray.corpora.importer import ImportConfig, import_corpus
 from artray.scaffold.sample_corpora import make_samples
-from artray.models.tiny import make_tiny
+from artray.scaffold.tiny import make_tiny
 from artray.schema import ARTWORK_SCHEMA, artwork_row
 from artray.stages.caption import PRESETS, CaptionConfig, CaptionError, read_captions, run_caption
 from artray.stages.caption_flags import FLAGS, is_loop, is_refusal, quality_flags, usable

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from artray.corpora.sample import make_samples
+from artray.scaffold.sample_corpora import make_samples
 from artray.stages.caption_flags import (EXCLUDE_BY_DEFAULT, FLAGS, is_loop, is_markup_run, is_prompt_echo,
                                          is_refusal, quality_flags, usable)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from artray import corpus, storage
@@ -27,7 +26,7 @@ N = 20  # artworks (and texts) in the sample folder corpus
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.getbasetemp() / "tiny"))  # idempotent: shared by the session's modules
 
@@ -64,30 +63,9 @@ def folder_corpus(samples, s3) -> str:
     return uri
 
 
-def _hf_clip(dest: Path) -> str:
-    """A tiny transformers CLIPModel folder (make_tiny has none), saved like a hub checkpoint."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    from artray.models.tiny_tokenizers import clip_tokenizer
-
-    tok = clip_tokenizer()
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    CLIPModel(cfg).save_pretrained(dest)
-    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-                  tokenizer=tok).save_pretrained(dest)
-    return str(dest)
-
-
 def test_every_family_loads_through_one_interface(tiny, tmp_path):
     checkpoints = {"blip": tiny["blip-retrieval"], "longclip": tiny["longclip"], "cnclip": tiny["cnclip"],
-                   "open_clip": tiny["clip-77"], "hf_clip": _hf_clip(tmp_path / "hf-clip")}
+                   "open_clip": tiny["clip-77"], "hf_clip": tiny["hf-clip"]}
     images = [Image.new("RGB", (50, 30), "red"), Image.linear_gradient("L").convert("RGB")]
     texts = ["a red circle on a blue ground", "敦煌壁画中的飞天", "word " * 400]  # the last one is truncated
     identities = {}

@@ -25,7 +25,7 @@ from artray.schema import CAPTION_SCHEMA, EMBEDDING_SCHEMA
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.getbasetemp() / "tiny"))
 

@@ -25,7 +25,7 @@ N = 20
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.getbasetemp() / "tiny"))  # idempotent: shared by the session's modules
 

@@ -18,7 +18,8 @@ from PIL import Image
 from artray.models.weights import load_state_dict, save_state_dict
 from artray.storage import StorageOptions
 
-NAMES = ["sd-img2img", "llava", "blip-retrieval", "blip-captioner", "git-captioner", "clip-77", "longclip", "cnclip"]
+NAMES = ["sd-img2img", "llava", "blip-retrieval", "blip-captioner", "git-captioner", "clip-77", "longclip", "cnclip",
+         "hf-clip"]
 ZH = ["窠内一飞鸟，展翅回首；四周饰以卷草纹。", "《敦煌壁画全集》：“飞天”（唐代）壁画！", "莫高窟第220窟，ABC 123？"]
 
 
@@ -34,13 +35,13 @@ def _unit_rows(x: torch.Tensor) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.mktemp("tiny")), seed=0)
 
 
 def test_make_tiny_lists_every_checkpoint_and_is_idempotent(tiny):
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     dest = Path(tiny["llava"]).parent
     index = json.loads((dest / "tiny_models.json").read_text())["models"]

@@ -27,7 +27,7 @@ MPL_BLUE = np.array([31, 119, 180])  # matplotlib's first bar colour
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
 
     tiny = make_tiny(str(tmp_path_factory.getbasetemp() / "tiny"))
     root = tmp_path_factory.mktemp("report")

@@ -86,7 +86,7 @@ def test_longclip_pickle_is_refused_unless_opted_in(tiny_models, tmp_path, monke
     from artray.encoders import load_encoder
     from artray.models.longclip import load_longclip
     from artray.train.config import TrainConfig
-    from artray.train.longclip import LongClipFamily
+    from artray.train.longclip import LongClipTrainer
 
     safe = tiny_models["longclip"]
     assert Path(safe).suffix == ".safetensors" and load_longclip(safe).context_length == 248  # no opt-in needed
@@ -94,7 +94,7 @@ def test_longclip_pickle_is_refused_unless_opted_in(tiny_models, tmp_path, monke
     pt = tmp_path / "longclip-L.pt"  # the published layout: a pickle
     torch.save(sd, pt)
     for load in (lambda: load_longclip(str(pt)), lambda: load_encoder("longclip", str(pt), device="cpu"),
-                 lambda: LongClipFamily(TrainConfig(model=str(pt), corpus="c", output="o"))):
+                 lambda: LongClipTrainer(TrainConfig(model=str(pt), corpus="c", output="o"))):
         with pytest.raises(PickleRefusedError) as exc:
             load()
         assert str(pt) in str(exc.value) and f"{ALLOW_PICKLE}=1" in str(exc.value)
@@ -251,7 +251,7 @@ def test_augment_planner_records_a_bomb_as_a_failure_row():
 def test_train_loader_refuses_a_bomb_before_any_worker_starts(tmp_path):
     from artray.train.config import TrainConfig
     from artray.train.data import TrainImageError, build_train_table, build_val_tables
-    from artray.train.loop import _images
+    from artray.train.batches import decode_images as _images
 
     uri = str(tmp_path / "corpus")
     writer = corpus.ShardWriter(storage.join(uri, corpus.ARTWORKS), ARTWORK_SCHEMA)

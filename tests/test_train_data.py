@@ -166,3 +166,18 @@ def test_job_configs_load(name):
     path = Path(__file__).resolve().parents[1] / "jobs" / "configs" / f"train-{name}.yaml"
     cfg = load_config(TrainConfig, str(path))
     assert cfg.preset == name and cfg.output.startswith("s3://")
+
+
+def test_validation_recall_both_ways_and_a_diverged_model_ranks_last():
+    from artray.train.validate import recall
+
+    # 3 images (axes), 4 texts: t0 → i0 (exact), t1 → i1 (closest is i0), t2 → i2 (second best), t3 → i1 and i2.
+    img = torch.eye(3)
+    txt = torch.tensor([[1.0, 0, 0], [1.0, 0.5, 0], [0.9, 0, 0.5], [0, 1.0, 0.1]])
+    out = recall(txt, img, [{0}, {1}, {2}, {1, 2}])
+    assert (out["val_r1"], out["val_r5"]) == (0.5, 1.0)  # t0 and t3 at rank 1
+    # image→text: i0's best text is t0 (hit); i1's is t3 (hit); i2's best is t2 (0.49 vs t3's 0.1): hit
+    assert out["val_i2t_r1"] == 1.0
+    assert out["val_mean_recall"] == pytest.approx((0.5 + 1 + 1 + 1 + 1 + 1) / 6)
+    nan = recall(torch.full((4, 3), float("nan")), img, [{0}, {1}, {2}, {1, 2}])
+    assert 0.0 <= nan["val_r1"] <= 1.0  # numbers, not a crash

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from artray import corpus, storage
+from artray import corpus, families, storage
 from artray.config import JobConfig
 from artray.errors import UserError
 from artray.evaluate import report_html as h
@@ -29,7 +29,11 @@ from artray.manifest import build_manifest
 from artray.stages.caption_flags import tokens
 
 STAGE = "report"
-DEFAULT_CONTEXT = {"blip": 35, "hf_clip": 77, "open_clip": 77, "cnclip": 52, "longclip": 248}
+
+
+def default_context() -> dict[str, int]:
+    """Tokens each registered family sees by default (``ModelFamily.context_length``), by family."""
+    return {n: families.get(n).context_length for n in families.names() if families.get(n).context_length}
 
 
 class ReportError(UserError, RuntimeError):
@@ -44,7 +48,7 @@ class ReportConfig(JobConfig):
     corpus: str | None = Field(None, description="corpus URI: its captions are one caption source")
     captions: list[str] = Field(default_factory=list, description="`artray caption` outputs (sources and examples)")
     augment: str | None = Field(None, description="`artray augment` output: originals beside variants")
-    context_lengths: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_CONTEXT),
+    context_lengths: dict[str, int] = Field(default_factory=default_context,
                                             description="tokens each family sees, by family")
     split: str | None = Field(None, description="caption sources: only this split (default: all)")
     max_examples: int = Field(12, ge=0, description="example captions shown (flagged ones first)")

@@ -23,7 +23,6 @@ checkpoint and re-scoring), ``summary.json`` (all metrics, MR, fusion, significa
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -33,9 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from artray import corpus, storage
+from artray import corpus, families, storage
 from artray.config import JobConfig
 from artray.encoders import Device, DType, Family, canonical_checkpoint
+from artray.families.base import config_json
 from artray.evaluate import fusion
 from artray.evaluate import retrieval_embed as re_
 from artray.evaluate import retrieval_metrics as rm
@@ -113,25 +113,21 @@ class RetrievalEvalConfig(JobConfig):
 
 
 def check_family(family: str, checkpoint: str, itm: bool = False) -> None:
-    """Refuse a checkpoint that is visibly of another family than `family` (or not BLIP retrieval, for ITM)."""
-    if itm and family != "blip":
-        raise RetrievalEvalError(f"ITM re-ranking needs a BLIP retrieval checkpoint (family blip); {checkpoint} "
-                                 f"was given as family {family}")
+    """Refuse a checkpoint that is visibly of another family than `family` (each registered family's
+    ``sniff`` says which local checkpoints look like its own), or an ITM re-ranking of a family without it."""
+    if itm and "itm" not in families.get(family).rerankers:
+        able = [n for n in families.names("retrieval") if "itm" in families.get(n).rerankers]
+        raise RetrievalEvalError(f"ITM re-ranking needs a BLIP retrieval checkpoint (family {', '.join(able)}); "
+                                 f"{checkpoint} was given as family {family}")
     path = Path(canonical_checkpoint(checkpoint))
-    found = None
-    if path.is_dir() and (path / "config.json").exists():
-        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        arch = cfg.get("architectures") or []
-        found = {"blip": "blip", "chinese_clip": "cnclip", "clip": "hf_clip"}.get(cfg.get("model_type"), cfg.get("model_type"))
-        if found == "blip" and arch and "BlipForImageTextRetrieval" not in arch:
-            found = f"blip captioner ({arch[0]})"
-    elif path.is_dir() and (path / "open_clip_config.json").exists():
-        found = "open_clip"
-    elif path.is_file() and path.suffix in (".pt", ".pth", ".bin", ".safetensors"):
-        found = family if family in ("longclip", "open_clip") else "longclip/open_clip (state dict file)"
-    if found is not None and found != family:
-        raise RetrievalEvalError(f"{checkpoint} is a {found} checkpoint, not {family}: set the model's family to "
-                                 "match it, or point it at a " + family + " checkpoint")
+    if not path.exists():
+        return  # a hub id, an s3:// URI, an open_clip tag: nothing to look at here
+    found = [n for n in families.names() if families.get(n).sniff(path)]
+    if not found and (cfg := config_json(path)) is not None and cfg.get("model_type"):
+        found = [cfg["model_type"]]  # a transformers checkpoint of no registered family
+    if found and family not in found:
+        raise RetrievalEvalError(f"{checkpoint} is a {'/'.join(found)} checkpoint, not {family}: set the model's "
+                                 f"family to match it, or point it at a {family} checkpoint")
 
 
 def _embed_config(cfg: RetrievalEvalConfig, m: ModelSpec) -> EmbedConfig:

@@ -127,11 +127,12 @@ def crop_vectors(ecfg: EmbedConfig, images: pa.Table, opts: LaclipOptions) -> di
 
 
 class _ItmBatch:
-    """Ray Data actor: a BLIP retrieval model once; per row (one image, several texts) the ITM match logits."""
+    """Ray Data actor: an ITM-capable encoder (a family with the "itm" reranker: BLIP retrieval) once; per row
+    (one image, several texts) the ITM match logits."""
 
     def __init__(self, ecfg: EmbedConfig):
         self.ecfg, self.sopts = ecfg, ecfg.storage_options()
-        self.encoder = load_encoder("blip", ecfg.checkpoint, ecfg.device, ecfg.dtype, self.sopts)
+        self.encoder = load_encoder(ecfg.family, ecfg.checkpoint, ecfg.device, ecfg.dtype, self.sopts)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []

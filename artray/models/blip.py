@@ -9,42 +9,15 @@ still reproduce the model's own ITC score ``image_embeds @ text_embeds.T``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from artray.models.resolve import resolve_model_path
-from artray.models.weights import pretrained_kwargs
+from artray.models.pretrained import PretrainedBundle, load_pretrained
 from artray.storage import StorageOptions
 
-if TYPE_CHECKING:
-    from transformers import (
-        BlipForConditionalGeneration,
-        BlipForImageTextRetrieval,
-        BlipProcessor,
-    )
 
-
-@dataclass
-class BlipRetrievalBundle:
-    """A BLIP retrieval model in eval mode and its processor."""
-
-    model: BlipForImageTextRetrieval
-    processor: BlipProcessor
-    device: str
-    dtype: torch.dtype
-
-
-@dataclass
-class BlipCaptionerBundle:
-    """A BLIP captioning model in eval mode and its processor."""
-
-    model: BlipForConditionalGeneration
-    processor: BlipProcessor
-    device: str
-    dtype: torch.dtype
+# Both loaders return a `PretrainedBundle` (model in eval mode, processor, device, dtype).
+BlipRetrievalBundle = BlipCaptionerBundle = PretrainedBundle
 
 
 def load_blip_retrieval(
@@ -52,15 +25,9 @@ def load_blip_retrieval(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     storage_options: StorageOptions | None = None,
-) -> BlipRetrievalBundle:
+) -> PretrainedBundle:
     """Load a BLIP ITM/ITC checkpoint (e.g. ``Salesforce/blip-itm-base-coco``)."""
-    from transformers import BlipForImageTextRetrieval, BlipProcessor
-
-    path = resolve_model_path(name_or_path, storage_options)
-    dtype = dtype or torch.float32
-    model = BlipForImageTextRetrieval.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
-    processor = BlipProcessor.from_pretrained(path)
-    return BlipRetrievalBundle(model=model, processor=processor, device=device, dtype=dtype)
+    return load_pretrained("BlipForImageTextRetrieval", "BlipProcessor", name_or_path, device, dtype, storage_options)
 
 
 def load_blip_captioner(
@@ -68,15 +35,10 @@ def load_blip_captioner(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     storage_options: StorageOptions | None = None,
-) -> BlipCaptionerBundle:
+) -> PretrainedBundle:
     """Load a BLIP captioner (e.g. ``Salesforce/blip-image-captioning-base``)."""
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
-    path = resolve_model_path(name_or_path, storage_options)
-    dtype = dtype or torch.float32
-    model = BlipForConditionalGeneration.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
-    processor = BlipProcessor.from_pretrained(path)
-    return BlipCaptionerBundle(model=model, processor=processor, device=device, dtype=dtype)
+    return load_pretrained("BlipForConditionalGeneration", "BlipProcessor", name_or_path, device, dtype,
+                           storage_options)
 
 
 @torch.no_grad()
@@ -99,7 +61,6 @@ def blip_text_embeds(
         attention_mask = attention_mask.to(bundle.device)
     text = model.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     return F.normalize(model.text_proj(text[:, 0, :]).float(), dim=-1)
-
 
 
 @torch.no_grad()

@@ -6,28 +6,13 @@ object; the projected embedding is its ``.pooler_output``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from artray.models.resolve import resolve_model_path
-from artray.models.weights import pretrained_kwargs
+from artray.models.pretrained import PretrainedBundle, load_pretrained
 from artray.storage import StorageOptions
 
-if TYPE_CHECKING:
-    from transformers import ChineseCLIPModel, ChineseCLIPProcessor
-
-
-@dataclass
-class CNClipBundle:
-    """A Chinese-CLIP model in eval mode and its processor."""
-
-    model: ChineseCLIPModel
-    processor: ChineseCLIPProcessor
-    device: str
-    dtype: torch.dtype
+CNClipBundle = PretrainedBundle  # a Chinese-CLIP model in eval mode and its processor
 
 
 def load_cnclip(
@@ -35,15 +20,9 @@ def load_cnclip(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     storage_options: StorageOptions | None = None,
-) -> CNClipBundle:
+) -> PretrainedBundle:
     """Load a Chinese-CLIP checkpoint (e.g. ``OFA-Sys/chinese-clip-vit-base-patch16``)."""
-    from transformers import ChineseCLIPModel, ChineseCLIPProcessor
-
-    path = resolve_model_path(name_or_path, storage_options)
-    dtype = dtype or torch.float32
-    model = ChineseCLIPModel.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
-    processor = ChineseCLIPProcessor.from_pretrained(path)
-    return CNClipBundle(model=model, processor=processor, device=device, dtype=dtype)
+    return load_pretrained("ChineseCLIPModel", "ChineseCLIPProcessor", name_or_path, device, dtype, storage_options)
 
 
 def _embedding(out) -> torch.Tensor:

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-
-from artray.models.resolve import resolve_model_path
-from artray.models.weights import pretrained_kwargs
+from artray.models.pretrained import PretrainedBundle, load_pretrained
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, ProcessorMixin
+    import torch
 
-
-@dataclass
-class GitCaptionerBundle:
-    """A GIT captioning model in eval mode and its processor."""
-
-    model: PreTrainedModel
-    processor: ProcessorMixin
-    device: str
-    dtype: torch.dtype
+GitCaptionerBundle = PretrainedBundle  # a GIT captioning model in eval mode and its processor
 
 
 def load_git_captioner(
@@ -30,12 +18,6 @@ def load_git_captioner(
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     storage_options: StorageOptions | None = None,
-) -> GitCaptionerBundle:
+) -> PretrainedBundle:
     """Load a GIT checkpoint (``AutoModelForCausalLM`` → ``GitForCausalLM``) and its processor."""
-    from transformers import AutoModelForCausalLM, AutoProcessor
-
-    path = resolve_model_path(name_or_path, storage_options)
-    dtype = dtype or torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
-    processor = AutoProcessor.from_pretrained(path)
-    return GitCaptionerBundle(model=model, processor=processor, device=device, dtype=dtype)
+    return load_pretrained("AutoModelForCausalLM", "AutoProcessor", name_or_path, device, dtype, storage_options)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from artray.models.pretrained import from_pretrained
 from artray.models.resolve import resolve_model_path
-from artray.models.weights import pretrained_kwargs
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def load_mllm(
     dtype = dtype or torch.float32
     config = AutoConfig.from_pretrained(path)
     model_cls = LlavaForConditionalGeneration if config.model_type == "llava" else AutoModelForImageTextToText
-    model = model_cls.from_pretrained(path, dtype=dtype, **pretrained_kwargs(path)).to(device).eval()
+    model = from_pretrained(model_cls, path, dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(path)
     if not getattr(processor, "chat_template", None):
         raise ValueError(f"{name_or_path} has no chat template; cannot build MLLM prompts for it")

@@ -1,1 +1,2 @@
-"""Scaffolding for tests, the demo and benchmarks (tiny checkpoints, sample corpora, the demo), kept apart from the library."""
+"""Scaffolding kept apart from the library, for tests, the demo and benchmarks: tiny random checkpoints
+(:mod:`artray.scaffold.tiny`), sample corpora and the demo. Nothing in the library's job code imports it."""

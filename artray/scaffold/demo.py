@@ -100,7 +100,7 @@ def run_demo(workdir: str = "demo_out") -> dict:
     from artray.evaluate.report import ReportConfig, run_report
     from artray.evaluate.retrieval import RetrievalEvalConfig, run_retrieval_eval
     from artray.index.build import IndexConfig, build_index
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
     from artray.runtime import init_ray
     from artray.stages.augment import AugmentConfig, run_augment
     from artray.stages.caption import run_caption

@@ -22,7 +22,7 @@ def demo_indexes(workdir: str, n: int = 50, tiny_dir: str | None = None,
     """
     from artray.corpora.importer import ImportConfig, import_corpus
     from artray.index.build import IndexConfig, build_index
-    from artray.models.tiny import make_tiny
+    from artray.scaffold.tiny import make_tiny
     from artray.scaffold.sample_corpora import make_samples
     from artray.stages.embed import EmbedConfig, run_embed
 

@@ -24,13 +24,12 @@ import pyarrow.dataset as pds
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from artray import storage
+from artray import families, storage
 from artray.corpus import ARTWORKS
 from artray.evaluate.laclip import LaclipOptions, laclip_rerank
 from artray.images import to_rgb
 
 Method = Literal["laclip", "itm"]
-ITM_FAMILIES = ("blip",)
 
 
 class RerankConfig(BaseModel):
@@ -44,10 +43,14 @@ class RerankConfig(BaseModel):
 
 
 def unsupported(method: str, family: str) -> str | None:
-    """Why `method` cannot re-rank a `family` gallery, or None if it can."""
-    if method == "itm" and family not in ITM_FAMILIES:
-        return f"rerank 'itm' needs a BLIP retrieval model (its ITM head); {family} models support 'laclip'"
-    return None
+    """Why `method` cannot re-rank a `family` gallery (its ``rerankers``, :mod:`artray.families`), or None."""
+    supported = families.get(family).rerankers
+    if method in supported:
+        return None
+    if method == "itm":
+        return (f"rerank 'itm' needs a BLIP retrieval model (its ITM head); {family} models support "
+                + ", ".join(f"'{m}'" for m in sorted(supported)))
+    return f"rerank {method!r} is not supported by {family} models; they support {sorted(supported)}"
 
 
 class CorpusImages:

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from artray.models.resolve import resolve_model_path
-from artray.models.weights import check_weights_path, pretrained_kwargs
+from artray.models.weights import check_weights_path
 from artray.storage import StorageOptions, is_s3
 
 
@@ -51,9 +51,10 @@ def _openai_state_dict(path: str, device: str, options: StorageOptions | None) -
 def _transformers(name: str, device: str, options: StorageOptions | None) -> tuple[Callable, Callable]:
     from transformers import CLIPImageProcessor, CLIPModel
 
-    path = resolve_model_path(name, options)
-    model = CLIPModel.from_pretrained(path, **pretrained_kwargs(path)).to(device).eval()
-    processor = CLIPImageProcessor.from_pretrained(path)
+    from artray.models.pretrained import load_pretrained
+
+    bundle = load_pretrained(CLIPModel, CLIPImageProcessor, name, device, storage_options=options)
+    model, processor = bundle.model, bundle.processor
 
     def encode(pixel_values: torch.Tensor) -> torch.Tensor:
         out = model.get_image_features(pixel_values=pixel_values)

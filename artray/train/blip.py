@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from artray.models.pretrained import from_pretrained
 from artray.models.resolve import resolve_model_path
-from artray.models.weights import pretrained_kwargs
 from artray.train.config import TrainConfig
 from artray.train.export import save_pretrained_export
 from artray.train.losses import symmetric_infonce
@@ -75,11 +75,8 @@ class BlipRetrievalModule(nn.Module):
         return out
 
 
-class BlipRetrievalFamily:
-    """BLIP retrieval: ITC over all workers' batches + ITM with in-batch hard negatives."""
-
-    name = "blip-retrieval"
-    retrieval = True
+class BlipRetrievalTrainer:
+    """BLIP retrieval's training hooks: ITC over all workers' batches + ITM with in-batch hard negatives."""
 
     def __init__(self, cfg: TrainConfig):
         from transformers import BlipProcessor
@@ -92,8 +89,7 @@ class BlipRetrievalFamily:
     def build_module(self) -> nn.Module:
         from transformers import BlipForImageTextRetrieval
 
-        model = BlipForImageTextRetrieval.from_pretrained(self.path, dtype=torch.float32,
-                                                          **pretrained_kwargs(self.path))
+        model = from_pretrained(BlipForImageTextRetrieval, self.path)
         if self.cfg.freeze_vision:
             for p in model.vision_model.parameters():
                 p.requires_grad_(False)

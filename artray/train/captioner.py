@@ -13,20 +13,11 @@ import re
 import torch
 from torch import nn
 
+from artray.models.pretrained import from_pretrained
 from artray.models.resolve import resolve_model_path
-from artray.models.weights import pretrained_kwargs
+from artray.train.batches import decode_images, to_device
 from artray.train.config import TrainConfig
 from artray.train.export import save_pretrained_export
-
-ARCH = {"git-captioner": ("AutoModelForCausalLM", "AutoProcessor"),
-        "blip-captioner": ("BlipForConditionalGeneration", "BlipProcessor")}
-
-
-def _classes(family: str):
-    import transformers
-
-    model_name, processor_name = ARCH[family]
-    return getattr(transformers, model_name), getattr(transformers, processor_name)
 
 
 class CaptionerModule(nn.Module):
@@ -53,20 +44,27 @@ def cider(candidates: list[str], references: list[list[str]]) -> float:
     return float(score)
 
 
-class CaptionerFamily:
-    """GIT / BLIP captioner: LM loss on (image, caption); validation by beam-search CIDEr and val loss."""
+class CaptionerTrainer:
+    """A captioner's training hooks: LM loss on (image, caption); validation by beam-search CIDEr and val loss.
+    Subclasses name the transformers model and processor classes."""
 
-    retrieval = False
+    model_class = ""  # transformers class names
+    processor_class = ""
+
+    @classmethod
+    def classes(cls):
+        import transformers
+
+        return getattr(transformers, cls.model_class), getattr(transformers, cls.processor_class)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.name = cfg.family
         self.path = resolve_model_path(cfg.model, cfg.storage_options())
-        self.model_cls, processor_cls = _classes(cfg.family)
+        self.model_cls, processor_cls = self.classes()
         self.processor = processor_cls.from_pretrained(self.path)
 
     def build_module(self) -> nn.Module:
-        model = self.model_cls.from_pretrained(self.path, dtype=torch.float32, **pretrained_kwargs(self.path))
+        model = from_pretrained(self.model_cls, self.path)
         if self.cfg.grad_checkpointing:
             model.gradient_checkpointing_enable()
         return CaptionerModule(model)
@@ -87,15 +85,12 @@ class CaptionerFamily:
 
     @torch.no_grad()
     def validate(self, engine, arts: list[dict], texts: list[dict], dtype) -> dict:
-        from artray.images import decode
-        from artray.train.loop import _to_device
-
         bs, losses, generated = self.cfg.batch_size, [], []
         model = engine.module.model
         for i in range(0, len(arts), bs):
             chunk = arts[i:i + bs]
-            images = [decode(a["image"], self.cfg.max_image_pixels) for a in chunk]
-            batch = _to_device(self.train_batch(images, [a["captions"][0] for a in chunk]), engine.device, dtype)
+            images = decode_images([a["image"] for a in chunk], self.cfg.max_image_pixels)
+            batch = to_device(self.train_batch(images, [a["captions"][0] for a in chunk]), engine.device, dtype)
             losses.append(float(engine(**batch)["loss"]))
             ids = model.generate(pixel_values=batch["pixel_values"], num_beams=self.cfg.num_beams,
                                  max_new_tokens=self.cfg.max_new_tokens)
@@ -107,5 +102,13 @@ class CaptionerFamily:
     @classmethod
     def export(cls, cfg: TrainConfig, state_dict: dict[str, torch.Tensor], out_dir: str) -> str:
         """A ``save_pretrained`` folder that ``load_git_captioner`` / ``load_blip_captioner`` loads."""
-        model_cls, processor_cls = _classes(cfg.family)
+        model_cls, processor_cls = cls.classes()
         return save_pretrained_export(cfg, model_cls, processor_cls, state_dict, out_dir)
+
+
+class GitCaptionerTrainer(CaptionerTrainer):
+    model_class, processor_class = "AutoModelForCausalLM", "AutoProcessor"
+
+
+class BlipCaptionerTrainer(CaptionerTrainer):
+    model_class, processor_class = "BlipForConditionalGeneration", "BlipProcessor"

@@ -14,15 +14,15 @@ import logging
 import torch
 from torch import nn
 
+from artray.families.cnclip import CNCLIP
 from artray.models.cnclip import _embedding
+from artray.models.pretrained import from_pretrained
 from artray.models.resolve import resolve_model_path
-from artray.models.weights import pretrained_kwargs
 from artray.train.config import TrainConfig
 from artray.train.export import save_pretrained_export
 from artray.train.losses import symmetric_infonce
 
 log = logging.getLogger("artray.train")
-DEFAULT_CONTEXT = 52  # Chinese-CLIP's training context
 
 
 class CNClipModule(nn.Module):
@@ -42,11 +42,8 @@ class CNClipModule(nn.Module):
         return out
 
 
-class CNClipFamily:
-    """Chinese-CLIP: symmetric InfoNCE over all workers' batches."""
-
-    name = "cnclip"
-    retrieval = True
+class CNClipTrainer:
+    """Chinese-CLIP's training hooks: symmetric InfoNCE over all workers' batches."""
 
     def __init__(self, cfg: TrainConfig):
         from transformers import ChineseCLIPProcessor
@@ -54,13 +51,13 @@ class CNClipFamily:
         self.cfg = cfg
         self.path = resolve_model_path(cfg.model, cfg.storage_options())
         self.processor = ChineseCLIPProcessor.from_pretrained(self.path)
-        self.context_length = cfg.context_length or DEFAULT_CONTEXT
+        self.context_length = cfg.context_length or CNCLIP.context_length  # 52, Chinese-CLIP's own
         self.cut = [0, 0]  # texts seen, texts truncated
 
     def build_module(self) -> nn.Module:
         from transformers import ChineseCLIPModel
 
-        model = ChineseCLIPModel.from_pretrained(self.path, dtype=torch.float32, **pretrained_kwargs(self.path))
+        model = from_pretrained(ChineseCLIPModel, self.path)
         limit = model.config.text_config.max_position_embeddings
         if self.context_length > limit:
             raise ValueError(f"context_length {self.context_length} exceeds the text tower's {limit} positions")

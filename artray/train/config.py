@@ -1,54 +1,38 @@
-"""`TrainConfig`: one typed config for `artray train`, and the published recipes as named presets.
+"""`TrainConfig`: one typed config for `artray train`; the published recipes are named presets.
 
 Precedence (lowest first): field defaults → the named ``preset`` → the YAML file → ``--set``
 → CLI flags. A preset only fills keys the user did not give, so ``preset: infonce`` plus
-``lr: 1e-5`` trains the SIGIR recipe at another learning rate.
+``lr: 1e-5`` trains the SIGIR recipe at another learning rate. Presets belong to their model
+family (``artray.families.<name>.presets``; every trainable family's are offered here), and
+``family`` is any registered family with a trainer.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from artray import families
 from artray.config import JobConfig
+from artray.families import TrainFamily
 from artray.images import DEFAULT_MAX_PIXELS
 
-Family = Literal["longclip", "cnclip", "blip-retrieval", "git-captioner", "blip-captioner"]
+log = logging.getLogger("artray.train")
 
-# Every recipe in REFERENCE.md, by name. Values are field → value; `family` is the family it is for.
-PRESETS: dict[str, dict] = {
-    # Long-CLIP's own fine-tuning (beichenzbc/Long-CLIP train.md): PCM loss, AdamW 1e-6, wd 1e-2,
-    # 200 warm-up iterations then cosine, 6 epochs, logit scale reset to ln(100).
-    "longclip": {"family": "longclip", "loss": "longclip", "label_smoothing": 0.1, "pca_dim": 32, "optimizer": "adamw",
-                     "lr": 1e-6, "weight_decay": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8, "schedule": "cosine",
-                     "warmup_steps": 200, "epochs": 6, "reset_logit_scale": True, "select_metric": "val_r1"},
-    # SIGIR 2025 (jcgohr/artwork-caption-gen finetuner.py): plain symmetric InfoNCE, AdaBelief 5e-7,
-    # eps 1e-16, betas (0.9, 0.995), wd 1e-3, one-cycle (10 % warm-up, linear), early stop on rising val loss.
-    "infonce": {"family": "longclip", "loss": "infonce", "label_smoothing": 0.0, "optimizer": "adabelief", "lr": 5e-7,
-                    "weight_decay": 1e-3, "betas": (0.9, 0.995), "eps": 1e-16, "schedule": "onecycle", "pct_start": 0.1,
-                    "epochs": 6, "batch_size": 40, "early_stop": True, "select_metric": "val_r1"},
-    # Chinese-CLIP fine-tuning scripts (OFA-Sys run_scripts/*_finetune_*.sh): lr 5e-5, wd 0.001,
-    # warmup 100, 3 epochs, contrastive; context 52 there, longer allowed here.
-    "cnclip": {"family": "cnclip", "loss": "infonce", "optimizer": "adamw", "lr": 5e-5, "weight_decay": 1e-3,
-                   "schedule": "cosine", "warmup_steps": 100, "epochs": 3, "context_length": 52, "select_metric": "val_r1"},
-    # SIGIR 2025's BLIP fine-tuning (jcgohr/BLIP configs/artpedia_*): ITC + ITM with hard negatives,
-    # AdamW 5e-6, wd 0.05, cosine to 0, 6 epochs, batch 16/GPU, text cut to 35 tokens.
-    "blip": {"family": "blip-retrieval", "loss": "itc_itm", "optimizer": "adamw", "lr": 5e-6, "weight_decay": 0.05,
-                 "schedule": "cosine", "warmup_steps": 0, "epochs": 6, "batch_size": 16, "max_length": 35, "select_metric": "val_r1"},
-    # ICCV 2023 workshop (ciodar/cultural-heritage-diffaug): LM loss, AdamW 5e-5, wd 0, cosine with
-    # 500 warm-up steps, batch 8, 10 epochs, beams 4, keep the best CIDEr. Set family to git- or blip-captioner.
-    "captioner": {"family": "git-captioner", "loss": "lm", "optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.0,
-                      "schedule": "cosine", "warmup_steps": 500, "epochs": 10, "batch_size": 8, "num_beams": 4,
-                      "max_new_tokens": 100, "select_metric": "cider"},
-}
+
+def _preset_names() -> str:
+    return ", ".join(sorted(families.presets()))
 
 
 class TrainConfig(JobConfig):
     """Everything one fine-tuning run needs; fields are the YAML keys and the CLI flags."""
 
-    preset: str | None = Field(None, description=f"named recipe filling unset keys: {sorted(PRESETS)}")
-    family: Family = Field("longclip", description="model family (decides objective, collation and export)")
+    preset: str | None = Field(None, description="named recipe filling unset keys (each trainable family's "
+                               "presets)", json_schema_extra={"choices": "families:presets"})
+    family: TrainFamily = Field("longclip", description="model family (decides objective, collation and export)")
     model: str = Field(..., description="checkpoint: hub id, local folder/file or s3:// URI")
     stretch: bool = Field(False, description="longclip: stretch a 77-token CLIP to 248 positions (KPS)")
     corpus: str = Field(..., description="corpus URI (artworks/ + texts/ tables)")
@@ -100,21 +84,29 @@ class TrainConfig(JobConfig):
     num_beams: int = 4
     max_new_tokens: int = 40
     num_workers: int = 2
-    use_gpu: bool = False
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0: CPU training; fractions share a GPU)")
     cpus_per_worker: float = 1.0
     timeout_s: int = Field(600, description="collective timeout: a dead rank fails the run after this")
     max_failures: int = Field(1, description="worker-group restarts from the latest checkpoint")
-    fail_at_step: int | None = Field(None, description="test hook: rank 0 raises once at this step")
+    fail_at_step: int | None = Field(None, description="test hook: rank 0 raises once at this step",
+                                     json_schema_extra={"hidden": True})
     export: bool = Field(True, description="write consolidated fp32 weights of the best checkpoint")
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data):
+        if isinstance(data, dict) and "use_gpu" in data:  # deprecated: a bool before gpus_per_worker
+            data = dict(data)
+            use_gpu = data.pop("use_gpu")
+            warnings.warn("TrainConfig: use_gpu is deprecated, set gpus_per_worker (0 = CPU, 1 = one GPU per "
+                          "worker)", DeprecationWarning, stacklevel=2)
+            log.warning("train config: use_gpu is deprecated; use gpus_per_worker (0 = CPU, 1 = one GPU per worker)")
+            data.setdefault("gpus_per_worker", 1 if use_gpu else 0)
         if isinstance(data, dict) and data.get("preset") is not None:
-            name = data["preset"]
-            if name not in PRESETS:
-                raise ValueError(f"unknown preset {name!r}: use one of {sorted(PRESETS)}")
-            data = {**PRESETS[name], **data}
+            name, table = data["preset"], families.presets()
+            if name not in table:
+                raise ValueError(f"unknown preset {name!r}: use one of {_preset_names()}")
+            data = {**table[name], **data}
         return data
 
     @model_validator(mode="after")
@@ -127,10 +119,16 @@ class TrainConfig(JobConfig):
         if self.checkpoint_every == 0 and self.export:
             raise ValueError("checkpoint_every: 0 writes no checkpoint, so there is nothing to export: "
                              "set export: false, or checkpoint_every: 1")
-        if self.family == "cnclip" and self.context_length and self.context_length > 512:
-            raise ValueError("cnclip context_length is at most 512 (the text tower's positions)")
+        check = getattr(families.get(self.family), "check_train_config", None)  # optional family hook
+        if check is not None:
+            check(self)
         return self
 
     @property
     def is_retrieval(self) -> bool:
-        return self.family in ("longclip", "cnclip", "blip-retrieval")
+        return families.get(self.family).kind == "retrieval"
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether workers train on GPUs (``gpus_per_worker`` > 0); Ray Train's ``use_gpu``."""
+        return self.gpus_per_worker > 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 import torch
 from torch import nn
@@ -70,23 +69,19 @@ def make_optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimizer
 
 
 def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    """constant / cosine with linear warm-up / one-cycle (max lr = cfg.lr, linear anneal)."""
+    """constant or cosine, each after a linear warm-up (transformers' schedules), or one-cycle
+    (torch's, max lr = cfg.lr, linear anneal)."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
     total_steps = max(1, total_steps)
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps + 1,
                                                    pct_start=cfg.pct_start, anneal_strategy="linear",
                                                    cycle_momentum=False)
     warmup = min(cfg.warmup_steps, total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if cfg.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
 def initialize(cfg: TrainConfig, module: nn.Module, world_size: int, total_steps: int, rank: int = 0):

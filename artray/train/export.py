@@ -17,9 +17,9 @@ import tempfile
 import torch
 
 from artray import storage
+from artray.models.pretrained import from_pretrained
 from artray.models.resolve import resolve_model_path
-from artray.models.weights import pretrained_kwargs
-from artray.train.loop import CKPT_TAG, STATE_FILE
+from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
 
 def consolidated_state_dict(ckpt_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -50,7 +50,7 @@ def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, 
     """The trained ``model.*`` weights (+ `extra`) in the run's base checkpoint, saved with its processor as a
     ``save_pretrained`` folder (safetensors) at `out_dir`: what the family's artray loader reads."""
     path = resolve_model_path(cfg.model, cfg.storage_options())
-    model = model_cls.from_pretrained(path, dtype=torch.float32, **pretrained_kwargs(path))
+    model = from_pretrained(model_cls, path)
     sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict({**sd, **(extra or {})}, strict=False)
     if missing or unexpected:
@@ -60,14 +60,14 @@ def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, 
     return out_dir
 
 
-def export_checkpoint(checkpoint, cfg, family_cls) -> str:
+def export_checkpoint(checkpoint, cfg, trainer_cls) -> str:
     """Consolidate a Ray Train checkpoint and write the family's export under ``<output>/<name>/export``."""
     dest = storage.join(cfg.output, cfg.name, "export")
     with checkpoint.as_directory() as d:
         sd = consolidated_state_dict(d, cfg.zero_stage)
     local = dest if not storage.is_s3(dest) else tempfile.mkdtemp(prefix="artray-export-")
     try:
-        path = family_cls.export(cfg, sd, local)
+        path = trainer_cls.export(cfg, sd, local)
         if storage.is_s3(dest):
             for name in sorted(os.listdir(local)):
                 with open(os.path.join(local, name), "rb") as f:

@@ -80,11 +80,8 @@ def _load_state_dict(cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return longclip_state_dict_from_clip(sd)
 
 
-class LongClipFamily:
-    """Long-CLIP: 248-token open_clip CLIP; `longclip` (long + PCM short) or `infonce` loss."""
-
-    name = "longclip"
-    retrieval = True
+class LongClipTrainer:
+    """Long-CLIP's training hooks: 248-token open_clip CLIP; `longclip` (long + PCM short) or `infonce` loss."""
 
     def __init__(self, cfg: TrainConfig):
         import open_clip

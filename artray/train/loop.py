@@ -19,20 +19,8 @@ import time
 
 import torch
 
-CKPT_TAG = "ds"
-STATE_FILE = "train_state.json"
-
-
-def _images(blobs: list[bytes], max_pixels: int):
-    """Decoded training images; the decompression-bomb limit is checked from each header first."""
-    from artray.images import decode
-
-    return [decode(b, max_pixels) for b in blobs]
-
-
-def _to_device(batch: dict, device, dtype) -> dict:
-    return {k: (v if not torch.is_tensor(v) else v.to(device, dtype) if v.is_floating_point() else v.to(device))
-            for k, v in batch.items()}
+from artray.train.batches import to_device
+from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
 
 def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: bool, dtype) -> list[float]:
@@ -54,7 +42,7 @@ def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: b
                                        local_shuffle_seed=cfg.seed + state["epoch"])
     for inputs, rows, variants in batches:
         variants_seen += variants
-        loss = family.loss(engine(**_to_device(inputs, engine.device, dtype)))
+        loss = family.loss(engine(**to_device(inputs, engine.device, dtype)))
         engine.backward(loss)
         engine.step()
         losses.append(loss.detach())
@@ -93,22 +81,22 @@ def wants_checkpoint(cfg, state: dict, stop: bool) -> bool:
 def train_loop_per_worker(loop_config: dict) -> list[dict]:
     """Ray Train entry: `loop_config` = {"cfg": TrainConfig dump, "steps_per_epoch": optimizer steps}.
     Returns every epoch's metrics (the run's, restored epochs included)."""
-    if not loop_config["cfg"].get("use_gpu"):
+    if not loop_config["cfg"].get("gpus_per_worker"):
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import shutil
 
     import ray.train
 
+    from artray.families import trainer_class
     from artray.train.config import TrainConfig
     from artray.train.engine import deepspeed_config, initialize
-    from artray.train.families import make_family
     from artray.train.validate import validate
 
     cfg = TrainConfig.model_validate(loop_config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
-    family = make_family(cfg)
+    family = trainer_class(cfg.family)(cfg)
     module = family.build_module()
     epochs_total = cfg.epochs * loop_config["steps_per_epoch"]
     total_steps = min(epochs_total, cfg.max_steps) if cfg.max_steps else epochs_total

@@ -1,5 +1,5 @@
-"""Contrastive losses shared by the CLIP-like families: symmetric InfoNCE over all workers' batches,
-Long-CLIP's primary-component matching, and in-batch recall for validation."""
+"""Contrastive losses shared by the CLIP-like families: symmetric InfoNCE over all workers' batches and
+Long-CLIP's primary-component matching. (Validation recall uses :mod:`artray.evaluate.retrieval_metrics`.)"""
 
 from __future__ import annotations
 
@@ -53,25 +53,3 @@ def pca_reconstruct(x: torch.Tensor, dim: int) -> torch.Tensor:
 def first_sentence(caption: str) -> str:
     """Long-CLIP's short caption: the text before the first '. '."""
     return caption.split(". ")[0]
-
-
-@torch.no_grad()
-def recall_at_k(text_emb: torch.Tensor, image_emb: torch.Tensor, relevant: list[set[int]], k: int = 1) -> float:
-    """Text→image R@k: the fraction of texts with a relevant image among the k best by cosine."""
-    sims = F.normalize(text_emb.float(), dim=-1) @ F.normalize(image_emb.float(), dim=-1).T
-    top = sims.topk(min(k, sims.shape[1]), dim=1).indices.tolist()
-    return sum(1 for row, rel in zip(top, relevant) if set(row) & rel) / max(1, len(relevant))
-
-
-@torch.no_grad()
-def image_to_text_recall(text_emb: torch.Tensor, image_emb: torch.Tensor, relevant: list[set[int]],
-                         k: int = 1) -> float:
-    """Image→text R@k: an image counts when one of its texts is among its k best texts."""
-    sims = F.normalize(image_emb.float(), dim=-1) @ F.normalize(text_emb.float(), dim=-1).T
-    texts_of: dict[int, set[int]] = {}
-    for t, rel in enumerate(relevant):
-        for i in rel:
-            texts_of.setdefault(i, set()).add(t)
-    top = sims.topk(min(k, sims.shape[1]), dim=1).indices.tolist()
-    hits = [bool(set(top[i]) & texts_of[i]) for i in texts_of]
-    return sum(hits) / max(1, len(hits))

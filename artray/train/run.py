@@ -45,11 +45,14 @@ def _run_config(cfg: TrainConfig):
 
 
 def best_checkpoint(result, metric: str):
-    """(checkpoint, metrics) with the best `metric` among the kept ones (ties → the later one)."""
+    """(checkpoint, metrics) with the best `metric` among the kept ones (Ray Train's
+    ``Result.get_best_checkpoint``; ties → the later one)."""
     if not result.best_checkpoints:
         raise RuntimeError("the run reported no checkpoint: nothing to export (did it train at least one epoch?)")
-    sign = 1 if MAXIMISE[metric] else -1
-    return max(enumerate(result.best_checkpoints), key=lambda im: (sign * im[1][1][metric], im[0]))[1]
+    best = result.get_best_checkpoint(metric, "max" if MAXIMISE[metric] else "min")
+    score = next(m[metric] for c, m in result.best_checkpoints if c.path == best.path)
+    # equal scores: the later checkpoint (more training for the same validation score)
+    return [(c, m) for c, m in result.best_checkpoints if m[metric] == score][-1]
 
 
 def run_train(cfg: TrainConfig) -> dict:
@@ -59,10 +62,10 @@ def run_train(cfg: TrainConfig) -> dict:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from artray.train.export import export_checkpoint
-    from artray.train.families import family_class
+    from artray.families import trainer_class
     from artray.train.loop import train_loop_per_worker
 
-    family_cls = family_class(cfg.family)
+    trainer_cls = trainer_class(cfg.family)
     datasets, n_train = _datasets(cfg)
     per_worker = n_train // cfg.num_workers
     if per_worker == 0:
@@ -74,9 +77,10 @@ def run_train(cfg: TrainConfig) -> dict:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo", timeout_s=cfg.timeout_s),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.uses_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                           **({"GPU": cfg.gpus_per_worker} if cfg.uses_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if cfg.uses_gpu else "gloo", timeout_s=cfg.timeout_s),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=_run_config(cfg),
@@ -93,7 +97,7 @@ def run_train(cfg: TrainConfig) -> dict:
     checkpoint, metrics = best_checkpoint(result, cfg.select_metric)
     out.update(best_metrics=metrics, best_checkpoint=checkpoint.path)
     if cfg.export:
-        out["export"] = export_checkpoint(checkpoint, cfg, family_cls)
+        out["export"] = export_checkpoint(checkpoint, cfg, trainer_cls)
         log.info("exported %s (best %s=%s)", out["export"], cfg.select_metric, metrics[cfg.select_metric])
     print(f"[train] {cfg.family} {cfg.name}: best {cfg.select_metric}={metrics.get(cfg.select_metric)} "
           f"→ checkpoint {out['best_checkpoint']}, export {out['export']}")

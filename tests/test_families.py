@@ -1,0 +1,174 @@
+"""The model-family registry: every family keeps the contract, and one new module plus one registration is
+all a family needs to appear in the CLI's choices, the training presets, evaluation, serving and the report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from artray import families
+from artray.families.base import missing_parts
+
+# A throwaway retrieval family: the tiny open_clip checkpoint under another name, with a preset of its own,
+# a reranker set, a context length, checkpoint sniffing (a ``.toy`` marker file beside the weights) and a
+# tiny builder. It is registered at run time from a module written into a temp folder; no artray file changes.
+TOY_MODULE = '''
+from pathlib import Path
+
+from artray.families.open_clip import OpenClipEncoder, load_open_clip
+
+
+class ToyFamily:
+    name = "toyclip"
+    kind = "retrieval"
+    description = "a throwaway CLIP family for the registry test"
+    presets = {"toy-recipe": {"loss": "infonce", "lr": 3e-4, "epochs": 2}}
+    context_length = 33
+    rerankers = frozenset({"laclip"})
+    trainer = "artray.train.longclip:LongClipTrainer"
+    tiny = {"toy-clip": "artray.scaffold.tiny.clip:build"}
+
+    def load(self, checkpoint, device="cpu", dtype=None, storage_options=None):
+        return load_open_clip(checkpoint, device, dtype, storage_options)
+
+    def load_encoder(self, checkpoint, device="cpu", dtype=None, storage_options=None):
+        return OpenClipEncoder(self.name, checkpoint, self.load(checkpoint, device, dtype, storage_options))
+
+    def sniff(self, path: Path) -> bool:
+        return path.with_suffix(".toy").exists()
+
+
+TOY = ToyFamily()
+'''
+
+
+@pytest.fixture
+def toy_family(tmp_path, monkeypatch):
+    (tmp_path / "toy_family_module.py").write_text(TOY_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    families.register("toyclip", "toy_family_module:TOY", aliases=("toy-clip-alias",))
+    yield "toyclip"
+    families.unregister("toyclip")
+    sys.modules.pop("toy_family_module", None)
+
+
+def check_every_registered_family() -> None:
+    for name in families.names():
+        family = families.get(name)
+        assert family.name == name and missing_parts(family) == [], (name, missing_parts(family))
+        if family.trainer:  # the training hooks it names exist and can export
+            assert callable(getattr(families.trainer_class(name), "export"))
+
+
+def test_every_registered_family_keeps_the_contract():
+    check_every_registered_family()
+    assert families.names() == ["longclip", "cnclip", "blip", "blip-captioner", "git-captioner", "open_clip", "hf_clip"]
+    assert families.names("retrieval") == ["longclip", "cnclip", "blip", "open_clip", "hf_clip"]
+    assert families.names("train") == ["longclip", "cnclip", "blip", "blip-captioner", "git-captioner"]
+    assert sorted(families.presets()) == ["blip", "captioner", "cnclip", "infonce", "longclip"]
+    assert families.get("blip-retrieval") is families.get("blip")  # the old spelling still names BLIP
+
+
+def test_an_incomplete_family_is_refused_with_what_it_lacks():
+    class Half:
+        name, kind, description = "half", "retrieval", "no presets, no sniffing"
+        context_length, rerankers, trainer, tiny = 77, frozenset({"laclip", "magic"}), None, {}
+
+        def load(self, *a):
+            return None
+
+        def load_encoder(self, *a):
+            return None
+
+    problems = missing_parts(Half())
+    assert "no `presets`" in problems and "no `sniff()` method" in problems
+    Half.presets, Half.sniff = {}, lambda self, path: False
+    assert missing_parts(Half()) == ["unknown rerankers ['magic'] (known: ('laclip', 'itm'))"]
+    families.register("half", Half())
+    try:  # registered anyway: the first use names what is wrong, and the contract test above fails
+        with pytest.raises(families.IncompleteFamilyError, match=r"'half'.*unknown rerankers \['magic'\]"):
+            families.get("half")
+        with pytest.raises(families.IncompleteFamilyError):
+            check_every_registered_family()
+    finally:
+        families.unregister("half")
+
+
+def test_unknown_family_names_the_registered_ones():
+    with pytest.raises(families.UnknownFamilyError, match="unknown encoder family 'siglip': use one of longclip, "):
+        families.get("siglip", kind="retrieval")
+    with pytest.raises(families.UnknownFamilyError, match="unknown trainable family 'hf_clip'"):
+        families.get("hf_clip", kind="train")
+
+
+def test_reading_the_registry_imports_no_model_library():
+    code = ("import sys, artray.families as f; f.names('retrieval'); f.presets(); f.choices('train'); "
+            "print(sorted(m for m in ('torch', 'ray', 'transformers', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_family_registered_at_run_time_reaches_cli_presets_evaluation_and_serving(toy_family, tiny_models, tmp_path):
+    from artray.cli import build_parser
+    from artray.config import config_from_args
+    from artray.encoders import load_encoder
+    from artray.evaluate.report import ReportConfig
+    from artray.evaluate.retrieval import ModelSpec, check_family
+    from artray.evaluate.retrieval_embed import RetrievalEvalError
+    from artray.scaffold.tiny import builders
+    from artray.serve.rerank import unsupported
+    from artray.stages.embed import EmbedConfig
+    from artray.train.config import TrainConfig
+
+    # CLI: the flags' choices come from the registry when the parser is built.
+    parser = build_parser()
+    args = parser.parse_args(["train", "--family", "toy-clip-alias", "--preset", "toy-recipe", "--model", "m",
+                              "--corpus", "c", "--output", "o"])
+    cfg = config_from_args(TrainConfig, args)
+    assert (cfg.family, cfg.loss, cfg.lr, cfg.epochs, cfg.is_retrieval) == ("toyclip", "infonce", 3e-4, 2, True)
+    assert parser.parse_args(["embed", "--family", "toyclip"]).cfg_family == "toyclip"
+    with pytest.raises(SystemExit):  # a captioner is no encoder: not among embed's choices
+        parser.parse_args(["embed", "--family", "git-captioner"])
+    assert EmbedConfig(input="i", output="o", family="toyclip", checkpoint="x").family == "toyclip"
+
+    # Evaluation: the spec validates, the family's own sniffing refuses another family's checkpoint, ITM is
+    # refused (not among its rerankers), and its encoder loads through the shared entry point.
+    assert ModelSpec(name="t", family="toyclip", checkpoint="x").family == "toyclip"
+    weights = tmp_path / "toy.safetensors"
+    weights.write_bytes(open(tiny_models["clip-77"], "rb").read())
+    (tmp_path / "toy.toy").write_text("")
+    check_family("toyclip", str(weights))
+    with pytest.raises(RetrievalEvalError, match=r"is a \S*toyclip\S* checkpoint, not blip"):
+        check_family("blip", str(weights))
+    with pytest.raises(RetrievalEvalError, match="ITM re-ranking needs"):
+        check_family("toyclip", str(weights), itm=True)
+    enc = load_encoder("toyclip", str(weights), device="cpu")
+    vectors = enc.encode_texts(["a red circle", "a blue square"])
+    assert enc.identity()["family"] == "toyclip" and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+    # Serving, report and scaffolding read the same object.
+    assert unsupported("laclip", "toyclip") is None and "needs a BLIP" in unsupported("itm", "toyclip")
+    assert ReportConfig(output="r.html").context_lengths["toyclip"] == 33
+    assert builders()["toy-clip"] == "artray.scaffold.tiny.clip:build"
+
+    families.unregister("toyclip")  # and gone again: the same flag is refused
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--family", "toyclip"])
+
+
+def test_train_config_takes_gpus_per_worker_and_the_deprecated_use_gpu():
+    from artray.train.config import TrainConfig
+
+    base = {"model": "m", "corpus": "c", "output": "o"}
+    assert TrainConfig(**base).gpus_per_worker == 0 and not TrainConfig(**base).uses_gpu
+    assert TrainConfig(**base, gpus_per_worker=0.5).uses_gpu
+    with pytest.warns(DeprecationWarning, match="use_gpu is deprecated"):
+        cfg = TrainConfig(**base, use_gpu=True)
+    assert cfg.gpus_per_worker == 1 and cfg.uses_gpu
+    assert TrainConfig(**base, preset="blip", family="blip-retrieval").family == "blip"
+    with pytest.raises(ValueError, match="unknown preset 'nope': use one of blip, captioner, cnclip"):
+        TrainConfig(**base, preset="nope")
+
