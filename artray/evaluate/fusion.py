@@ -76,9 +76,12 @@ def _ranx_run(run: dict, name: str):
 def fuse_rrf(runs: dict[str, dict], name: str = "rrf", k: int = 60, norm: str | None = "min-max") -> dict:
     """Reciprocal rank fusion (ranx ``fuse(method="rrf")``): score = Σ 1 / (k + rank), over the
     runs holding the item. `norm` is ranx's (min-max, as jcgohr/artwork-caption-gen passes; it
-    keeps each run's order, so RRF's ranks are the same)."""
+    keeps each run's order, so RRF's ranks are the same). A query missing from a run counts as
+    an empty result list of that run."""
     from ranx import fuse
 
+    queries = list(dict.fromkeys(q for r in runs.values() for q in r))  # ranx fuses runs of the same queries only
+    runs = {n: {q: r.get(q, {}) for q in queries} for n, r in runs.items()}
     fused = fuse([_ranx_run(r, n) for n, r in runs.items()], norm=norm, method="rrf", params={"k": k})
     return {q: dict(items) for q, items in fused.to_dict().items()}
 
