@@ -230,8 +230,8 @@ def _evaluate_runs(cfg, qs_name: str, d: _QueryData, run_sims: dict[str, dict], 
             sim = sims[direction][keep]
             rm.check_finite(sim)
             run = rm.run_dict(sim, [qids[q] for q in keep], gids, cfg.run_depth)
-            metrics.setdefault(name, {})[direction] = {
-                **rm.run_metrics(run, qrels[direction], _depth(cfg, len(gids))), "left_out_no_relevant": len(rel) - len(keep)}
+            metrics.setdefault(name, {})[direction] = {**rm.run_metrics(run, qrels[direction], _depth(cfg, len(gids))),
+                                                       "left_out_no_relevant": len(rel) - len(keep)}
             runs.setdefault(direction, {})[name] = run
             storage.write_bytes_atomic(storage.join(cfg.output, "runs", qs_name, direction, f"{name}.trec"),
                                        fusion.to_trec(run, name).encode(), opts)

@@ -132,7 +132,8 @@ def cut_run(run: Mapping[str, Mapping[str, float]], depth: int) -> dict:
     return {q: {doc: float(items[doc]) for doc in ranked_items(items, depth)} for q, items in run.items()}
 
 
-def run_ranks(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, float]], depth: int) -> np.ndarray:
+def run_ranks(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, float]],
+              depth: int) -> np.ndarray:
     """Per qrels query (in qrels order), the 1-based rank of its best-placed relevant item among the
     run's top `depth`, or depth + 1 when none is there (a query absent from the run retrieved nothing).
 
