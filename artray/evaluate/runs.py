@@ -51,7 +51,8 @@ TREC_SUFFIXES = (".trec", ".txt")
 
 
 class RunsEvalConfig(JobConfig):
-    """Config of `artray evaluate runs`: ranx-format run files scored against qrels (no Ray)."""
+    """Config of `artray evaluate runs`: ranx-format run files (RUN.json, or RUN1.json,RUN2.json,… comma-separated)
+    scored against qrels or --qrels-self; one process, no Ray."""
 
     runs: list[str] = Field(min_length=1, description="run files (ranx JSON {query: {doc: score}}, or TREC "
                             ".trec/.txt), local or s3://; on the command line several are comma-separated")
