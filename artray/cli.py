@@ -45,6 +45,8 @@ RAY_JOBS = [
      "artray.evaluate.caption_metrics:run_caption_metrics", (), "BLEU/METEOR/ROUGE-L/CIDEr/SPICE/BERTScore of two caption sources"),
     (("evaluate", "retrieval"), "artray.evaluate.retrieval:RetrievalEvalConfig",
      "artray.evaluate.retrieval:run_retrieval_eval", (), "R@K/MRR/MR of checkpoints both ways, ITM, LACLIP, RRF fusion, significance"),
+    (("evaluate", "runs"), "artray.evaluate.runs:RunsEvalConfig", "artray.evaluate.runs:run_runs_eval", ("runs",),
+     "P@1/MRR/R@K/ranks of ranx-format run files (JSON {query: {doc: score}}), RRF fusion, significance"),
     (("report",), "artray.evaluate.report:ReportConfig", "artray.evaluate.report:run_report", (),
      "one self-contained HTML report of retrieval metrics, captions and augmentation"),
     (("train",), "artray.train.config:TrainConfig", "artray.train.run:run_train", (),
@@ -60,7 +62,7 @@ RAY_JOBS = [
 
 # Jobs that run in one process and need no Ray cluster (so they have no --address).
 LOCAL_JOBS = {"artray.evaluate.caption_metrics:run_caption_metrics", "artray.index.build:build_index",
-              "artray.serve.client:run_search", "artray.evaluate.report:run_report"}
+              "artray.serve.client:run_search", "artray.evaluate.report:run_report", "artray.evaluate.runs:run_runs_eval"}
 
 
 def _load(ref: str):

@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from artray.errors import UserError
+from artray.jsonio import dumps_strict
 
 
 class StorageError(UserError, RuntimeError):
@@ -198,7 +199,8 @@ def read_parquet(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: l
 
 
 def write_json_atomic(uri: str, obj: object, options: StorageOptions = DEFAULT_OPTIONS) -> None:
-    payload = json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False, default=str) + "\n"
+    """Write `obj` as strict JSON (`artray.jsonio`: NaN and ±Infinity become null)."""
+    payload = dumps_strict(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
     write_bytes_atomic(uri, payload.encode("utf-8"), options)
 
 

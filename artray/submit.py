@@ -36,6 +36,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "train": ("jobs/train.py", ()),
     "evaluate-captions": ("jobs/evaluate.py", ("captions",)),
     "evaluate-retrieval": ("jobs/evaluate.py", ("retrieval",)),
+    "evaluate-runs": ("jobs/evaluate.py", ("runs",)),
     "embed": ("jobs/embed.py", ()),
     "index": ("jobs/index.py", ()),
 }

@@ -1,6 +1,6 @@
 """`ray job submit --working-dir . -- python jobs/evaluate.py captions --config jobs/configs/evaluate-captions.yaml`
 
-The first argument is the `artray evaluate` sub-command: `captions` or `retrieval`.
+The first argument is the `artray evaluate` sub-command: `captions`, `retrieval` or `runs`.
 """
 
 import sys

@@ -358,8 +358,8 @@ def _command_for(stem: str) -> tuple[str, ...] | None:
     if stem.startswith("train-"):
         return ("train",)
     return {"ingest": ("corpus", "ingest"), "index": ("index", "build"),
-            "evaluate-captions": ("evaluate", "captions"), "evaluate-retrieval": ("evaluate", "retrieval")
-            }.get(stem, (stem,))
+            "evaluate-captions": ("evaluate", "captions"), "evaluate-retrieval": ("evaluate", "retrieval"),
+            "evaluate-runs": ("evaluate", "runs")}.get(stem, (stem,))
 
 
 CONFIGS = sorted((REPO / "jobs/configs").glob("*.yaml"))

@@ -10,11 +10,13 @@ from artray.evaluate import fusion
 from artray.evaluate.retrieval_metrics import (
     RANX_EQUIVALENTS,
     RetrievalInputError,
+    cut_run,
     first_relevant_ranks,
     mean_recall,
     qrels_dict,
     retrieval_metrics,
     run_dict,
+    run_metrics,
 )
 
 # 3 images, 5 texts; texts 0,1 describe image 0, texts 2,3 image 1, text 4 image 2.
@@ -121,3 +123,21 @@ def test_fusion_and_significance_match_ranx(many_to_many):
             for beaten in entry["beats"][m]:
                 assert entry["p_values"][beaten][m] < 0.05
                 assert entry["scores"][m] > sig["runs"][beaten]["scores"][m]
+
+
+def test_depth_cut_single_and_fused_runs_score_alike(many_to_many):
+    """`evaluate retrieval` with run_depth > 0: single and fused runs go through `run_metrics` at the same
+    depth, so a relevant item past it is rank depth+1 (finite), never Infinity, for both."""
+    sim, t2i, _, tids, iids = many_to_many
+    qrels = qrels_dict(tids, iids, t2i)
+    other = sim + np.random.default_rng(2).normal(scale=0.7, size=sim.shape)
+    runs = {"a": run_dict(sim, tids, iids, 5), "b": run_dict(other, tids, iids, 5)}
+    runs["rrf"] = cut_run(fusion.fuse_rrf(runs), 5)
+    full = retrieval_metrics(sim, t2i)
+    for name, run in runs.items():
+        m = run_metrics(run, qrels, 5)
+        assert np.isfinite(m["median_rank"]) and m["mean_rank"] <= 6 and m["not_retrieved"] > 0, name
+    a = run_metrics(runs["a"], qrels, 5)
+    assert a["R@1"] == full["R@1"] and a["R@5"] == full["R@5"] and a["P@1"] == full["P@1"]
+    assert a["MRR"] <= full["MRR"] and a["R@10"] == a["R@5"]  # nothing past the depth counts
+    assert run_metrics(run_dict(sim, tids, iids, 0), qrels, len(iids)) == {**full, "depth": 40, "not_retrieved": 0}

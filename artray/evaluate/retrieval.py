@@ -2,10 +2,13 @@
 
 For each model (BLIP ITC, Long-CLIP, Chinese-CLIP, open_clip, HF CLIP) the gallery and the
 queries are embedded on Ray Data (`artray.evaluate.retrieval_embed`), every query is scored
-against the whole gallery, and R@1/5/10, MRR, P@1 and the median rank are computed on the
-full similarity matrix (`retrieval_metrics`). Optional re-scorings add runs of their own:
+against the whole gallery, and R@1/5/10, MRR, P@1 and the median/mean rank are computed on
+each run's top `run_depth` items (`retrieval_metrics.run_metrics`; 0: the whole gallery, exact
+ranks). Optional re-scorings add runs of their own:
 BLIP ITM re-ranking of the top `itm_k` (``<model>+itm``) and LACLIP (``<model>+laclip``).
-`fusions` add reciprocal-rank-fused runs, and every pair of runs of a query set and
+`fusions` add reciprocal-rank-fused runs (of the depth-cut runs, cut to the same depth), scored
+by the same function at the same depth as single runs: a relevant item past the depth counts as
+not retrieved (reciprocal rank 0, rank depth + 1). Every pair of runs of a query set and
 direction gets ranx's paired significance test.
 
 A *query set* is the corpus's own texts of the split, or the captions/queries one captioner
@@ -75,11 +78,7 @@ class QuerySet(BaseModel):
     exclude_flags: list[str] = Field(default_factory=lambda: ["refusal", "loop", "empty"])
 
 
-class FusionSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=NAME_PATTERN)
-    runs: list[str] = Field(min_length=2, description="run names (a model name, or <model>+itm / +laclip)")
-    k: int = Field(60, ge=1, description="RRF constant")
+FusionSpec = fusion.FusionSpec  # one RRF fusion of named runs (shared with `evaluate runs`)
 
 
 class RetrievalEvalConfig(JobConfig):
@@ -227,22 +226,19 @@ def _evaluate_runs(cfg, qs_name: str, d: _QueryData, run_sims: dict[str, dict], 
                                    fusion.qrels_trec(qrels[direction]).encode(), opts)
         for name, sims in run_sims.items():
             sim = sims[direction][keep]
-            metrics.setdefault(name, {})[direction] = {
-                **rm.retrieval_metrics(sim, [rel[q] for q in keep]), "left_out_no_relevant": len(rel) - len(keep)}
+            rm.check_finite(sim)
             run = rm.run_dict(sim, [qids[q] for q in keep], gids, cfg.run_depth)
+            metrics.setdefault(name, {})[direction] = {**rm.run_metrics(run, qrels[direction], _depth(cfg, len(gids))),
+                                                       "left_out_no_relevant": len(rel) - len(keep)}
             runs.setdefault(direction, {})[name] = run
             storage.write_bytes_atomic(storage.join(cfg.output, "runs", qs_name, direction, f"{name}.trec"),
                                        fusion.to_trec(run, name).encode(), opts)
     return metrics, runs, qrels
 
 
-def _ranks_of_run(run: dict, qrels: dict) -> np.ndarray:
-    """Rank of each query's first relevant item in a (possibly truncated) run; inf when absent."""
-    ranks = []
-    for q, rel in qrels.items():
-        ordered = sorted(run.get(q, {}).items(), key=lambda kv: -kv[1])
-        ranks.append(next((r for r, (doc, _) in enumerate(ordered, 1) if doc in rel), np.inf))
-    return np.asarray(ranks, np.float64)
+def _depth(cfg: RetrievalEvalConfig, gallery: int) -> int:
+    """The depth every run of a direction is scored at: `run_depth`, or the whole gallery (0 or more)."""
+    return min(cfg.run_depth, gallery) if cfg.run_depth > 0 else gallery
 
 
 def run_retrieval_eval(cfg: RetrievalEvalConfig) -> dict:
@@ -295,12 +291,13 @@ def run_retrieval_eval(cfg: RetrievalEvalConfig) -> dict:
     for qs_name in results:
         for f in cfg.fusions:
             for direction, runs in all_runs[qs_name].items():
-                fused = fusion.fuse_rrf({r: runs[r] for r in f.runs}, f.name, f.k)
+                depth = max(len(items) for r in f.runs for items in runs[r].values())  # the runs' depth
+                fused = rm.cut_run(fusion.fuse_rrf({r: runs[r] for r in f.runs}, f.name, f.k), depth)
                 runs[f.name] = fused
                 storage.write_bytes_atomic(storage.join(cfg.output, "runs", qs_name, direction, f"{f.name}.trec"),
                                            fusion.to_trec(fused, f.name).encode(), opts)
-                results[qs_name].setdefault(f.name, {})[direction] = rm.metrics_from_ranks(
-                    _ranks_of_run(fused, all_qrels[qs_name][direction]))
+                results[qs_name].setdefault(f.name, {})[direction] = rm.run_metrics(
+                    fused, all_qrels[qs_name][direction], depth)
         for name, per in results[qs_name].items():
             if all(d in per for d in DIRECTIONS):
                 per["MR"] = rm.mean_recall(per["t2i"], per["i2t"])
