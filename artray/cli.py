@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
+import typing
 
 log = logging.getLogger("artray")
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+    from artray.jsonio import dumps_strict
+
+    print(dumps_strict(obj, indent=2, ensure_ascii=False))
 
 
 def _cmd_import(args) -> int:
@@ -73,7 +75,8 @@ def _load(ref: str):
 def _run_job(args) -> int:
     from artray.config import config_from_args
 
-    cfg = config_from_args(_load(args.config_ref), args, {name: getattr(args, name) for name in args.positionals})
+    given = {name: getattr(args, name) for name in args.positionals}
+    cfg = config_from_args(_load(args.config_ref), args, {k: v for k, v in given.items() if v not in (None, [])})
     if args.runner not in LOCAL_JOBS:
         from artray.runtime import init_ray
 
@@ -118,8 +121,10 @@ def _job_arguments(config_ref: str, runner: str, positionals: tuple[str, ...]):
 
         config_cls = _load(config_ref)
         p.description = (config_cls.__doc__ or "").strip()
-        for name in positionals:
-            p.add_argument(name, nargs="?", help=f"{name} URI (or set it in --config)")
+        for name in positionals:  # a list field takes several (`artray evaluate runs A.json B.json`)
+            many = typing.get_origin(config_cls.model_fields[name].annotation) is list
+            p.add_argument(name, nargs="*" if many else "?",
+                           help=f"{name} URI{'s' if many else ''} (or set {'them' if many else 'it'} in --config)")
         if runner not in LOCAL_JOBS:
             p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
         add_config_arguments(p, config_cls, skip=positionals)

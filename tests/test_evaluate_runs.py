@@ -138,7 +138,7 @@ def test_cli_end_to_end_fusion_significance_strict_json(tmp_path, capsys):
                                         "4": {"4": 1.0}})
     same = _write(tmp_path / "longclip-copy.json", HAND_RUN)
     out = tmp_path / "eval"
-    assert main(["evaluate", "runs", f"{a},{b},{same}", "--qrels-self", "--fuse", "--output", str(out)]) == 0
+    assert main(["evaluate", "runs", a, f"{b},{same}", "--qrels-self", "--fuse", "--output", str(out)]) == 0
     summary = _strict_loads((out / "summary.json").read_text())
     assert set(summary["metrics"]) == {"longclip", "blip", "longclip-copy", "rrf"}
     assert summary["depth"] == 3 and summary["metrics"]["longclip"]["mean_rank"] == pytest.approx(11 / 4)

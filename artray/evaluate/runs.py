@@ -51,11 +51,11 @@ TREC_SUFFIXES = (".trec", ".txt")
 
 
 class RunsEvalConfig(JobConfig):
-    """Config of `artray evaluate runs`: ranx-format run files (RUN.json, or RUN1.json,RUN2.json,… comma-separated)
+    """Config of `artray evaluate runs`: ranx-format run files (RUN.json [RUN2.json …]; comma-separated in one argument works too)
     scored against qrels or --qrels-self; one process, no Ray."""
 
     runs: list[str] = Field(min_length=1, description="run files (ranx JSON {query: {doc: score}}, or TREC "
-                            ".trec/.txt), local or s3://; on the command line several are comma-separated")
+                            ".trec/.txt), local or s3://; on the command line: one or more paths")
     names: list[str] | None = Field(None, description="run names, one per run (default: the file names without "
                                     "extension)")
     qrels: str | None = Field(None, description="qrels file (ranx JSON {query: {doc: relevance}}, or TREC "
@@ -76,8 +76,10 @@ class RunsEvalConfig(JobConfig):
     @field_validator("runs", mode="before")
     @classmethod
     def _split_commas(cls, value):
-        if isinstance(value, str):  # the CLI positional: RUN.json or RUN1.json,RUN2.json
-            return [part.strip() for part in value.split(",") if part.strip()]
+        """The CLI's positionals: RUN1.json RUN2.json, or RUN1.json,RUN2.json in one argument."""
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(v, str) for v in items):
+            return [part.strip() for v in items for part in v.split(",") if part.strip()]
         return value
 
     @model_validator(mode="after")

@@ -12,6 +12,8 @@ DeepSpeed checkpoint on every rank (every ``checkpoint_every`` epochs and the la
 from __future__ import annotations
 
 import json
+
+from artray.jsonio import dumps_strict
 import os
 import random
 import tempfile
@@ -62,7 +64,7 @@ def _save(engine, state: dict, rank: int) -> str:
     engine.save_checkpoint(path, tag=CKPT_TAG)
     if rank == 0:
         with open(os.path.join(path, STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(state, f)
+            f.write(dumps_strict(state))  # a NaN validation loss is written as null
     return path
 
 
