@@ -136,7 +136,7 @@ def _embed_config(cfg: RetrievalEvalConfig, m: ModelSpec) -> EmbedConfig:
     return EmbedConfig(input=cfg.corpus, output=m.embeddings or storage.join(cfg.output, "embeddings", m.name),
                        family=m.family, checkpoint=m.checkpoint, splits=[cfg.split], device=cfg.device,
                        dtype=cfg.dtype, batch_size=cfg.batch_size, actors=cfg.actors,
-                       actor_num_cpus=cfg.actor_num_cpus, s3_endpoint=cfg.s3_endpoint)
+                       cpus_per_actor=cfg.actor_num_cpus, s3_endpoint=cfg.s3_endpoint)
 
 
 def _query_texts(cfg: RetrievalEvalConfig, qs: QuerySet, opts) -> tuple[list[str], list[str], list[list[str]], bool]:
@@ -145,7 +145,7 @@ def _query_texts(cfg: RetrievalEvalConfig, qs: QuerySet, opts) -> tuple[list[str
         t = corpus.read_texts(cfg.corpus, opts)
         t = t.filter(pc.equal(t["split"], cfg.split))
         return t["text_id"].to_pylist(), t["text"].to_pylist(), t["artwork_ids"].to_pylist(), True
-    from artray.stages.caption import read_captions
+    from artray.outputs import read_captions
 
     if corpus.read_manifest(qs.source, opts) is None:
         raise RetrievalEvalError(f"query set {qs.name}: {qs.source} has no {corpus.MANIFEST}: not a finished "
