@@ -8,13 +8,14 @@ A config's fields *are* its YAML keys and its ``--flag`` names, so they never dr
 from __future__ import annotations
 
 import argparse
+import logging
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from artray.errors import UserError
@@ -37,9 +38,26 @@ def _known_splits(value: list[str] | None) -> list[str] | None:
 SplitList = Annotated[list[str] | None, AfterValidator(_known_splits)]
 
 class JobConfig(BaseModel):
-    """Base of every job config: unknown keys are errors, not silently ignored."""
+    """Base of every job config: unknown keys are errors, not silently ignored; renamed keys
+    (`RENAMED`, old → new) are still read, with a warning."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """Accept the old names of renamed keys (with a warning); both old and new is an error."""
+        if not isinstance(data, dict) or not cls.RENAMED:
+            return data
+        data = dict(data)
+        for old, new in cls.RENAMED.items():
+            if old in data and old not in cls.model_fields:
+                if new in data:
+                    raise ValueError(f"{old} is the old name of {new}; give only {new}")
+                logging.getLogger("artray.config").warning("config key %r is deprecated: use %r", old, new)
+                data[new] = data.pop(old)
+        return data
 
     s3_endpoint: str | None = Field(None, description="S3-compatible endpoint URL (default: the AWS environment's)")
 

@@ -79,12 +79,7 @@ class ShardWriter:
 def read_table(dir_uri: str, schema: pa.Schema, options: StorageOptions = DEFAULT_OPTIONS,
                columns: list[str] | None = None) -> pa.Table:
     """All committed shards under `dir_uri` as one table (empty table if none)."""
-    shards = storage.list_files(dir_uri, ".parquet", options)
-    wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
-    if not shards:
-        return wanted.empty_table()
-    tables = [storage.read_parquet(u, options, columns=columns) for u in shards]
-    return pa.concat_tables([t.select(wanted.names).cast(wanted) for t in tables])
+    return storage.read_shards(storage.list_files(dir_uri, ".parquet", options), schema, options, columns)
 
 
 def read_artworks(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: list[str] | None = None) -> pa.Table:
@@ -109,10 +104,9 @@ def write_manifest(uri: str, manifest: dict, options: StorageOptions = DEFAULT_O
 
 def committed_ids(dir_uri: str, column: str, options: StorageOptions = DEFAULT_OPTIONS) -> set[str]:
     """Ids already committed in the shards under `dir_uri` (for resume)."""
-    ids: set[str] = set()
-    for shard in storage.list_files(dir_uri, ".parquet", options):
-        ids.update(storage.read_parquet(shard, options, columns=[column]).column(column).to_pylist())
-    return ids
+    shards = storage.list_files(dir_uri, ".parquet", options)
+    schema = pa.schema([pa.field(column, pa.string())])
+    return set(storage.read_shards(shards, schema, options).column(column).to_pylist())
 
 
 def split_counts(table: pa.Table) -> dict[str, int]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -184,6 +185,12 @@ def write_parquet_atomic(table: pa.Table, uri: str, options: StorageOptions = DE
     write_bytes_atomic(uri, table_to_parquet_bytes(table), options)
 
 
+def _not_parquet(uri: str, exc: Exception) -> StorageError:
+    return StorageError(
+        f"{uri} is not a complete Parquet file ({exc}). artray commits every shard in one step, so something "
+        "else left it (an interrupted copy or streaming writer, another tool): delete it and run again")
+
+
 def read_parquet(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: list[str] | None = None) -> pa.Table:
     fs, path = filesystem(uri, options)
     try:
@@ -191,11 +198,41 @@ def read_parquet(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: l
     except FileNotFoundError as exc:
         raise StorageError(f"{uri} does not exist") from exc
     except pa.ArrowInvalid as exc:  # truncated or not Parquet: never take its rows as committed
-        raise StorageError(
-            f"{uri} is not a complete Parquet file ({exc}). artray commits every shard in one step, so something "
-            "else left it (an interrupted copy or streaming writer, another tool): delete it and run again") from exc
+        raise _not_parquet(uri, exc) from exc
     except OSError as exc:
         raise _wrap(uri, "read", exc) from exc
+
+
+def read_shards(uris: list[str], schema: pa.Schema, options: StorageOptions = DEFAULT_OPTIONS,
+                columns: list[str] | None = None, filter=None) -> pa.Table:
+    """The Parquet shards `uris` (one directory's, as `list_files` gives them) as one table of `schema`.
+
+    One `pyarrow.dataset` over the shards: columns and `filter` (a ``pyarrow.dataset`` expression) are
+    pushed down into the reads, and shards written under an older schema are cast to `schema` (a
+    column they lack reads as nulls). A shard that is not complete Parquet is refused by its URI.
+    """
+    wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+    if not uris:
+        return wanted.empty_table()
+    fs, _ = filesystem(uris[0], options)
+    paths = [filesystem(u, options)[1] for u in uris]
+    try:
+        dataset = pads.dataset(paths, schema=schema, format="parquet", filesystem=fs)
+        return dataset.to_table(columns=wanted.names, filter=filter)
+    except FileNotFoundError as exc:
+        raise StorageError(f"a shard of {dirname(uris[0])} disappeared while it was read ({exc}); is another "
+                           "run writing there? Run again once it has finished") from exc
+    except pa.ArrowInvalid as exc:
+        bad = next((u for u, p in zip(uris, paths) if p in str(exc)), None)
+        if bad is None:
+            raise StorageError(f"could not read the shards under {dirname(uris[0])}: {exc}") from exc
+        raise _not_parquet(bad, exc) from exc
+    except OSError as exc:
+        raise _wrap(dirname(uris[0]), "read", exc) from exc
+
+
+def dirname(uri: str) -> str:
+    return posixpath.dirname(uri.rstrip("/")) if is_s3(uri) else str(Path(uri).parent)
 
 
 def write_json_atomic(uri: str, obj: object, options: StorageOptions = DEFAULT_OPTIONS) -> None:

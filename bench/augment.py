@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(a.rounds):
         cfg = AugmentConfig(input=inp, output=str(work / f"artray-r{rnd}"), model=model, variants=a.variants,
                             steps=a.steps, long_side=a.long_side, batch_size=a.variants,
-                            actor_num_cpus=1.0 if gpu else max(1.0, cpus - 0.75), torch_threads=threads,
-                            num_gpus=None if gpu else 0)
+                            cpus_per_actor=1.0 if gpu else max(1.0, cpus - 0.75), torch_threads=threads,
+                            gpus_per_actor=None if gpu else 0)
         bare_args = {"model": model, "input": inp, "output": str(work / f"bare-r{rnd}"), "variants": a.variants,
                      "steps": a.steps, "long_side": a.long_side, "gpu": gpu, "threads": threads}
         for stale in (cfg.output, bare_args["output"]):  # a kept --workdir must not make artray resume

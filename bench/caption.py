@@ -120,7 +120,8 @@ def _run_bare(args: dict) -> tuple[float, dict, int]:
 
 
 def _run_artray(cfg) -> tuple[float, dict, int]:
-    from artray.stages.caption import read_captions, run_caption
+    from artray.outputs import read_captions
+    from artray.stages.caption import run_caption
 
     with Timer() as t:
         manifest = run_caption(cfg)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = CaptionConfig(input=inp, output=str(work / f"artray-r{rnd}"), model=model, presets=presets,
                             max_new_tokens=a.max_new_tokens, ignore_eos=a.full_size, batch_size=a.batch_size,
                             dtype="float16" if a.full_size else "auto",
-                            actor_num_cpus=1.0 if a.full_size else (cpus - 0.5) / cpus, torch_threads=1)
+                            cpus_per_actor=1.0 if a.full_size else (cpus - 0.5) / cpus, torch_threads=1)
         bare_args = {"model": model, "input": inp, "output": str(work / f"bare-r{rnd}.json"), "presets": presets,
                      "max_new_tokens": a.max_new_tokens, "ignore_eos": a.full_size, "batch_size": a.batch_size,
                      "gpu": a.full_size, "threads": cpus}

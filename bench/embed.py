@@ -94,7 +94,8 @@ def _run_bare(args: dict) -> tuple[float, dict]:
 def _run_artray(cfg) -> tuple[float, dict]:
     import numpy as np
 
-    from artray.stages.embed import read_embeddings, run_embed
+    from artray.outputs import read_embeddings
+    from artray.stages.embed import run_embed
 
     with Timer() as t:
         run_embed(cfg)

@@ -19,7 +19,8 @@ from PIL import Image
 from artray import corpus, storage
 from artray.config import ConfigError, load_config
 from artray.schema import ARTWORK_SCHEMA, VARIANT_SCHEMA
-from artray.stages.augment import VARIANTS, AugmentConfig, AugmentError, run_augment
+from artray.outputs import VARIANTS
+from artray.stages.augment import AugmentConfig, AugmentError, run_augment
 from artray.stages.augment_generate import export_name
 from artray.stages.augment_plan import (
     make_plan,

@@ -15,7 +15,8 @@ from artray.corpora.importer import ImportConfig, import_corpus
 from artray.scaffold.sample_corpora import make_samples
 from artray.scaffold.tiny import make_tiny
 from artray.schema import ARTWORK_SCHEMA, artwork_row
-from artray.stages.caption import PRESETS, CaptionConfig, CaptionError, read_captions, run_caption
+from artray.outputs import read_captions
+from artray.stages.caption import PRESETS, CaptionConfig, CaptionError, run_caption
 from artray.stages.caption_flags import FLAGS, is_loop, is_refusal, quality_flags, usable
 from artray.storage import StorageOptions
 
@@ -83,7 +84,7 @@ def sample(tmp_path_factory) -> str:
 
 
 def _cfg(inp: str, out: str, model: str, **kw) -> CaptionConfig:
-    base = dict(input=inp, output=out, model=model, max_new_tokens=8, batch_size=4, actor_num_cpus=0.75)
+    base = dict(input=inp, output=out, model=model, max_new_tokens=8, batch_size=4, cpus_per_actor=0.75)
     return CaptionConfig(**{**base, **kw})
 
 

@@ -25,6 +25,27 @@ def test_yaml_then_set_then_flags(tmp_path):
     assert cfg.split_seed == 2 and cfg.max_caption_chars == 99 and cfg.split_ratios == (0.5, 0.25, 0.25)
 
 
+def test_stage_configs_share_one_name_per_concept_and_read_the_old_ones(tmp_path, caplog):
+    from artray.stages.augment import AugmentConfig
+    from artray.stages.caption import CaptionConfig
+    from artray.stages.embed import EmbedConfig
+
+    for cls in (IngestConfig, AugmentConfig, CaptionConfig, EmbedConfig):
+        assert {"input", "output", "actors", "cpus_per_actor", "batch_size", "shard_rows", "retry_failed"} <= set(
+            cls.model_fields), cls.__name__
+    assert all("gpus_per_actor" in cls.model_fields for cls in (AugmentConfig, CaptionConfig, EmbedConfig))
+    path = tmp_path / "embed.yaml"  # a config written before the rename still loads, with a warning
+    path.write_text("input: a\noutput: b\nfamily: longclip\ncheckpoint: /m\nactor_num_cpus: 0.5\nactor_num_gpus: 0\n")
+    with caplog.at_level("WARNING"):
+        cfg = load_config(EmbedConfig, str(path))
+    assert (cfg.cpus_per_actor, cfg.gpus_per_actor) == (0.5, 0.0)
+    assert "'actor_num_cpus' is deprecated: use 'cpus_per_actor'" in caplog.text
+    assert load_config(AugmentConfig, overrides={"input": "a", "output": "b", "num_gpus": 0.5}).gpus_per_actor == 0.5
+    with pytest.raises(ConfigError, match="give only cpus_per_actor"):
+        load_config(CaptionConfig, overrides={"input": "a", "output": "b", "actor_num_cpus": 1, "cpus_per_actor": 2})
+    assert AugmentConfig.model_fields["fail_after_batches"].json_schema_extra == {"hidden": True}  # a test hook
+
+
 def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("input: a\noutput: b\nretires: 3\ntimeout_s: soon\n")

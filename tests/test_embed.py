@@ -18,7 +18,8 @@ from artray.scaffold.sample_corpora import make_samples
 from artray.encoders import EncoderMismatchError, check_same_encoder, load_encoder
 from artray.models.weights import load_state_dict, save_state_dict
 from artray.schema import ARTWORK_SCHEMA, EMBEDDING_SCHEMA, TEXT_SCHEMA, artwork_row
-from artray.stages.embed import EmbedConfig, EmbedError, read_embeddings, run_embed
+from artray.outputs import read_embeddings
+from artray.stages.embed import EmbedConfig, EmbedError, run_embed
 from artray.storage import StorageOptions
 
 N = 20  # artworks (and texts) in the sample folder corpus

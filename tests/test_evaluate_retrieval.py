@@ -54,7 +54,7 @@ def queries(artcap, tmp_path_factory) -> str:
 
 
 def _cfg(artcap, out, tiny, queries, **kw) -> RetrievalEvalConfig:
-    base = dict(corpus=artcap, output=str(out), run_depth=0, device="cpu", batch_size=16, actor_num_cpus=0.5,
+    base = dict(corpus=artcap, output=str(out), run_depth=0, device="cpu", batch_size=16, cpus_per_actor=0.5,
                 models=[{"name": "blip", "family": "blip", "checkpoint": tiny["blip-retrieval"], "itm_rerank": True,
                          "itm_k": 3},
                         {"name": "longclip", "family": "longclip", "checkpoint": tiny["longclip"]}],

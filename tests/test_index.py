@@ -17,7 +17,8 @@ from artray.index.build import IndexConfig, build_index
 from artray.index.faiss_types import IndexBuildError
 from artray.index.retrieval import IndexNotFoundError, load_index
 from artray.models.weights import load_state_dict, save_state_dict
-from artray.stages.embed import EmbedConfig, read_embeddings, run_embed
+from artray.outputs import read_embeddings
+from artray.stages.embed import EmbedConfig, run_embed
 from artray.storage import StorageOptions
 
 N = 20

@@ -222,14 +222,14 @@ def test_import_records_a_bomb_as_a_failure_row(tmp_path):
 
 
 def test_embed_turns_a_bomb_into_a_failure_row(tiny_models, tmp_path):
-    from artray.stages.embed import INPUT_SCHEMA, EmbedConfig, _EmbedBatch
+    from artray.stages.embed import INPUT_SCHEMA, EmbedBatch, EmbedConfig
 
     cfg = EmbedConfig(input=str(tmp_path / "corpus"), output=str(tmp_path / "emb"), family="longclip",
                       checkpoint=tiny_models["longclip"], device="cpu", max_image_pixels=10_000)
     rows = [{"embedding_id": f"image:{aid}", "id": aid, "kind": "image", "split": "test", "image": data,
              "image_uri": None, "text": None}
             for aid, data in (("fine", _png()), ("bomb", _png_claiming(*BOMB_SIDES[0])), ("large", _png(200, 100)))]
-    out = {r["id"]: r for r in _EmbedBatch(cfg)(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)).to_pylist()}
+    out = {r["id"]: r for r in EmbedBatch(cfg)(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA)).to_pylist()}
     assert out["fine"]["_ok"] and len(out["fine"]["vector"]) == 32
     for aid in ("bomb", "large"):  # a claimed header, and a real image over the configured max_image_pixels
         assert not out[aid]["_ok"] and out[aid]["_reason"] == "decompression_bomb" and out[aid]["vector"] is None

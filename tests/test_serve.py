@@ -33,8 +33,8 @@ from artray.runtime import free_port
 from artray.scaffold.demo_indexes import demo_indexes
 from artray.serve.app import build_app
 from artray.serve.config import AuthConfig
+from artray.outputs import read_embeddings
 from artray.serve.local import ServeProcess, serve_config
-from artray.stages.embed import read_embeddings
 
 TOKEN = "test-token-" + "x" * 24
 IDENTITY_LACLIP = {"crops": 1, "scale": 1.0, "global_weight": 0.0}

@@ -95,7 +95,7 @@ def _read_source(uri: str, captioner: str | None, preset: str, role: str, opts) 
         langs = Counter(table["language"].to_pylist())
         rows = {r["artwork_id"]: {"split": r["split"], "texts": r["captions"], "flags": []} for r in table.to_pylist()}
         return rows, {"uri": uri, "kind": "corpus", "language": langs.most_common(1)[0][0] if langs else None}
-    from artray.stages.caption import read_captions
+    from artray.outputs import read_captions
 
     table = read_captions(uri, opts, exclude_flags=())
     names = sorted(set(table["captioner"].to_pylist()))

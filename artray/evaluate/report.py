@@ -67,7 +67,7 @@ def _caption_sources(cfg: ReportConfig, opts) -> dict[str, list[dict]]:
         t = t.filter(pc.equal(t["split"], cfg.split)) if cfg.split else t
         sources["corpus"] = [{"artwork_id": (a or [""])[0], "text": x, "flags": []}
                              for a, x in zip(t["artwork_ids"].to_pylist(), t["text"].to_pylist())]
-    from artray.stages.caption import read_captions
+    from artray.outputs import read_captions
 
     for uri in cfg.captions:
         if corpus.read_manifest(uri, opts) is None:
@@ -111,11 +111,9 @@ def _coverage(cfg: ReportConfig, sources: dict, models: dict, opts) -> dict:
 
 
 def _augment_rows(cfg: ReportConfig, opts) -> list:
-    from artray.schema import VARIANT_SCHEMA
-    from artray.stages.augment import VARIANTS
+    from artray.outputs import read_variants
 
-    variants = corpus.read_table(storage.join(cfg.augment, VARIANTS), VARIANT_SCHEMA, opts,
-                                 columns=["parent_id", "variant", "image"])
+    variants = read_variants(cfg.augment, opts, columns=["parent_id", "variant", "image"])
     parents = sorted(set(variants["parent_id"].to_pylist()))[:cfg.max_augment]
     if not parents or not cfg.corpus:
         return []

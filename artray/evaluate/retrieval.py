@@ -82,7 +82,10 @@ FusionSpec = fusion.FusionSpec  # one RRF fusion of named runs (shared with `eva
 
 
 class RetrievalEvalConfig(JobConfig):
-    """Config of `artray evaluate retrieval`."""
+    """R@K / MRR / MR of checkpoints in both directions on one corpus split, with ITM and LACLIP re-scoring,
+    RRF fusion and significance tests (`artray evaluate retrieval`)."""
+
+    RENAMED = {"actor_num_cpus": "cpus_per_actor"}
 
     corpus: str = Field(description="corpus URI (import / ingest output)")
     output: str = Field(description="where runs, metrics and summary.json go")
@@ -101,7 +104,7 @@ class RetrievalEvalConfig(JobConfig):
     dtype: DType = Field("auto", description="encoder precision (auto: float16 on CUDA, float32 on CPU)")
     batch_size: int = Field(32, ge=1, description="images or texts per encoder forward pass")
     actors: int | None = Field(None, ge=1, description="encoder actors (default: one per GPU, else from CPUs)")
-    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per encoder actor")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per encoder actor")
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -133,7 +136,7 @@ def _embed_config(cfg: RetrievalEvalConfig, m: ModelSpec) -> EmbedConfig:
     return EmbedConfig(input=cfg.corpus, output=m.embeddings or storage.join(cfg.output, "embeddings", m.name),
                        family=m.family, checkpoint=m.checkpoint, splits=[cfg.split], device=cfg.device,
                        dtype=cfg.dtype, batch_size=cfg.batch_size, actors=cfg.actors,
-                       actor_num_cpus=cfg.actor_num_cpus, s3_endpoint=cfg.s3_endpoint)
+                       cpus_per_actor=cfg.cpus_per_actor, s3_endpoint=cfg.s3_endpoint)
 
 
 def _query_texts(cfg: RetrievalEvalConfig, qs: QuerySet, opts) -> tuple[list[str], list[str], list[list[str]], bool]:
@@ -142,7 +145,7 @@ def _query_texts(cfg: RetrievalEvalConfig, qs: QuerySet, opts) -> tuple[list[str
         t = corpus.read_texts(cfg.corpus, opts)
         t = t.filter(pc.equal(t["split"], cfg.split))
         return t["text_id"].to_pylist(), t["text"].to_pylist(), t["artwork_ids"].to_pylist(), True
-    from artray.stages.caption import read_captions
+    from artray.outputs import read_captions
 
     if corpus.read_manifest(qs.source, opts) is None:
         raise RetrievalEvalError(f"query set {qs.name}: {qs.source} has no {corpus.MANIFEST}: not a finished "

@@ -2,12 +2,12 @@
 
 - corpus images and texts: the embed job itself (``run_embed``, one output per checkpoint,
   resumable), or an existing embed output, checked for family, checkpoint and finiteness;
-- generated queries (caption job output): ``_EmbedBatch``, the embed job's actor, on a dataset
+- generated queries (caption job output): ``EmbedBatch``, the embed job's actor, on a dataset
   of text rows, collected on the driver;
 - LACLIP crops: an actor that loads the encoder once and encodes k crops per image;
 - BLIP ITM: an actor that scores each query against its top-k candidates with the ITM head.
 
-Every actor pool is sized like the embed job's (``_pool``: one actor per GPU, else from CPUs).
+Every actor pool is sized like the embed job's (``embed_pool``: one actor per GPU, else from CPUs).
 """
 
 from __future__ import annotations
@@ -22,17 +22,8 @@ from artray.encoders import load_encoder
 from artray.errors import UserError
 from artray.evaluate.laclip import LaclipOptions, encode_crops
 from artray.images import to_rgb
-from artray.stages.embed import (
-    INPUT_SCHEMA,
-    PARAMS,
-    STAGE as EMBED_STAGE,
-    EmbedConfig,
-    _EmbedBatch,
-    _pool,
-    read_embeddings,
-    run_embed,
-)
-from artray.stages.sink import latest_failures
+from artray.outputs import permanent_failures, read_embeddings, read_params
+from artray.stages.embed import INPUT_SCHEMA, EmbedBatch, EmbedConfig, embed_pool, run_embed
 
 
 class RetrievalEvalError(UserError, RuntimeError):
@@ -51,7 +42,7 @@ def corpus_vectors(ecfg: EmbedConfig, given: bool) -> tuple[dict[str, np.ndarray
     elif corpus.read_manifest(ecfg.output, opts) is None:
         raise RetrievalEvalError(f"embeddings {ecfg.output} have no {corpus.MANIFEST}: not a finished `artray embed` "
                              "output (run it to the end, or leave `embeddings` unset to embed here)")
-    params = storage.read_json(storage.join(ecfg.output, PARAMS), opts) or {}
+    params = read_params(ecfg.output, "embed", opts) or {}
     if (params.get("family"), params.get("checkpoint")) != (ecfg.family, ecfg.checkpoint):
         raise RetrievalEvalError(f"embeddings {ecfg.output} were made by {params.get('family')}:{params.get('checkpoint')},"
                              f" not {ecfg.family}:{ecfg.checkpoint}; point `embeddings` at this checkpoint's output")
@@ -72,15 +63,14 @@ def corpus_vectors(ecfg: EmbedConfig, given: bool) -> tuple[dict[str, np.ndarray
         out[kind][rid] = v
     if len(dims) > 1:
         raise RetrievalEvalError(f"embeddings {ecfg.output} mix vector dims {sorted(dims)}: corrupt; embed again")
-    failed = {k for k, retryable in latest_failures(ecfg.output, EMBED_STAGE, opts).items() if not retryable}
+    failed = permanent_failures(ecfg.output, "embed", opts)
     return out["image"], out["text"], failed
 
 
 def _dataset_and_pool(ecfg: EmbedConfig, table: pa.Table):
-    actors, gpus = _pool(ecfg, -(-table.num_rows // ecfg.batch_size))
+    pool = embed_pool(ecfg, table.num_rows)
     return ray.data.from_arrow(table), dict(
-        batch_size=ecfg.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=ecfg.actor_num_cpus, num_gpus=gpus)
+        batch_size=ecfg.batch_size, batch_format="pyarrow", compute=pool.strategy(), **pool.remote_args())
 
 
 def embed_texts(ecfg: EmbedConfig, ids: list[str], texts: list[str]) -> dict[str, np.ndarray]:
@@ -92,7 +82,7 @@ def embed_texts(ecfg: EmbedConfig, ids: list[str], texts: list[str]) -> dict[str
                       "split": ["query"] * n, "image": pa.nulls(n, pa.binary()), "image_uri": pa.nulls(n, pa.string()),
                       "text": texts}, schema=INPUT_SCHEMA)
     ds, kw = _dataset_and_pool(ecfg, table)
-    result = ds.map_batches(_EmbedBatch, fn_constructor_kwargs={"cfg": ecfg}, **kw).to_arrow_refs()
+    result = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"cfg": ecfg}, **kw).to_arrow_refs()
     rows = pa.concat_tables(ray.get(result)).select(["id", "vector", "_ok"]).to_pylist()
     return {r["id"]: np.asarray(r["vector"], np.float32) for r in rows if r["_ok"]}
 

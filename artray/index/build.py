@@ -25,7 +25,7 @@ from artray.index import faiss_types
 from artray.index.faiss_types import FaissParams, IndexBuildError
 from artray.index.retrieval import KINDS, META_SCHEMA
 from artray.manifest import build_manifest
-from artray.stages.embed import read_embeddings
+from artray.outputs import read_embeddings
 
 STAGE = "index"
 

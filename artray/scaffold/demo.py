@@ -153,7 +153,7 @@ def run_demo(workdir: str = "demo_out") -> dict:
 
     evaluation = str(root / "evaluation" / "artpedia")
     run_retrieval_eval(RetrievalEvalConfig(
-        corpus=artpedia, output=evaluation, split="test", device="cpu", batch_size=16, actor_num_cpus=0.5,
+        corpus=artpedia, output=evaluation, split="test", device="cpu", batch_size=16, cpus_per_actor=0.5,
         models=[{"name": "untrained", "family": "longclip", "checkpoint": models["longclip"]},
                 {"name": "finetuned", "family": "longclip", "checkpoint": finetuned}],
         query_sets=[{"name": "corpus"}, {"name": "llava-query", "source": queries, "preset": "query"}],

@@ -12,8 +12,9 @@ Resume: the committed ``variant_id``s *are* the checkpoint. A rerun skips them, 
 artworks whose latest failure is permanent (unless ``retry_failed``), and regenerates only
 batches with a missing variant (whole, so the images are byte-identical to an
 uninterrupted run; see `augment_plan`). End of a run, in order: consolidate ``_failures``,
-export missing image files, write ``_manifest.json`` last. ``_augment_params.json`` pins
-every setting that shapes the images, so a resume never mixes two recipes.
+export missing image files, write ``_manifest.json`` last (the protocol of every stage:
+`artray.stages.run`). ``_augment_params.json`` pins every setting that shapes the images, so a
+resume never mixes two recipes. Read the output with `artray.outputs.read_variants`.
 One run at a time per output URI.
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -32,40 +32,30 @@ import ray
 from pydantic import Field, field_validator, model_validator
 
 from artray import corpus, storage
-from artray.config import JobConfig
-from artray.corpus import FAILURES, MANIFEST
-from artray.errors import UserError
+from artray.corpus import FAILURES
 from artray.images import DEFAULT_MAX_PIXELS
-from artray.manifest import build_manifest
+from artray.outputs import VARIANTS
 from artray.runtime import init_ray
 from artray.schema import FAILURE_SCHEMA, VARIANT_SCHEMA
 from artray.stages import augment_generate as gen
 from artray.stages.augment_plan import make_plan, read_train, variant_id
-from artray.stages.pipeline_errors import run_pipeline
-from artray.stages.sink import (
-    StageSink,
-    consolidate_failures,
-    failed_phrase,
-    failure_counts,
-    latest_failures,
-)
+from artray.stages.config import ModelStageConfig
+from artray.stages.run import TASK_CPUS, ActorPool, Run, Stage, StageError, Todo, actor_pool, rate, run_stage
+from artray.stages.sink import failed_phrase
 
 logger = logging.getLogger(__name__)
 
 STAGE = "augment"
-VARIANTS = "variants"
-PARAMS = "_augment_params.json"
-AUX_NUM_CPUS = 0.25  # prepare / encode / write tasks; fractional so they never starve behind the actors
 PINNED = ("model", "variants", "seed", "caption", "prompt_template", "strength", "guidance", "steps", "sampler",
           "long_side", "batch_size", "image_format", "jpeg_quality", "filter_model", "filter_threshold")
 
 
-class AugmentError(UserError, RuntimeError):
+class AugmentError(StageError):
     """The augment job cannot start or finish; the message says what to fix."""
 
 
-class AugmentConfig(JobConfig):
-    """Config of `artray augment`. Defaults are method (A)'s published recipe."""
+class AugmentConfig(ModelStageConfig):
+    """Makes M diffusion img2img variants of every train artwork (method (A); the defaults are its recipe)."""
 
     input: str = Field(description="corpus URI to augment (train split only)")
     output: str = Field(description="variants URI to write; running again resumes it")
@@ -83,12 +73,9 @@ class AugmentConfig(JobConfig):
     long_side: int = Field(576, ge=8, description="long side of the init image; sides rounded to multiples of 8")
     batch_size: int = Field(4, ge=1, description="images per generation batch (equal sizes only)")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor, fractional allowed (default: 1 if the cluster has GPUs, else 0)")
-    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per generate actor")
-    actors: int | None = Field(None, ge=1, description="generate actors (default: as many as GPUs/CPUs allow)")
     inline_cpu_steps: bool | None = Field(None, description="decode/resize and encode inside the generate actor "
                                           "(default: on CPU yes; on GPU no, CPU tasks overlap them with the GPU)")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per CPU actor (default: ceil(actor_num_cpus))")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per CPU actor (default: ceil(cpus_per_actor))")
     image_format: Literal["png", "jpeg"] = Field("png", description="encoding of the variant bytes (png is lossless)")
     jpeg_quality: int = Field(95, ge=1, le=100)
     export_images: bool = Field(False, description="also write every variant as an image file for people to look at")
@@ -100,7 +87,7 @@ class AugmentConfig(JobConfig):
     shard_rows: int = Field(256, ge=1, description="variant rows per committed Parquet shard at most")
     retry_failed: bool = Field(False, description="also retry artworks that failed for good before (corrupt images, ...)")
     fail_after_batches: int | None = Field(None, ge=0, description="testing only: each actor raises after this many "
-                                           "batches, to simulate a crash mid-run")
+                                           "batches, to simulate a crash mid-run", json_schema_extra={"hidden": True})
 
     @field_validator("prompt_template")
     @classmethod
@@ -122,67 +109,6 @@ class AugmentConfig(JobConfig):
 
     def export_target(self) -> str | None:
         return (self.export_uri or storage.join(self.output, "images")) if self.export_images else None
-
-
-def _resources(cfg: AugmentConfig, batches: int) -> tuple[int, float, str]:
-    """(actors, GPUs per actor, dtype) from the config and the cluster; refuses layouts that would hang."""
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
-    num_gpus = cfg.num_gpus if cfg.num_gpus is not None else (1.0 if gpus else 0.0)
-    if num_gpus > gpus:
-        raise AugmentError(f"num_gpus={num_gpus:g} per actor but the cluster has {gpus:g} GPUs; set num_gpus: 0 to run "
-                           "on CPU (slow) or connect to a GPU cluster (--address / RAY_ADDRESS)")
-    spare = cpus - 3 * AUX_NUM_CPUS
-    by_res = int(gpus // num_gpus) if num_gpus else int(spare // cfg.actor_num_cpus)
-    actors = max(1, min(cfg.actors or by_res, batches))
-    if actors * cfg.actor_num_cpus > spare:
-        raise AugmentError(f"{actors} actors x {cfg.actor_num_cpus:g} CPUs leave no CPU for the prepare/encode/write "
-                           f"tasks on a {cpus:g}-CPU cluster (Ray Data would wait forever); lower actors or actor_num_cpus")
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("float16" if num_gpus else "float32")
-    return actors, num_gpus, dtype
-
-
-def _check_params(cfg: AugmentConfig, device: str, dtype: str, opts: storage.StorageOptions) -> None:
-    """Refuse to resume an output whose committed variants were made with another recipe."""
-    uri = storage.join(cfg.output, PARAMS)
-    wanted = {**{k: getattr(cfg, k) for k in PINNED}, "input": cfg.input, "device": device, "dtype": dtype}
-    found = storage.read_json(uri, opts)
-    if found is None:
-        storage.write_json_atomic(uri, wanted, opts)
-    elif found != wanted:
-        diff = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
-        raise AugmentError(f"{cfg.output} holds variants made with other settings (committed, asked): {diff}. "
-                           "Use a new output URI, or delete the old output to start over")
-
-
-def _run_pipeline(batches: list[pa.Table], cfg: AugmentConfig, run_id: str) -> tuple[dict, int]:
-    """Prepare → generate → encode → commit the planned batches; returns (sink stats, actors)."""
-    opts = cfg.storage_options()
-    actors, num_gpus, dtype = _resources(cfg, len(batches))
-    threads = None if num_gpus else (cfg.torch_threads or math.ceil(cfg.actor_num_cpus))
-    sink = StageSink(cfg.output, VARIANTS, VARIANT_SCHEMA, STAGE, run_id, opts, cfg.shard_rows)
-    prepare_kwargs = {"long_side": cfg.long_side, "max_image_pixels": cfg.max_image_pixels, "options": opts}
-    encode_kwargs = {"fmt": cfg.image_format, "quality": cfg.jpeg_quality, "export_uri": cfg.export_target(),
-                     "options": opts}
-    generate_kwargs = {
-        "model": cfg.model, "options": opts, "use_gpu": num_gpus > 0, "dtype": dtype, "sampler": cfg.sampler,
-        "strength": cfg.strength, "guidance": cfg.guidance, "steps": cfg.steps, "filter_model": cfg.filter_model,
-        "filter_threshold": cfg.filter_threshold, "threads": threads, "fail_after_batches": cfg.fail_after_batches}
-    actor_args = {"batch_size": 1, "batch_format": "pyarrow", "num_cpus": cfg.actor_num_cpus,
-                  "num_gpus": num_gpus or None, "compute": ray.data.ActorPoolStrategy(size=actors)}
-    ds = ray.data.from_arrow(batches)
-    inline = cfg.inline_cpu_steps if cfg.inline_cpu_steps is not None else not num_gpus
-    if inline:  # CPU generators: decode/resize and encode inside the actor (nothing to overlap with)
-        ds = ds.map_batches(gen.GenerateInline, fn_constructor_kwargs={
-            "prepare_kwargs": prepare_kwargs, "encode_kwargs": encode_kwargs, **generate_kwargs}, **actor_args)
-    else:  # GPU generators: CPU tasks decode/resize ahead of the GPU and encode behind it
-        ds = ds.map_batches(gen.prepare, fn_kwargs=prepare_kwargs, batch_size=1, batch_format="pyarrow",
-                            num_cpus=AUX_NUM_CPUS)
-        ds = ds.map_batches(gen.Generate, fn_constructor_kwargs=generate_kwargs, **actor_args)
-        ds = ds.map_batches(gen.encode, fn_kwargs=encode_kwargs, batch_size=None, batch_format="pyarrow",
-                            num_cpus=AUX_NUM_CPUS)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": AUX_NUM_CPUS})
-    return sink.stats, actors
 
 
 def _export_missing(cfg: AugmentConfig, opts: storage.StorageOptions) -> int:
@@ -216,64 +142,99 @@ def _check_model_paths(cfg: AugmentConfig) -> None:
             raise AugmentError(f"{key}: {name} does not exist; give an existing folder/file, a hub id or an s3:// URI")
 
 
+def _complete(cfg: AugmentConfig, table: pa.Table) -> set[str]:
+    """Artworks with all their variants committed."""
+    ids = set(table["variant_id"].to_pylist())
+    return {p for p in set(table["parent_id"].to_pylist()) if all(variant_id(p, v) in ids for v in range(cfg.variants))}
+
+
+def _dtype(cfg: AugmentConfig, gpus: float) -> str:
+    return cfg.dtype if cfg.dtype != "auto" else ("float16" if gpus else "float32")
+
+
+class AugmentStage(Stage):
+    """The plan keeps batches whole (byte-identical resumes); GPU runs overlap CPU tasks with the actors."""
+
+    name, table, schema, key, error = STAGE, VARIANTS, VARIANT_SCHEMA, "variant_id", AugmentError
+    task_ops, final_columns = 3, ("parent_id", "prompt", "prompt_truncated", "passed_filter")  # prepare, encode, write
+    pin_hint = "a resume never mixes two recipes"
+
+    def check(self, cfg: AugmentConfig, opts) -> None:
+        _check_model_paths(cfg)
+
+    def params(self, cfg: AugmentConfig) -> dict:
+        init_ray()  # device and dtype shape the images too: they come from the cluster
+        gpus = actor_pool(cfg, 1, task_ops=self.task_ops, error=AugmentError).gpus  # refuses a layout that cannot run
+        return {**{k: getattr(cfg, k) for k in PINNED}, "input": cfg.input, "device": "cuda" if gpus else "cpu",
+                "dtype": _dtype(cfg, gpus)}
+
+    def todo(self, run: Run) -> Todo:
+        cfg, opts = run.cfg, run.opts
+        train, splits = read_train(cfg.input, opts)
+        batches, plan_failures, plan = make_plan(train, cfg, run.done, run.failed, opts)
+        del train
+        if plan_failures:
+            storage.write_parquet_atomic(pa.Table.from_pylist(plan_failures, schema=FAILURE_SCHEMA), storage.join(
+                cfg.output, FAILURES, corpus.shard_name(0, f"{run.run_id}-plan")), opts)
+        logger.info("augment plan: %s in %d batches", plan, len(batches))
+        return Todo(batches, plan["to_generate"], len(batches), failed=Counter(r["reason"] for r in plan_failures),
+                    counts={"artworks_per_split": splits, "train_artworks": splits.get("train", 0),
+                            "variants_per_artwork": cfg.variants, **plan},
+                    meta={"batches": len(batches)})
+
+    def transform(self, run: Run, todo: Todo, pool: ActorPool):
+        """Prepare → generate → encode the planned batches (one batch per dataset row)."""
+        cfg, opts = run.cfg, run.opts
+        threads = None if pool.gpus else (cfg.torch_threads or math.ceil(cfg.cpus_per_actor))
+        prepare_kwargs = {"long_side": cfg.long_side, "max_image_pixels": cfg.max_image_pixels, "options": opts}
+        encode_kwargs = {"fmt": cfg.image_format, "quality": cfg.jpeg_quality, "export_uri": cfg.export_target(),
+                         "options": opts}
+        generate_kwargs = {
+            "model": cfg.model, "options": opts, "use_gpu": pool.gpus > 0, "dtype": _dtype(cfg, pool.gpus),
+            "sampler": cfg.sampler, "strength": cfg.strength, "guidance": cfg.guidance, "steps": cfg.steps,
+            "filter_model": cfg.filter_model, "filter_threshold": cfg.filter_threshold, "threads": threads,
+            "fail_after_batches": cfg.fail_after_batches}
+        actor_args = {"batch_size": 1, "batch_format": "pyarrow", "compute": pool.strategy(), **pool.remote_args()}
+        ds = ray.data.from_arrow(todo.data)
+        inline = cfg.inline_cpu_steps if cfg.inline_cpu_steps is not None else not pool.gpus
+        if inline:  # CPU generators: decode/resize and encode inside the actor (nothing to overlap with)
+            return ds.map_batches(gen.GenerateInline, fn_constructor_kwargs={
+                "prepare_kwargs": prepare_kwargs, "encode_kwargs": encode_kwargs, **generate_kwargs}, **actor_args)
+        # GPU generators: CPU tasks decode/resize ahead of the GPU and encode behind it
+        ds = ds.map_batches(gen.prepare, fn_kwargs=prepare_kwargs, batch_size=1, batch_format="pyarrow",
+                            num_cpus=TASK_CPUS)
+        ds = ds.map_batches(gen.Generate, fn_constructor_kwargs=generate_kwargs, **actor_args)
+        return ds.map_batches(gen.encode, fn_kwargs=encode_kwargs, batch_size=None, batch_format="pyarrow",
+                              num_cpus=TASK_CPUS)
+
+    def final_keys(self, run: Run, table: pa.Table) -> set[str]:
+        """Committed variants, and artworks with all their variants (their planning failures are gone too)."""
+        return set(table["variant_id"].to_pylist()) | _complete(run.cfg, table)
+
+    def finish(self, run: Run, todo: Todo, stats: dict, table: pa.Table, failures: list[dict]) -> dict:
+        cfg = run.cfg
+        ids = table["variant_id"].to_pylist()
+        complete = _complete(cfg, table)
+        exported = _export_missing(cfg, run.opts)
+        truncated = table.filter(pc.fill_null(table["prompt_truncated"], False))
+        passed = pc.sum(pc.cast(pc.fill_null(table["passed_filter"], False), pa.int64())).as_py() or 0
+        return {
+            "generated": stats["written"], "output_variants": len(ids), "duplicate_variants": len(ids) - len(set(ids)),
+            "artworks_augmented": len(complete), "prompts_truncated": len(set(truncated["prompt"].to_pylist())),
+            "variants_truncated": truncated.num_rows, "passed_filter": passed,
+            "filtered_out": table.num_rows - table["passed_filter"].null_count - passed, "exported_at_end": exported,
+        }
+
+    def manifest_fields(self, run: Run, todo: Todo, stats: dict, wall_s: float) -> dict:
+        return {"generate_wall_s": round(wall_s, 3), "images_per_s": rate(stats["written"], wall_s, 3)}
+
+    def summary_line(self, manifest: dict) -> str:
+        return summary_line(manifest)
+
+
 def run_augment(cfg: AugmentConfig) -> dict:
     """Generate what is missing in `cfg.output`, consolidate, write the manifest; returns it."""
-    started = time.time()
-    opts = cfg.storage_options()
-    if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
-        raise AugmentError("input and output are the same URI; augment writes variants to a new URI")
-    if corpus.read_manifest(cfg.input, opts) is None:
-        raise AugmentError(f"{cfg.input} has no {MANIFEST}: it is not a finished corpus "
-                           "(run `artray corpus import` / `artray corpus ingest` first)")
-    _check_model_paths(cfg)
-    init_ray()
-    _, num_gpus, dtype = _resources(cfg, 1)
-    _check_params(cfg, "cuda" if num_gpus else "cpu", dtype, opts)
-    storage.delete(storage.join(cfg.output, MANIFEST), opts)  # unfinished until the manifest is written again
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + corpus.new_run_id()
-
-    train, splits = read_train(cfg.input, opts)
-    done = corpus.committed_ids(storage.join(cfg.output, VARIANTS), "variant_id", opts)
-    batches, plan_failures, plan = make_plan(train, cfg, done, latest_failures(cfg.output, STAGE, opts), opts)
-    del train
-    if plan_failures:
-        storage.write_parquet_atomic(pa.Table.from_pylist(plan_failures, schema=FAILURE_SCHEMA), storage.join(
-            cfg.output, FAILURES, corpus.shard_name(0, f"{run_id}-plan")), opts)
-    logger.info("augment plan: %s in %d batches", plan, len(batches))
-
-    gen_started = time.time()
-    stats, actors = {"written": 0, "failed": {}}, 0
-    if batches:
-        stats, actors = run_pipeline(lambda: _run_pipeline(batches, cfg, run_id), AugmentError, STAGE)
-    gen_wall = time.time() - gen_started
-
-    final = corpus.read_table(storage.join(cfg.output, VARIANTS), VARIANT_SCHEMA, opts,
-                              columns=["variant_id", "parent_id", "prompt", "prompt_truncated", "passed_filter"])
-    ids = final["variant_id"].to_pylist()
-    id_set = set(ids)
-    complete = {p for p in set(final["parent_id"].to_pylist())
-                if all(variant_id(p, v) in id_set for v in range(cfg.variants))}
-    failures = consolidate_failures(cfg.output, STAGE, id_set | complete, run_id, opts)
-    exported = _export_missing(cfg, opts)
-    truncated = final.filter(pc.fill_null(final["prompt_truncated"], False))
-    passed = pc.sum(pc.cast(pc.fill_null(final["passed_filter"], False), pa.int64())).as_py() or 0
-    failed_now = Counter(stats["failed"]) + Counter(r["reason"] for r in plan_failures)
-    counts = {
-        "artworks_per_split": splits, "train_artworks": splits.get("train", 0), "variants_per_artwork": cfg.variants,
-        **plan, "generated": stats["written"], "failed_this_run": dict(sorted(failed_now.items())),
-        "output_variants": len(ids), "duplicate_variants": len(ids) - len(id_set), "artworks_augmented": len(complete),
-        "prompts_truncated": len(set(truncated["prompt"].to_pylist())), "variants_truncated": truncated.num_rows,
-        "passed_filter": passed, "filtered_out": final.num_rows - final["passed_filter"].null_count - passed,
-        **failure_counts(failures), "exported_at_end": exported,
-    }
-    manifest = build_manifest(
-        STAGE, cfg.model_dump(mode="json"), counts, started, run_id=run_id, input=cfg.input, output=cfg.output,
-        actors=actors, batches=len(batches), generate_wall_s=round(gen_wall, 3),
-        images_per_s=round(stats["written"] / gen_wall, 3) if stats["written"] else 0.0,
-    )
-    corpus.write_manifest(cfg.output, manifest, opts)
-    print(summary_line(manifest))
-    return manifest
+    return run_stage(AugmentStage(), cfg)
 
 
 def summary_line(manifest: dict) -> str:

@@ -13,21 +13,20 @@ Resume: a row's key is ``caption_id = <artwork_id>|<captioner>|<preset>``; commi
 are skipped, permanent failures too unless ``retry_failed``. ``_caption_params.json``
 records per captioner the model, prompts and generation settings, and a run that would
 mix other settings under the same captioner name is refused. Several captioners (and
-presets) can share one output. Manifest last, as in every stage.
+presets) can share one output. Manifest last, as in every stage (`artray.stages.run`). Read the
+output with `artray.outputs.read_captions`.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
-from artray import corpus, storage
-from artray.corpus import ARTWORKS, MANIFEST
-from artray.manifest import build_manifest
+from artray import storage
+from artray.corpus import ARTWORKS
+from artray.outputs import CAPTIONS
 from artray.schema import CAPTION_SCHEMA
 from artray.stages.caption_config import (
     PRESETS,
@@ -35,32 +34,23 @@ from artray.stages.caption_config import (
     CaptionError,
     check_params,
 )
-from artray.stages.caption_flags import EXCLUDE_BY_DEFAULT, FLAGS, usable
+from artray.stages.caption_flags import FLAGS, usable
 from artray.stages.caption_generate import (
     WORK_SCHEMA,
     CaptionBatch,
     CaptionJob,
     caption_id,
 )
-from artray.stages.pipeline_errors import run_pipeline
-from artray.stages.sink import (
-    BufferedStageSink,
-    consolidate_failures,
-    failed_phrase,
-    failure_counts,
-    latest_failures,
-)
+from artray.stages.run import TASK_CPUS, ActorPool, Run, Stage, Todo, rate, run_stage
+from artray.stages.sink import BufferedStageSink, failed_phrase
 
 STAGE = "caption"
-CAPTIONS = "captions"
-IO_NUM_CPUS = 0.25  # write tasks; fractional so they never starve behind the actors
-__all__ = ["PRESETS", "CaptionConfig", "CaptionError", "run_caption", "read_captions", "summary_line"]
+__all__ = ["PRESETS", "CaptionConfig", "CaptionError", "run_caption", "summary_line"]
 
 
-def _select(cfg: CaptionConfig, captioner: str, presets: list[str], opts) -> tuple[list[dict], Counter, int]:
+def _select(run: Run, captioner: str, presets: list[str]) -> tuple[list[dict], Counter, int]:
     """(work rows to make, counts by kind, artworks in scope); a work row points at its artwork's shard row."""
-    done = corpus.committed_ids(storage.join(cfg.output, CAPTIONS), "caption_id", opts)
-    failed = latest_failures(cfg.output, STAGE, opts)
+    cfg, opts = run.cfg, run.opts
     work, kinds, seen = [], Counter(), set()
     for shard in storage.list_files(storage.join(cfg.input, ARTWORKS), ".parquet", opts):
         table = storage.read_parquet(shard, opts, columns=["artwork_id", "split"])
@@ -72,8 +62,7 @@ def _select(cfg: CaptionConfig, captioner: str, presets: list[str], opts) -> tup
             seen.add(aid)
             for preset in presets:
                 cid = caption_id(aid, captioner, preset)
-                kind = ("done" if cid in done else "failed" if failed.get(cid) is False and not cfg.retry_failed
-                        else "todo")
+                kind = run.skip(cid) or "todo"
                 kinds[kind] += 1
                 if kind == "todo":
                     work.append({"caption_id": cid, "artwork_id": aid, "split": split, "preset": preset,
@@ -82,119 +71,93 @@ def _select(cfg: CaptionConfig, captioner: str, presets: list[str], opts) -> tup
 
 
 def _device(cfg: CaptionConfig) -> str:
+    """Where the captioner runs: cuda when asked, or on auto when the cluster has GPUs (and actors get some)."""
     gpus = ray.cluster_resources().get("GPU", 0)
     if cfg.device == "cuda" and not gpus:
         raise CaptionError("device: cuda, but the Ray cluster has no GPUs; use device: cpu or auto")
+    if cfg.device == "cuda" and cfg.gpus_per_actor == 0:
+        raise CaptionError("device: cuda with gpus_per_actor: 0; give the actors a GPU share or use device: cpu")
     if cfg.backend == "vllm" and not gpus:
         raise CaptionError("backend: vllm needs GPUs in the Ray cluster; use backend: transformers on CPU")
-    return "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and gpus) else "cpu"
+    return "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and gpus and cfg.gpus_per_actor != 0) else "cpu"
 
 
-def _actor_plan(cfg: CaptionConfig, device: str, n_rows: int) -> tuple[int, dict]:
-    """(actors, ray remote args per actor): one per GPU slot, or as many as the CPUs allow beside I/O tasks."""
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
-    if device == "cuda":
-        wanted = cfg.actors or max(1, int(gpus // cfg.gpus_per_actor))
-        remote = {"num_cpus": cfg.actor_num_cpus, "num_gpus": cfg.gpus_per_actor}
-        if wanted * cfg.gpus_per_actor > gpus:
-            raise CaptionError(f"{wanted} actors x {cfg.gpus_per_actor} GPUs > {gpus:g} GPUs in the cluster; "
-                               "lower actors or gpus_per_actor")
-    else:
-        wanted = cfg.actors or max(1, int((cpus - 2 * IO_NUM_CPUS) // cfg.actor_num_cpus))
-        remote = {"num_cpus": cfg.actor_num_cpus}
-    if wanted * cfg.actor_num_cpus + 2 * IO_NUM_CPUS > cpus:
-        raise CaptionError(
-            f"{wanted} actors x {cfg.actor_num_cpus} CPUs leave no CPU for the write tasks on a {cpus:g}-CPU "
-            "cluster (Ray Data would wait forever); lower actors or actor_num_cpus")
-    return max(1, min(wanted, -(-n_rows // cfg.batch_size))), remote
+def _job(cfg: CaptionConfig, device: str) -> CaptionJob:
+    return CaptionJob(captioner=cfg.captioner_name(), model=cfg.model, prompts=cfg.prompt_texts(),
+                      generation=cfg.generation(), device=device, dtype=cfg.dtype, batch_size=cfg.batch_size,
+                      max_image_pixels=cfg.max_image_pixels, loop_repeats=cfg.loop_repeats, s3_endpoint=cfg.s3_endpoint,
+                      torch_threads=cfg.torch_threads or (max(1, int(cfg.cpus_per_actor)) if device == "cpu" else None))
 
 
-def _run_pipeline(cfg: CaptionConfig, work: list[dict], job: CaptionJob, run_id: str, opts) -> tuple[dict, int]:
-    """Caption `work` on an actor pool and commit the results; returns (sink stats, actors).
+class CaptionStage(Stage):
+    """Work rows are small (ids and a shard pointer); the actors read the images themselves."""
 
-    Work rows are small (ids and a shard pointer); the actors read the images themselves. Blocks of
-    about batch_size rows (at most 16 per actor) keep every actor busy, even on a one-shard corpus.
-    """
-    actors, remote = _actor_plan(cfg, job.device, len(work))
-    blocks = min(-(-len(work) // cfg.batch_size), 16 * actors)
-    ds = ray.data.from_arrow(_slices(pa.Table.from_pylist(work, schema=WORK_SCHEMA), blocks))
-    if cfg.backend == "vllm":
-        from artray.stages.caption_vllm import vllm_captions
+    name, table, schema, key, error = STAGE, CAPTIONS, CAPTION_SCHEMA, "caption_id", CaptionError
+    task_ops, udf, sink, sum_columns = 2, CaptionBatch, BufferedStageSink, ("_tokens",)
+    final_columns = ("captioner", "flags")
 
-        ds = vllm_captions(ds, job, cfg.vllm_engine_kwargs, actors, IO_NUM_CPUS)
-    else:
-        ds = ds.map_batches(CaptionBatch, fn_constructor_kwargs={"job": job}, batch_size=cfg.batch_size,
-                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), **remote)
-    sink = BufferedStageSink(cfg.output, CAPTIONS, CAPTION_SCHEMA, STAGE, run_id, opts, cfg.shard_rows,
-                             sum_columns=("_tokens",))
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": IO_NUM_CPUS})
-    return sink.stats, actors
+    def check(self, cfg: CaptionConfig, opts) -> None:
+        if cfg.backend == "vllm":
+            from artray.stages.caption_vllm import vllm_available
+
+            if not vllm_available():
+                raise CaptionError("backend: vllm needs the vllm package on the GPU nodes (pip install vllm); "
+                                   "or use backend: transformers")
+
+    def pin(self, cfg: CaptionConfig, opts) -> None:
+        """Per captioner name: one model, prompt per preset and generation settings (presets may be added)."""
+        check_params(cfg, cfg.captioner_name(), cfg.prompt_texts(), cfg.generation(), opts)
+
+    def device(self, cfg: CaptionConfig) -> str:
+        return _device(cfg)
+
+    def todo(self, run: Run) -> Todo:
+        cfg, prompts = run.cfg, run.cfg.prompt_texts()
+        work, kinds, n_artworks = _select(run, cfg.captioner_name(), list(prompts))
+        return Todo(pa.Table.from_pylist(work, schema=WORK_SCHEMA), len(work), counts={
+            "input_artworks": n_artworks, "presets": list(prompts), "skipped_done": kinds["done"],
+            "skipped_failed": kinds["failed"], "to_caption": kinds["todo"]}, meta={
+            "captioner": cfg.captioner_name(), "model": cfg.model, "prompts": prompts, "generation": cfg.generation(),
+            "device": _device(cfg)})
+
+    def udf_kwargs(self, run: Run, pool: ActorPool) -> dict:
+        return {"job": _job(run.cfg, _device(run.cfg))}
+
+    def transform(self, run: Run, todo: Todo, pool: ActorPool):
+        """Blocks of about batch_size rows (at most 16 per actor) keep every actor busy, even on a one-shard corpus."""
+        cfg = run.cfg
+        ds = ray.data.from_arrow(_slices(todo.data, min(-(-todo.rows // cfg.batch_size), 16 * pool.size)))
+        if cfg.backend == "vllm":
+            from artray.stages.caption_vllm import vllm_captions
+
+            return vllm_captions(ds, _job(cfg, _device(cfg)), cfg.vllm_engine_kwargs, pool.size, TASK_CPUS)
+        return self.map_udf(run, ds, pool)
+
+    def finish(self, run: Run, todo: Todo, stats: dict, table: pa.Table, failures: list[dict]) -> dict:
+        ids, captioner = table["caption_id"].to_pylist(), run.cfg.captioner_name()
+        mine = [f for c, f in zip(table["captioner"].to_pylist(), table["flags"].to_pylist()) if c == captioner]
+        flagged = Counter(flag for flags in mine for flag in flags)
+        return {"captioned": stats["written"], "output_captions": len(set(ids)), "captioner_captions": len(mine),
+                "duplicate_captions": len(ids) - len(set(ids)), "flagged": {f: flagged[f] for f in FLAGS},
+                "unusable": sum(not usable(f) for f in mine)}
+
+    def manifest_fields(self, run: Run, todo: Todo, stats: dict, wall_s: float) -> dict:
+        return {"generate_wall_s": round(wall_s, 3), "generated_tokens": stats["_tokens"],
+                "captions_per_s": rate(stats["written"], wall_s, 3),
+                "tokens_per_s": rate(stats["_tokens"], wall_s) if stats["written"] else 0.0}
+
+    def summary_line(self, manifest: dict) -> str:
+        return summary_line(manifest)
+
+
+def run_caption(cfg: CaptionConfig) -> dict:
+    """Make the captions `cfg.output` is missing, consolidate failures, write the manifest; returns it."""
+    return run_stage(CaptionStage(), cfg)
 
 
 def _slices(table: pa.Table, n: int) -> list[pa.Table]:
     step = -(-table.num_rows // n)
     return [table.slice(i, step) for i in range(0, table.num_rows, step)]
-
-
-def run_caption(cfg: CaptionConfig) -> dict:
-    """Make the captions `cfg.output` is missing, consolidate failures, write the manifest; returns it."""
-    started = time.time()
-    opts = cfg.storage_options()
-    if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
-        raise CaptionError("input and output are the same URI; captions go to their own output URI")
-    if corpus.read_manifest(cfg.input, opts) is None:
-        raise CaptionError(f"{cfg.input} has no {MANIFEST}: it is not a finished corpus (run `artray corpus import`)")
-    if cfg.backend == "vllm":
-        from artray.stages.caption_vllm import vllm_available
-
-        if not vllm_available():
-            raise CaptionError("backend: vllm needs the vllm package on the GPU nodes (pip install vllm); "
-                               "or use backend: transformers")
-    captioner, prompts, generation = cfg.captioner_name(), cfg.prompt_texts(), cfg.generation()
-    check_params(cfg, captioner, prompts, generation, opts)
-    storage.delete(storage.join(cfg.output, MANIFEST), opts)  # unfinished until the manifest is written again
-    if not ray.is_initialized():
-        from artray.runtime import init_ray
-
-        init_ray()
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + corpus.new_run_id()
-
-    work, kinds, n_artworks = _select(cfg, captioner, list(prompts), opts)
-    device = _device(cfg)
-    job = CaptionJob(captioner=captioner, model=cfg.model, prompts=prompts, generation=generation, device=device,
-                     dtype=cfg.dtype, batch_size=cfg.batch_size, max_image_pixels=cfg.max_image_pixels,
-                     loop_repeats=cfg.loop_repeats, s3_endpoint=cfg.s3_endpoint,
-                     torch_threads=cfg.torch_threads or (max(1, int(cfg.actor_num_cpus)) if device == "cpu" else None))
-    gen_started = time.time()
-    stats, actors = (run_pipeline(lambda: _run_pipeline(cfg, work, job, run_id, opts), CaptionError, STAGE) if work
-                     else ({"written": 0, "failed": {}, "_tokens": 0}, 0))
-    gen_wall = time.time() - gen_started
-
-    out = corpus.read_table(storage.join(cfg.output, CAPTIONS), CAPTION_SCHEMA, opts,
-                            columns=["caption_id", "captioner", "flags"])
-    ids = out["caption_id"].to_pylist()
-    failures = consolidate_failures(cfg.output, STAGE, set(ids), run_id, opts)
-    mine = [f for c, f in zip(out["captioner"].to_pylist(), out["flags"].to_pylist()) if c == captioner]
-    flagged = Counter(flag for flags in mine for flag in flags)
-    counts = {
-        "input_artworks": n_artworks, "presets": list(prompts), "skipped_done": kinds["done"],
-        "skipped_failed": kinds["failed"], "to_caption": kinds["todo"], "captioned": stats["written"],
-        "failed_this_run": stats["failed"], "output_captions": len(set(ids)), "captioner_captions": len(mine),
-        "duplicate_captions": len(ids) - len(set(ids)), "flagged": {f: flagged[f] for f in FLAGS},
-        "unusable": sum(not usable(f) for f in mine),
-        **failure_counts(failures, STAGE),
-    }
-    manifest = build_manifest(
-        STAGE, cfg.model_dump(mode="json"), counts, started, run_id=run_id, input=cfg.input, output=cfg.output,
-        captioner=captioner, model=cfg.model, prompts=prompts, generation=generation, device=device, actors=actors,
-        generate_wall_s=round(gen_wall, 3), generated_tokens=stats["_tokens"],
-        captions_per_s=round(stats["written"] / gen_wall, 3) if stats["written"] else 0.0,
-        tokens_per_s=round(stats["_tokens"] / gen_wall, 2) if stats["written"] else 0.0,
-    )
-    corpus.write_manifest(cfg.output, manifest, opts)
-    print(summary_line(manifest))
-    return manifest
 
 
 def summary_line(manifest: dict) -> str:
@@ -209,20 +172,3 @@ def summary_line(manifest: dict) -> str:
         f"{manifest['captions_per_s']} captions/s, {manifest['tokens_per_s']} tokens/s on {manifest['actors']} "
         f"{manifest['device']} actor(s), {manifest['wall_s']:.1f}s in all"
     )
-
-
-def read_captions(uri: str, options: storage.StorageOptions = storage.DEFAULT_OPTIONS, captioner: str | None = None,
-                  preset: str | None = None, exclude_flags: tuple[str, ...] = EXCLUDE_BY_DEFAULT) -> pa.Table:
-    """Caption rows at `uri` of one captioner/preset (default: all), without those carrying `exclude_flags`.
-
-    The default leaves out refusals, loops and empty captions: what training should see.
-    Pass ``exclude_flags=()`` to get every row.
-    """
-    table = corpus.read_table(storage.join(uri, CAPTIONS), CAPTION_SCHEMA, options)
-    if captioner is not None:
-        table = table.filter(pc.equal(table["captioner"], captioner))
-    if preset is not None:
-        table = table.filter(pc.equal(table["preset"], preset))
-    if exclude_flags:
-        table = table.filter(pa.array([usable(f, exclude_flags) for f in table["flags"].to_pylist()], pa.bool_()))
-    return table

@@ -13,23 +13,25 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from artray import storage
-from artray.config import JobConfig, SplitList
-from artray.errors import UserError
+from artray.config import SplitList
 from artray.images import DEFAULT_MAX_PIXELS
+from artray.outputs import params_file
+from artray.stages.config import ModelStageConfig
+from artray.stages.run import StageError
 
-PARAMS = "_caption_params.json"  # per captioner: model, prompts, generation settings
+PARAMS = params_file("caption")  # per captioner: model, prompts, generation settings
 PRESETS = {
     "caption": "Caption this image",  # method (B), LLaVA-1.5
     "query": "Generate a query for this image, suitable for text-to-image retrieval",  # method (B), query generator
 }
 
 
-class CaptionError(UserError, RuntimeError):
+class CaptionError(StageError):
     """The caption job cannot start or finish; the message says what to fix."""
 
 
-class CaptionConfig(JobConfig):
-    """Config of `artray caption`."""
+class CaptionConfig(ModelStageConfig):
+    """Makes captions and search queries for a corpus's artworks with a multimodal LLM (method (B))."""
 
     input: str = Field(description="corpus URI with images (written by `artray corpus import` or `ingest`)")
     output: str = Field(description="captions URI to write; running again resumes it")
@@ -52,10 +54,7 @@ class CaptionConfig(JobConfig):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the cluster has GPUs")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="auto: bf16/fp16 on CUDA, fp32 on CPU")
     batch_size: int = Field(8, ge=1, description="prompts per generate call")
-    actors: int | None = Field(None, ge=1, description="model actors (default: one per GPU, or per actor_num_cpus)")
-    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
-    gpus_per_actor: float = Field(1.0, gt=0, description="GPUs per actor on CUDA (a fraction shares a GPU)")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per CPU actor (default: actor_num_cpus)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per CPU actor (default: cpus_per_actor)")
     shard_rows: int = Field(500, ge=1, description="rows per committed Parquet shard at most")
     retry_failed: bool = Field(False, description="also re-attempt permanent failures (missing/undecodable images)")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse images with more pixels")

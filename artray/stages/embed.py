@@ -2,23 +2,20 @@
 
 One task per artwork shard reads it (only the columns needed) and keeps the rows that
 still need work; the texts still to embed join them
-(``union``); one actor pool (``_EmbedBatch``: the encoder loaded once per actor, one GPU
+(``union``); one actor pool (`EmbedBatch`: the encoder loaded once per actor, one GPU
 per actor when the cluster has GPUs) turns each batch into result rows, and
 ``StageSink`` commits them to ``<out>/embeddings/`` and ``<out>/_failures/``.
 
-Resume, as in ingest: the committed output is the checkpoint. An ``embedding_id``
-(``image:<artwork_id>`` / ``text:<text_id>``) in ``<out>/embeddings`` is done; one whose
-latest failure is permanent (undecodable image, empty text) is skipped unless
-``retry_failed``. ``_embed_params.json`` pins family and checkpoint, and
-``_encoder.json`` the encoder's fingerprint, written by the first actor and checked by
-every later one: an output never mixes vectors of two encoders, even when a checkpoint
-is overwritten in place. ``_manifest.json`` is deleted when a run starts and written
-last. One run at a time per output URI.
+The run protocol (guard, resume from the committed ``embedding_id``s — ``image:<artwork_id>`` /
+``text:<text_id>`` —, permanent failures skipped unless ``retry_failed``, manifest last) is
+`artray.stages.run`'s. ``_embed_params.json`` pins family and checkpoint, and ``_encoder.json``
+the encoder's fingerprint, written by the first actor and checked by every later one: an output
+never mixes vectors of two encoders, even when a checkpoint is overwritten in place. Read the
+output with `artray.outputs.read_embeddings`.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pyarrow as pa
@@ -27,8 +24,7 @@ import ray
 from pydantic import Field, field_validator
 
 from artray import corpus, storage
-from artray.config import JobConfig
-from artray.corpus import ARTWORKS, MANIFEST
+from artray.corpus import ARTWORKS
 from artray.encoders import (
     Device,
     DType,
@@ -37,39 +33,28 @@ from artray.encoders import (
     check_same_encoder,
     load_encoder,
 )
-from artray.errors import UserError
 from artray.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb
-from artray.manifest import build_manifest
+from artray.outputs import EMBEDDINGS
 from artray.schema import EMBEDDING_SCHEMA
-from artray.stages.pipeline_errors import run_pipeline
-from artray.stages.sink import (
-    StageSink,
-    consolidate_failures,
-    failed_phrase,
-    failure_counts,
-    failed_result,
-    latest_failures,
-    ok_result,
-    result_schema,
-)
+from artray.stages.config import ModelStageConfig
+from artray.stages.run import TASK_CPUS, ActorPool, Run, Stage, StageError, Todo, actor_pool, rate, run_stage
+from artray.stages.sink import failed_phrase, failed_result, ok_result, result_schema
 
 STAGE = "embed"
-EMBEDDINGS = "embeddings"
-PARAMS = "_embed_params.json"  # family + checkpoint of the committed rows; a resume must match
 ENCODER = "_encoder.json"  # identity (with fingerprint) of the encoder that made them
-TASK_CPUS = 0.25  # read, select and write tasks are I/O: fractional, so they never wait behind the actors
+TASK_OPS = 3  # read, select and write: task operators beside the encoder actors
 INPUT_SCHEMA = pa.schema([("embedding_id", pa.string()), ("id", pa.string()), ("kind", pa.string()),
                           ("split", pa.string()), ("image", pa.binary()), ("image_uri", pa.string()),
                           ("text", pa.string())])
 RESULT_SCHEMA = result_schema(pa.schema([f.with_nullable(True) for f in EMBEDDING_SCHEMA]))
 
 
-class EmbedError(UserError, RuntimeError):
+class EmbedError(StageError):
     """The embed job cannot start or finish; the message says what to fix."""
 
 
-class EmbedConfig(JobConfig):
-    """Config of `artray embed`."""
+class EmbedConfig(ModelStageConfig):
+    """Turns a corpus's images and texts into embedding rows with one encoder, for retrieval and the index."""
 
     input: str = Field(description="corpus URI to embed (written by `artray corpus import` / `ingest`)")
     output: str = Field(description="embeddings URI to write; running again resumes it")
@@ -81,12 +66,8 @@ class EmbedConfig(JobConfig):
     device: Device = Field("auto", description="auto: CUDA when the actor has a GPU, else CPU")
     dtype: DType = Field("auto", description="auto: float16 on CUDA, float32 on CPU")
     batch_size: int = Field(64, ge=1, description="rows per actor call (and per forward pass)")
-    actors: int | None = Field(None, ge=1, description="encoder actors (default: one per GPU, else sized from CPUs)")
-    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
-    actor_num_gpus: float | None = Field(None, ge=0, description="GPUs per actor (default: 1 if the cluster has GPUs)")
     shard_rows: int = Field(2000, ge=1, description="rows per committed Parquet shard at most")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse images with more pixels")
-    retry_failed: bool = Field(False, description="also re-attempt permanent failures")
 
     @field_validator("checkpoint")
     @classmethod
@@ -94,7 +75,7 @@ class EmbedConfig(JobConfig):
         return canonical_checkpoint(value)
 
 
-class _EmbedBatch:
+class EmbedBatch:
     """Ray Data actor UDF: the encoder, loaded once; one result row per input row."""
 
     def __init__(self, cfg: EmbedConfig):
@@ -181,132 +162,89 @@ def _read_images(batch: dict, todo: pa.Array, options: storage.StorageOptions) -
                      "text": pa.nulls(n, pa.string())}, schema=INPUT_SCHEMA)
 
 
-def _todo(keys: list[str], done: set[str], failed: dict[str, bool], retry_failed: bool) -> tuple[list[bool], Counter]:
+def _todo(run: Run, keys: list[str]) -> tuple[list[bool], Counter]:
     """Per key whether to embed it, and how many were skipped as done / failed for good."""
     flags, skipped = [], Counter()
     for key in keys:
-        if key in done:
-            skipped["done"] += 1
-        elif failed.get(key) is False and not retry_failed:
-            skipped["failed"] += 1
-        else:
-            flags.append(True)
-            continue
-        flags.append(False)
+        why = run.skip(key)
+        flags.append(why is None)
+        if why:
+            skipped[why] += 1
     return flags, skipped
 
 
-def _pool(cfg: EmbedConfig, batches: int) -> tuple[int, float]:
-    """(actors, GPUs per actor): one actor per GPU when there are GPUs, else as many as the CPUs allow."""
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
-    num_gpus = cfg.actor_num_gpus if cfg.actor_num_gpus is not None else (1.0 if gpus >= 1 and cfg.device != "cpu" else 0.0)
-    if num_gpus > gpus:
-        raise EmbedError(f"actor_num_gpus={num_gpus} but the cluster has {gpus:g} GPUs; lower it or set device=cpu")
-    by_cpu = int(max(cpus - 3 * TASK_CPUS, cfg.actor_num_cpus) // cfg.actor_num_cpus)
-    wanted = cfg.actors or (int(gpus // num_gpus) if num_gpus else by_cpu)
-    if wanted * cfg.actor_num_cpus + TASK_CPUS > cpus:
-        raise EmbedError(
-            f"{wanted} actors x {cfg.actor_num_cpus} CPUs leave no CPU for read/write tasks on a {cpus:g}-CPU "
-            "cluster (Ray Data would wait forever); lower actors or actor_num_cpus")
-    return max(1, min(wanted, batches)), num_gpus
+def embed_pool(cfg: EmbedConfig, rows: int) -> ActorPool:
+    """The encoder actor pool for `rows` rows (also what evaluate's encoder jobs use)."""
+    return actor_pool(cfg, -(-rows // cfg.batch_size), device=cfg.device, task_ops=TASK_OPS, error=EmbedError)
 
 
-def _check_params(cfg: EmbedConfig, opts: storage.StorageOptions) -> None:
-    uri = storage.join(cfg.output, PARAMS)
-    wanted = {"family": cfg.family, "checkpoint": cfg.checkpoint}
-    found = storage.read_json(uri, opts)
-    if found is None:
-        storage.write_json_atomic(uri, wanted, opts)
-    elif found != wanted:
-        raise EmbedError(
-            f"{cfg.output} holds embeddings of {found['family']}:{found['checkpoint']}, this run asks for "
-            f"{cfg.family}:{cfg.checkpoint}: one output holds one encoder's vectors. Use a new output URI "
-            "(one per checkpoint), or delete the old output to start over")
+class EmbedStage(Stage):
+    name, table, schema, key, error = STAGE, EMBEDDINGS, EMBEDDING_SCHEMA, "embedding_id", EmbedError
+    task_ops, udf, final_columns = TASK_OPS, EmbedBatch, ("kind",)
+    pin_hint = "one output holds one encoder's vectors (use one output URI per checkpoint)"
+
+    def check(self, cfg: EmbedConfig, opts) -> None:
+        if not (cfg.images or cfg.texts):
+            raise EmbedError("nothing to embed: images and texts are both off")
+
+    def params(self, cfg: EmbedConfig) -> dict:
+        return {"family": cfg.family, "checkpoint": cfg.checkpoint}
+
+    def device(self, cfg: EmbedConfig) -> str:
+        return cfg.device
+
+    def pool(self, run: Run, todo: Todo) -> ActorPool:
+        return embed_pool(run.cfg, todo.rows)
+
+    def todo(self, run: Run) -> Todo:
+        cfg, opts = run.cfg, run.opts
+        wanted = pa.array(cfg.splits, pa.string()) if cfg.splits else None
+        parts, counts, skipped = [], {"images_in": 0, "texts_in": 0}, Counter()
+        if cfg.images:
+            arts = corpus.read_artworks(cfg.input, opts, columns=["artwork_id", "split"])
+            arts = arts.filter(pc.is_in(arts["split"], wanted)) if wanted is not None else arts
+            ids = arts["artwork_id"].to_pylist()
+            flags, skip = _todo(run, [f"image:{a}" for a in ids])
+            todo = pa.array([a for a, f in zip(ids, flags) if f], pa.string())
+            counts["images_in"], counts["images_todo"], skipped = len(ids), len(todo), skipped + skip
+            if len(todo):  # one read task per corpus shard; image bytes never pass through the driver
+                shards = storage.list_files(storage.join(cfg.input, ARTWORKS), ".parquet", opts)
+                parts.append(ray.data.from_items([{"shard": u} for u in shards]).map_batches(
+                    _read_images, fn_kwargs={"todo": todo, "options": opts}, batch_size=1, batch_format="numpy",
+                    num_cpus=TASK_CPUS))
+        if cfg.texts:
+            texts = corpus.read_texts(cfg.input, opts)
+            texts = texts.filter(pc.is_in(texts["split"], wanted)) if wanted is not None else texts
+            flags, skip = _todo(run, [f"text:{t}" for t in texts["text_id"].to_pylist()])
+            texts = texts.filter(pa.array(flags, pa.bool_()))
+            counts["texts_in"], counts["texts_todo"], skipped = len(flags), texts.num_rows, skipped + skip
+            if texts.num_rows:
+                n = texts.num_rows
+                parts.append(ray.data.from_arrow(pa.table({
+                    "embedding_id": pc.binary_join_element_wise("text:", texts["text_id"], ""), "id": texts["text_id"],
+                    "kind": pa.array(["text"] * n, pa.string()), "split": texts["split"],
+                    "image": pa.nulls(n, pa.binary()), "image_uri": pa.nulls(n, pa.string()), "text": texts["text"]},
+                    schema=INPUT_SCHEMA)))
+        counts.update(skipped_done=skipped["done"], skipped_failed=skipped["failed"])
+        data = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]) if parts else None
+        return Todo(data, counts.get("images_todo", 0) + counts.get("texts_todo", 0), counts=counts)
+
+    def finish(self, run: Run, todo: Todo, stats: dict, table: pa.Table, failures: list[dict]) -> dict:
+        kinds = Counter(table["kind"].to_pylist())
+        return {"embedded": stats["written"], "output_images": kinds["image"], "output_texts": kinds["text"],
+                "duplicate_embeddings": table.num_rows - len(set(table["embedding_id"].to_pylist()))}
+
+    def manifest_fields(self, run: Run, todo: Todo, stats: dict, wall_s: float) -> dict:
+        return {"encoder": storage.read_json(storage.join(run.cfg.output, ENCODER), run.opts),
+                "embed_wall_s": round(wall_s, 3), "rows_per_s": rate(stats["written"], wall_s)}
+
+    def summary_line(self, manifest: dict) -> str:
+        return summary_line(manifest)
 
 
 def run_embed(cfg: EmbedConfig) -> dict:
     """Embed what is missing from `cfg.output`, consolidate failures, write the manifest; returns it."""
-    started = time.time()
-    opts = cfg.storage_options()
-    if corpus.read_manifest(cfg.input, opts) is None:
-        raise EmbedError(f"{cfg.input} has no {MANIFEST}: it is not a finished corpus (run `artray corpus import` first)")
-    if not (cfg.images or cfg.texts):
-        raise EmbedError("nothing to embed: images and texts are both off")
-    _check_params(cfg, opts)
-    storage.delete(storage.join(cfg.output, MANIFEST), opts)
-    if not ray.is_initialized():
-        ray.init()
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + corpus.new_run_id()
-    done = corpus.committed_ids(storage.join(cfg.output, EMBEDDINGS), "embedding_id", opts)
-    failed = latest_failures(cfg.output, STAGE, opts)
-    wanted = pa.array(cfg.splits, pa.string()) if cfg.splits else None
-
-    parts, counts = [], {"images_in": 0, "texts_in": 0}
-    skipped: Counter = Counter()
-    if cfg.images:
-        arts = corpus.read_artworks(cfg.input, opts, columns=["artwork_id", "split"])
-        arts = arts.filter(pc.is_in(arts["split"], wanted)) if wanted is not None else arts
-        ids = arts["artwork_id"].to_pylist()
-        flags, skip = _todo([f"image:{a}" for a in ids], done, failed, cfg.retry_failed)
-        todo = pa.array([a for a, f in zip(ids, flags) if f], pa.string())
-        counts["images_in"], counts["images_todo"], skipped = len(ids), len(todo), skipped + skip
-        if len(todo):  # one read task per corpus shard; image bytes never pass through the driver
-            shards = storage.list_files(storage.join(cfg.input, ARTWORKS), ".parquet", opts)
-            parts.append(ray.data.from_items([{"shard": u} for u in shards]).map_batches(
-                _read_images, fn_kwargs={"todo": todo, "options": opts}, batch_size=1, batch_format="numpy",
-                num_cpus=TASK_CPUS))
-    if cfg.texts:
-        texts = corpus.read_texts(cfg.input, opts)
-        texts = texts.filter(pc.is_in(texts["split"], wanted)) if wanted is not None else texts
-        flags, skip = _todo([f"text:{t}" for t in texts["text_id"].to_pylist()], done, failed, cfg.retry_failed)
-        texts = texts.filter(pa.array(flags, pa.bool_()))
-        counts["texts_in"], counts["texts_todo"], skipped = len(flags), texts.num_rows, skipped + skip
-        if texts.num_rows:
-            n = texts.num_rows
-            parts.append(ray.data.from_arrow(pa.table({
-                "embedding_id": pc.binary_join_element_wise("text:", texts["text_id"], ""), "id": texts["text_id"],
-                "kind": pa.array(["text"] * n, pa.string()), "split": texts["split"], "image": pa.nulls(n, pa.binary()),
-                "image_uri": pa.nulls(n, pa.string()), "text": texts["text"]}, schema=INPUT_SCHEMA)))
-
-    stats, actors = {"written": 0, "failed": {}}, 0
-    todo_rows = counts.get("images_todo", 0) + counts.get("texts_todo", 0)
-    embed_started = time.time()
-    if parts:
-        actors, num_gpus = _pool(cfg, -(-todo_rows // cfg.batch_size))
-        ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-        sink = StageSink(cfg.output, EMBEDDINGS, EMBEDDING_SCHEMA, STAGE, run_id, opts, cfg.shard_rows)
-        run_pipeline(lambda: ds.map_batches(
-            _EmbedBatch, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cfg.actor_num_cpus, num_gpus=num_gpus,
-        ).write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS}), EmbedError, STAGE)
-        stats = sink.stats
-    embed_wall = time.time() - embed_started
-
-    table = corpus.read_table(storage.join(cfg.output, EMBEDDINGS), EMBEDDING_SCHEMA, opts, columns=["embedding_id", "kind"])
-    final = set(table["embedding_id"].to_pylist())
-    failures = consolidate_failures(cfg.output, STAGE, final, run_id, opts)
-    kinds = Counter(table["kind"].to_pylist())
-    counts.update({
-        "skipped_done": skipped["done"], "skipped_failed": skipped["failed"], "embedded": stats["written"],
-        "failed_this_run": stats["failed"], "output_images": kinds["image"], "output_texts": kinds["text"],
-        "duplicate_embeddings": table.num_rows - len(final),
-        **failure_counts(failures),
-    })
-    manifest = build_manifest(
-        STAGE, cfg.model_dump(mode="json"), counts, started, run_id=run_id, input=cfg.input, output=cfg.output,
-        encoder=storage.read_json(storage.join(cfg.output, ENCODER), opts), actors=actors,
-        embed_wall_s=round(embed_wall, 3), rows_per_s=round(stats["written"] / embed_wall, 2) if stats["written"] else 0.0,
-    )
-    corpus.write_manifest(cfg.output, manifest, opts)
-    print(summary_line(manifest))
-    return manifest
-
-
-def read_embeddings(uri: str, options: storage.StorageOptions = storage.DEFAULT_OPTIONS,
-                    columns: list[str] | None = None) -> pa.Table:
-    """All committed embedding rows at `uri` (an embed job's output)."""
-    return corpus.read_table(storage.join(uri, EMBEDDINGS), EMBEDDING_SCHEMA, options, columns)
+    return run_stage(EmbedStage(), cfg)
 
 
 def summary_line(manifest: dict) -> str:

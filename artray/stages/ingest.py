@@ -15,16 +15,15 @@ whose latest ``_failures`` row is not retryable is skipped, everything else is f
 Data's own checkpointing does not fit: a failed fetch must be written yet stay eligible for
 a retry. End of a run, in order: consolidate ``_failures`` (one row per key, none for an
 ingested artwork; new shard first, old ones deleted after), rewrite texts if they changed,
-write ``_manifest.json`` last. The manifest is deleted when a run starts, so an output
-without one is unfinished, and the next run repairs whatever a crash left half-done.
-``_ingest_params.json`` pins ``max_long_side`` so a resume never mixes image sizes.
-One run at a time per output URI.
+write ``_manifest.json`` last (the protocol of every stage: `artray.stages.run`). The manifest is
+deleted when a run starts, so an output without one is unfinished, and the next run repairs
+whatever a crash left half-done. ``_ingest_params.json`` pins ``max_long_side`` so a resume never
+mixes image sizes. One run at a time per output URI.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
@@ -36,22 +35,17 @@ import ray
 from pydantic import Field
 
 from artray import corpus, storage
-from artray.config import JobConfig
 from artray.corpora.fetch import FetchConfig, Fetcher
-from artray.corpus import ARTWORKS, MANIFEST, TEXTS
-from artray.errors import UserError
+from artray.corpus import ARTWORKS, TEXTS
 from artray.images import DEFAULT_MAX_PIXELS
-from artray.manifest import build_manifest
 from artray.schema import ARTWORK_SCHEMA, TEXT_SCHEMA
-from artray.stages.pipeline_errors import run_pipeline
+from artray.stages.config import StageConfig
+from artray.stages.run import ActorPool, Run, Stage, StageError, Todo, actor_pool, rate, run_stage
 from artray.stages.sink import (
     BatchCommitter,
     commit_shards,
-    consolidate_failures,
     failed_phrase,
-    failure_counts,
     failed_result,
-    latest_failures,
     ok_result,
     result_schema,
 )
@@ -59,16 +53,15 @@ from artray.stages.sink import (
 logger = logging.getLogger(__name__)
 
 STAGE = "ingest"
-PARAMS = "_ingest_params.json"  # settings that shape committed rows; a resume must match them
 RESULT_SCHEMA = result_schema(ARTWORK_SCHEMA, pa.field("_bytes", pa.int64()))
 
 
-class IngestError(UserError, RuntimeError):
+class IngestError(StageError):
     """The ingest job cannot start or finish; the message says what to fix."""
 
 
-class IngestConfig(JobConfig):
-    """Config of `artray corpus ingest`."""
+class IngestConfig(StageConfig):
+    """Downloads the images behind a corpus's `img_url`s into a new corpus, politely and resumably."""
 
     input: str = Field(description="corpus URI to read (written by `artray corpus import`)")
     output: str = Field(description="corpus URI to write; running again resumes it")
@@ -83,7 +76,7 @@ class IngestConfig(JobConfig):
     per_host_concurrency: int = Field(8, ge=1, description="requests in flight per host, cluster-wide (split over the actors)")
     threads_per_actor: int = Field(16, ge=1)
     actors: int | None = Field(None, ge=1, description="fetch actors (default: sized from the cluster's CPUs)")
-    actor_num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor (decoding and resizing use them)")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per actor (decoding and resizing use them)")
     batch_size: int = Field(128, ge=1, description="artworks per actor task; each task commits its own shard")
     shard_rows: int = Field(500, ge=1, description="rows per committed Parquet shard at most (a batch is one shard "
                             "when batch_size <= shard_rows)")
@@ -131,42 +124,6 @@ class _FetchBatch:
         return out
 
 
-def _actor_count(cfg: IngestConfig, blocks: int, hosts: int) -> int:
-    """Explicit `actors`, else as many as the CPUs allow, at most per_host_concurrency per distinct host."""
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    by_cpu = max(1, int(cpus // cfg.actor_num_cpus))
-    wanted = cfg.actors or min(64, by_cpu, cfg.per_host_concurrency * max(1, hosts))
-    if wanted * cfg.actor_num_cpus > cpus:
-        raise IngestError(
-            f"{wanted} actors x {cfg.actor_num_cpus} CPUs do not fit a {cpus:g}-CPU cluster (Ray Data would wait "
-            "forever for the pool); lower actors or actor_num_cpus")
-    if wanted > cfg.per_host_concurrency:
-        logger.warning("%d actors > per_host_concurrency=%d: each actor still sends 1 request at a time per host, "
-                       "so up to %d may reach one host", wanted, cfg.per_host_concurrency, wanted)
-    return max(1, min(wanted, blocks))
-
-
-def _run_pipeline(todo: pa.Table, cfg: IngestConfig, run_id: str) -> tuple[dict, int]:
-    """Fetch `todo` on an actor pool and commit the results; returns (stats, actors)."""
-    blocks = [todo.slice(i, cfg.batch_size) for i in range(0, todo.num_rows, cfg.batch_size)]
-    hosts = {urlparse(u).netloc.lower() for u in todo["img_url"].to_pylist() if u}
-    actors = _actor_count(cfg, len(blocks), len(hosts))
-    committer = BatchCommitter(cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run_id, cfg.storage_options(),
-                               cfg.shard_rows, sum_columns=("_bytes",))
-    ds = ray.data.from_arrow(blocks).map_batches(
-        _FetchBatch,
-        fn_constructor_kwargs={"fetch_config": cfg.fetch_config(actors), "threads": cfg.threads_per_actor,
-                               "committer": committer},
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        # Several batches in flight per actor share its threads, so one slow URL never stalls an actor.
-        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=4,
-                                           max_concurrent_calls_per_actor=4, enable_true_multi_threading=True),
-        num_cpus=cfg.actor_num_cpus,
-    )
-    return committer.collect(ds.iter_batches(batch_size=None, batch_format="pyarrow")), actors
-
-
 def _sync_texts(cfg: IngestConfig, final_ids: set[str], run_id: str, opts: storage.StorageOptions) -> dict:
     """Texts of the input that point at an ingested artwork (links to missing ones removed)."""
     kept, dropped, links_dropped = [], 0, 0
@@ -189,32 +146,17 @@ def _sync_texts(cfg: IngestConfig, final_ids: set[str], run_id: str, opts: stora
             "text_links_dropped": links_dropped}
 
 
-def _check_params(cfg: IngestConfig, opts: storage.StorageOptions) -> None:
-    """Refuse to resume an output whose committed images were shaped by other settings."""
-    uri = storage.join(cfg.output, PARAMS)
-    wanted = {"max_long_side": cfg.max_long_side}
-    found = storage.read_json(uri, opts)
-    if found is None:
-        storage.write_json_atomic(uri, wanted, opts)
-    elif found != wanted:
-        raise IngestError(
-            f"{cfg.output} was ingested with {found}, this run asks for {wanted}: committed images would mix "
-            "both. Use a new output URI, or delete the old output to start over")
-
-
-def _select(cfg: IngestConfig, artworks: pa.Table, done: set[str], failed: dict[str, bool]) -> pa.Array:
+def _select(run: Run, artworks: pa.Table) -> pa.Array:
     """Per artwork: 'done', 'carry' (has an image), 'failed' (permanent, skipped) or 'todo'."""
     kinds = []
     cols = [artworks["artwork_id"].to_pylist()] + [pc.is_valid(artworks[c]).to_pylist() for c in ("image", "img_url", "image_uri")]
     for aid, has_image, has_url, has_uri in zip(*cols):
-        if aid in done:
+        if aid in run.done:
             kinds.append("done")
         elif has_image or (has_uri and not has_url):
             kinds.append("carry")
-        elif failed.get(aid) is False and not cfg.retry_failed:
-            kinds.append("failed")
         else:
-            kinds.append("todo")
+            kinds.append(run.skip(aid) or "todo")
     return pa.array(kinds, pa.string())
 
 
@@ -225,67 +167,94 @@ def _wanted(cfg: IngestConfig, artworks: pa.Table) -> pa.Table:
     return artworks.filter(pc.is_in(artworks["split"], pa.array(cfg.splits, pa.string())))
 
 
-def _carry_over(cfg: IngestConfig, run_id: str, done: set[str], failed: dict[str, bool],
-                opts: storage.StorageOptions) -> tuple[pa.Table, Counter]:
+def _carry_over(run: Run) -> tuple[pa.Table, Counter]:
     """Sort the input's artworks (see `_select`) one input shard at a time, committing the ones that
     already have an image to the output as they come, so their image bytes are never all in memory at
     once. Returns the rows to fetch (no image bytes: small) and the count of each kind."""
+    cfg, opts = run.cfg, run.opts
     todo, kinds_seen, carry_shards = [], Counter(), 0
     for shard in storage.list_files(storage.join(cfg.input, ARTWORKS), ".parquet", opts):
         artworks = _wanted(cfg, storage.read_parquet(shard, opts).select(ARTWORK_SCHEMA.names).cast(ARTWORK_SCHEMA))
-        kinds = _select(cfg, artworks, done, failed)
+        kinds = _select(run, artworks)
         kinds_seen.update(kinds.to_pylist())
         todo.append(artworks.filter(pc.equal(kinds, "todo")))
         carry = artworks.filter(pc.equal(kinds, "carry"))
-        carry_shards = commit_shards(carry, storage.join(cfg.output, ARTWORKS), f"{run_id}-carry", cfg.shard_rows,
+        carry_shards = commit_shards(carry, storage.join(cfg.output, ARTWORKS), f"{run.run_id}-carry", cfg.shard_rows,
                                      opts, carry_shards)
     return (pa.concat_tables(todo) if todo else ARTWORK_SCHEMA.empty_table()), kinds_seen
 
 
+class IngestStage(Stage):
+    """Fetch actors commit their own batches (`BatchCommitter`): no write tasks, no sink."""
+
+    name, table, schema, key, error = STAGE, ARTWORKS, ARTWORK_SCHEMA, "artwork_id", IngestError
+    task_ops, sum_columns = 0, ("_bytes",)
+    pin_hint = "committed images would mix both sizes"
+
+    def params(self, cfg: IngestConfig) -> dict:
+        return {"max_long_side": cfg.max_long_side}
+
+    def todo(self, run: Run) -> Todo:
+        cfg = run.cfg
+        index = _wanted(cfg, corpus.read_artworks(cfg.input, run.opts, columns=["artwork_id", "split"]))
+        if corpus.has_duplicates(index, "artwork_id"):
+            raise IngestError(f"{cfg.input} has duplicate artwork_ids; re-import it")
+        todo, kinds = _carry_over(run)
+        blocks = [todo.slice(i, cfg.batch_size) for i in range(0, todo.num_rows, cfg.batch_size)]
+        return Todo(blocks, todo.num_rows, len(blocks), counts={
+            "input_artworks": index.num_rows, "skipped_done": kinds["done"], "skipped_failed": kinds["failed"],
+            "carried_over": kinds["carry"], "to_fetch": kinds["todo"]})
+
+    def pool(self, run: Run, todo: Todo) -> ActorPool:
+        """Sized from the CPUs, at most per_host_concurrency actors per distinct host (and 64)."""
+        cfg = run.cfg
+        hosts = {urlparse(u).netloc.lower() for block in todo.data for u in block["img_url"].to_pylist() if u}
+        pool = actor_pool(cfg, todo.blocks, device="cpu", task_ops=0, error=IngestError,
+                          limit=min(64, cfg.per_host_concurrency * max(1, len(hosts))))
+        if pool.size > cfg.per_host_concurrency:
+            logger.warning("%d actors > per_host_concurrency=%d: each actor still sends 1 request at a time per host, "
+                           "so up to %d may reach one host", pool.size, cfg.per_host_concurrency, pool.size)
+        return pool
+
+    def _committer(self, run: Run) -> BatchCommitter:
+        return BatchCommitter(run.cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run.run_id, run.opts,
+                              run.cfg.shard_rows, sum_columns=self.sum_columns)
+
+    def transform(self, run: Run, todo: Todo, pool: ActorPool):
+        cfg = run.cfg
+        return ray.data.from_arrow(todo.data).map_batches(
+            _FetchBatch,
+            fn_constructor_kwargs={"fetch_config": cfg.fetch_config(pool.size), "threads": cfg.threads_per_actor,
+                                   "committer": self._committer(run)},
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            # Several batches in flight per actor share its threads, so one slow URL never stalls an actor.
+            compute=pool.strategy(max_tasks_in_flight_per_actor=4, max_concurrent_calls_per_actor=4,
+                                  enable_true_multi_threading=True),
+            **pool.remote_args(),
+        )
+
+    def commit(self, run: Run, results) -> dict:
+        """The actors committed every batch; sum the per-batch stats they return."""
+        return self._committer(run).collect(results.iter_batches(batch_size=None, batch_format="pyarrow"))
+
+    def finish(self, run: Run, todo: Todo, stats: dict, table: pa.Table, failures: list[dict]) -> dict:
+        ids = table["artwork_id"].to_pylist()
+        final_ids = set(ids)
+        return {"fetched": stats["written"], "output_artworks": len(final_ids),
+                "duplicate_artworks": len(ids) - len(final_ids), **_sync_texts(run.cfg, final_ids, run.run_id, run.opts)}
+
+    def manifest_fields(self, run: Run, todo: Todo, stats: dict, wall_s: float) -> dict:
+        return {"bytes_downloaded": stats["_bytes"], "fetch_wall_s": round(wall_s, 3),
+                "images_per_s": rate(stats["written"], wall_s)}
+
+    def summary_line(self, manifest: dict) -> str:
+        return summary_line(manifest)
+
+
 def run_ingest(cfg: IngestConfig) -> dict:
     """Fetch what is missing from `cfg.output`, consolidate, write the manifest; returns it."""
-    started = time.time()
-    opts = cfg.storage_options()
-    if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
-        raise IngestError("input and output are the same corpus; ingest writes a new corpus URI")
-    if corpus.read_manifest(cfg.input, opts) is None:
-        raise IngestError(f"{cfg.input} has no {MANIFEST}: it is not a finished corpus (run `artray corpus import` first)")
-    _check_params(cfg, opts)
-    storage.delete(storage.join(cfg.output, MANIFEST), opts)  # unfinished until the manifest is written again
-    if not ray.is_initialized():
-        ray.init()
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + corpus.new_run_id()
-
-    index = _wanted(cfg, corpus.read_artworks(cfg.input, opts, columns=["artwork_id", "split"]))
-    if corpus.has_duplicates(index, "artwork_id"):
-        raise IngestError(f"{cfg.input} has duplicate artwork_ids; re-import it")
-    done = corpus.committed_ids(storage.join(cfg.output, ARTWORKS), "artwork_id", opts)
-    todo, kind_counts = _carry_over(cfg, run_id, done, latest_failures(cfg.output, STAGE, opts), opts)
-
-    fetch_started = time.time()
-    stats, actors = (run_pipeline(lambda: _run_pipeline(todo, cfg, run_id), IngestError, STAGE) if todo.num_rows
-                     else ({"written": 0, "failed": {}, "_bytes": 0}, 0))
-    fetch_wall = time.time() - fetch_started
-
-    ids = corpus.read_artworks(cfg.output, opts, columns=["artwork_id"]).column("artwork_id").to_pylist()
-    final_ids = set(ids)
-    failures = consolidate_failures(cfg.output, STAGE, final_ids, run_id, opts)
-    texts = _sync_texts(cfg, final_ids, run_id, opts)
-    counts = {
-        "input_artworks": index.num_rows, "skipped_done": kind_counts["done"],
-        "skipped_failed": kind_counts["failed"], "carried_over": kind_counts["carry"],
-        "to_fetch": kind_counts["todo"], "fetched": stats["written"], "failed_this_run": stats["failed"],
-        "output_artworks": len(final_ids), "duplicate_artworks": len(ids) - len(final_ids),
-        **failure_counts(failures), **texts,
-    }
-    manifest = build_manifest(
-        STAGE, cfg.model_dump(mode="json"), counts, started, run_id=run_id, input=cfg.input, output=cfg.output,
-        actors=actors, bytes_downloaded=stats["_bytes"], fetch_wall_s=round(fetch_wall, 3),
-        images_per_s=round(stats["written"] / fetch_wall, 2) if stats["written"] else 0.0,
-    )
-    corpus.write_manifest(cfg.output, manifest, opts)
-    print(summary_line(manifest))
-    return manifest
+    return run_stage(IngestStage(), cfg)
 
 
 def summary_line(manifest: dict) -> str:

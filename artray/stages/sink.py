@@ -13,8 +13,8 @@ instead of duplicating rows, and a resumed run never touches an earlier run's sh
 named after the batch's keys), for stages whose rows (downloaded images) cost more to move
 to a write task than to write where they are made.
 
-Resume reads the committed output back: `latest_failures` says which keys failed and
-whether that was transient, and `consolidate_failures` leaves one row per key (none for
+Resume reads the committed output back: `artray.outputs.latest_failures` says which keys failed
+and whether that was transient, and `consolidate_failures` leaves one row per key (none for
 keys that have since succeeded) once a run ends.
 """
 
@@ -172,16 +172,6 @@ class BatchCommitter:
         """The stage's stats (as `StageSink.stats`) from the batches `__call__` returned."""
         rows = (row for batch in stats_batches for row in batch.to_pylist())
         return total_stats(({**row, "failed": json.loads(row["failed"])} for row in rows), self.sum_columns)
-
-
-def latest_failures(output: str, stage: str, options: storage.StorageOptions) -> dict[str, bool]:
-    """key → `retryable` of its latest failure row of `stage` (shards sort by run id)."""
-    failures = corpus.read_failures(output, options)
-    out: dict[str, bool] = {}
-    for key, st, retryable in zip(*(failures.column(c).to_pylist() for c in ("key", "stage", "retryable"))):
-        if st == stage and key is not None:
-            out[key] = retryable
-    return out
 
 
 def consolidate_failures(output: str, stage: str, final_keys: set[str], run_id: str,

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from artray import corpus, storage
+from artray import corpus
 from artray.errors import UserError
 from artray.images import ImageError, decode, header
-from artray.schema import CAPTION_SCHEMA, VARIANT_SCHEMA
+from artray.outputs import read_captions, read_variants
 from artray.train.config import TrainConfig
 
 log = logging.getLogger("artray.train")
@@ -73,8 +73,7 @@ def check_leakage(kind: str, ids: list[str], splits: dict[str, str], source: str
 
 def _read_variants(cfg: TrainConfig, splits: dict[str, str]) -> dict[str, list[bytes]]:
     opts = cfg.storage_options()
-    table = corpus.read_table(storage.join(cfg.variants, "variants"), VARIANT_SCHEMA, opts,
-                              columns=["parent_id", "variant", "image", "passed_filter"])
+    table = read_variants(cfg.variants, opts, columns=["parent_id", "variant", "image", "passed_filter"])
     check_leakage("variants", table.column("parent_id").to_pylist(), splits, f"variants at {cfg.variants}")
     if cfg.only_passed_filter and table.num_rows:
         table = table.filter(pc.invert(pc.fill_null(pc.equal(table["passed_filter"], False), False)))
@@ -87,8 +86,8 @@ def _read_variants(cfg: TrainConfig, splits: dict[str, str]) -> dict[str, list[b
 
 def _read_generated(cfg: TrainConfig, splits: dict[str, str]) -> dict[str, list[str]]:
     opts = cfg.storage_options()
-    table = corpus.read_table(storage.join(cfg.captions, "captions"), CAPTION_SCHEMA, opts,
-                              columns=["artwork_id", "captioner", "preset", "text", "flags"])
+    table = read_captions(cfg.captions, opts, exclude_flags=(),
+                          columns=["artwork_id", "captioner", "preset", "text", "flags"])
     mine = table.filter(pc.and_(pc.equal(table["captioner"], cfg.captioner),
                                 pc.equal(table["preset"], cfg.caption_preset)))
     if mine.num_rows == 0:

@@ -120,11 +120,11 @@ def cases(inputs: dict, tiny: dict[str, str]) -> dict[str, StageCase]:
             per_host_concurrency=2, retries=1, backoff_s=0.05, max_backoff_s=0.1)), "fetched", "skipped_done"),
         "augment": StageCase("augment", "variants", "variant_id", "Generate", lambda out: run_augment(AugmentConfig(
             input=src, output=out, model=tiny["sd-img2img"], variants=2, steps=4, long_side=64, batch_size=2,
-            shard_rows=2, actor_num_cpus=0.5)), "generated", "done"),
+            shard_rows=2, cpus_per_actor=0.5)), "generated", "done"),
         "caption": StageCase("caption", "captions", "caption_id", "CaptionBatch", lambda out: run_caption(CaptionConfig(
             input=src, output=out, model=tiny["llava"], max_new_tokens=8, batch_size=2, shard_rows=2,
-            actors=2, actor_num_cpus=0.5)), "captioned", "skipped_done"),
-        "embed": StageCase("embed", "embeddings", "embedding_id", "_EmbedBatch", lambda out: run_embed(EmbedConfig(
+            actors=2, cpus_per_actor=0.5)), "captioned", "skipped_done"),
+        "embed": StageCase("embed", "embeddings", "embedding_id", "EmbedBatch", lambda out: run_embed(EmbedConfig(
             input=src, output=out, family="longclip", checkpoint=tiny["longclip"], batch_size=1, shard_rows=1,
-            device="cpu", actor_num_cpus=0.5)), "embedded", "skipped_done", float_cols=("vector",)),
+            device="cpu", cpus_per_actor=0.5)), "embedded", "skipped_done", float_cols=("vector",)),
     }

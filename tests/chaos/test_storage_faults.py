@@ -29,7 +29,8 @@ from s3fault import CuttableProxy, MotoProcess
 from stage_cases import make_inputs
 
 from artray import corpus, storage
-from artray.stages.embed import EMBEDDINGS, EmbedConfig, run_embed
+from artray.outputs import EMBEDDINGS
+from artray.stages.embed import EmbedConfig, run_embed
 from artray.storage import StorageError, StorageOptions
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1800)]
@@ -48,7 +49,7 @@ def inputs(tmp_path_factory):
 
 def _cfg(inputs, tiny, output: str, endpoint: str | None = None) -> EmbedConfig:
     return EmbedConfig(input=inputs["corpus"], output=output, family="longclip", checkpoint=tiny["longclip"],
-                       batch_size=2, shard_rows=2, device="cpu", actor_num_cpus=0.5, s3_endpoint=endpoint)
+                       batch_size=2, shard_rows=2, device="cpu", cpus_per_actor=0.5, s3_endpoint=endpoint)
 
 
 def _clean(inputs, tiny, tmp_path_factory) -> tuple[str, Snapshot]:
