@@ -216,7 +216,8 @@ def _cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The whole `artray` parser; only the command being parsed imports its config module."""
     parser = _LazyParser(prog="artray", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, with Ray's own logs and progress bars on the console")
     sub = parser.add_subparsers(dest="command", required=True)
 
     corpus_p = sub.add_parser("corpus", help="import, ingest, sample and inspect corpora")
@@ -271,8 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from artray.console import setup_cli_logging
+
+    setup_cli_logging(args.verbose)
     from artray.errors import UserError
 
     try:

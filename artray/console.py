@@ -16,6 +16,8 @@ workers, actor-state warnings every few seconds). artray's console keeps only it
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -27,12 +29,49 @@ from typing import TextIO
 VERBOSE_ENV = "ARTRAY_VERBOSE"  # set by `artray -v`: Ray's own logs and progress bars stay on the console
 INTERVAL_ENV = "ARTRAY_PROGRESS_INTERVAL_S"
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
+# Libraries that log routine notices at INFO/WARNING (faiss's loader, DeepSpeed's accelerator choice): errors only.
+CHATTY_LOGGERS = ("faiss", "faiss.loader", "DeepSpeed", "deepspeed", "torch.distributed", "transformers",
+                  "diffusers", "urllib3", "filelock", "numexpr", "jieba")
 DRIVER_LOG = "artray-driver.log"
 
 
 def verbose() -> bool:
     """True when the user asked for Ray's own logs on the console (`artray -v` / ARTRAY_VERBOSE=1)."""
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def setup_cli_logging(verbose_flag: bool) -> None:
+    """The CLI's logging: artray's own INFO lines on the console; other libraries' routine notices only
+    with ``-v`` (they still reach Ray's log files through Ray's own handlers)."""
+    if verbose_flag:
+        os.environ[VERBOSE_ENV] = "1"  # Ray workers inherit it too
+    logging.basicConfig(level=logging.DEBUG if verbose_flag else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("artray").setLevel(logging.DEBUG if verbose_flag else logging.INFO)
+    if verbose_flag:
+        return
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # transformers' "Loading checkpoint shards" bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+@contextlib.contextmanager
+def captured_output(what: str):
+    """Keep a library's print()s off the console (they go to the debug log), unless verbose."""
+    if verbose():
+        yield
+        return
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        yield
+    text = (out.getvalue() + err.getvalue()).strip()
+    if text:
+        logging.getLogger("artray.console").debug("%s said:\n%s", what, text)
 
 
 def ray_init_kwargs() -> dict:
@@ -59,7 +98,8 @@ def route_ray_logs() -> str | None:
     """Move Ray's console logging of this process into a file and return its path (None when verbose).
 
     Ray's loggers keep their file handlers (Ray Data's ``ray-data.log`` among them); their console
-    handlers only pass warnings and errors. Python warnings raised inside Ray go to the same file.
+    handlers only pass errors (Ray's warnings, such as Ray Data's "no available CPUs" while actors
+    hold them, are in the file). Python warnings go to the same file.
     """
     global _routed
     if verbose():
@@ -75,7 +115,7 @@ def route_ray_logs() -> str | None:
         logger = logging.getLogger(name)
         for h in logger.handlers:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                h.setLevel(max(h.level, logging.WARNING))
+                h.setLevel(max(h.level, logging.ERROR))
         logger.addHandler(handler)
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")
@@ -85,18 +125,62 @@ def route_ray_logs() -> str | None:
     return _routed
 
 
+def quiet_ray_console() -> None:
+    """After `ray.init`: Ray's driver logs to a file (its path printed once) and no Ray Data progress bars,
+    unless verbose; artray's own progress lines replace them."""
+    if verbose():
+        return
+    import ray.data
+
+    from ray.util.debug import log_once
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    log_once("ray_data_progress_manager_disabled")  # Ray Data's "Progress bars disabled" notice: ours replace them
+    path = route_ray_logs()
+    if path and not _told.get(path):
+        _told[path] = True
+        sys.stderr.write(f"[artray] Ray's own logs: {path} and {Path(path).parent} (artray -v shows them here)\n")
+
+
+_told: dict[str, bool] = {}
+
+
+@contextlib.contextmanager
+def quiet_ray_init():
+    """Around `ray.init`: Ray's console loggers pass errors only (its notices then go nowhere; the lines
+    that matter after start-up reach the file `route_ray_logs` sets up)."""
+    if verbose():
+        yield
+        return
+    handlers = [h for name in RAY_LOGGERS for h in logging.getLogger(name).handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    levels = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(max(h.level, logging.ERROR))
+    try:
+        yield
+    finally:
+        for h, level in zip(handlers, levels):
+            h.setLevel(level)
+
+
 class ProgressCounter:
-    """Rows committed and failed so far, added to by workers (a Ray actor with no CPU)."""
+    """Units done and failed so far, and lines for people, added to by workers (a Ray actor with no CPU)."""
 
     def __init__(self):
-        self.ok, self.failed = 0, 0
+        self.ok, self.failed, self.notes = 0, 0, []
 
     def add(self, ok: int, failed: int = 0) -> None:
         self.ok += ok
         self.failed += failed
 
-    def read(self) -> tuple[int, int]:
-        return self.ok, self.failed
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def read(self, notes_seen: int = 0) -> tuple[int, int, list[str]]:
+        return self.ok, self.failed, self.notes[notes_seen:]
 
 
 def report(counter, ok: int, failed: int = 0):
@@ -107,18 +191,23 @@ def report(counter, ok: int, failed: int = 0):
     return None
 
 
+def note(counter, text: str):
+    """From a worker: a line for the driver's console (an epoch's metrics), printed above the progress line."""
+    return counter.note.remote(text) if counter is not None else None
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     h, rem = divmod(seconds, 3600)
     return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
 
 
-def progress_line(stage: str, done: int, failed: int, total: int | None, elapsed: float) -> str:
+def progress_line(stage: str, done: int, failed: int, total: int | None, elapsed: float, unit: str = "rows") -> str:
     """``[embed] 120/400 rows 30%, 12.3 rows/s, ETA 0:23, 2 failed`` (what, how far, how fast, how long)."""
     rate = (done + failed) / elapsed if elapsed > 0 else 0.0
-    parts = [f"[{stage}] {done + failed}/{total} rows {100 * (done + failed) / total:.0f}%" if total
-             else f"[{stage}] {done + failed} rows"]
-    parts.append(f"{rate:.1f} rows/s")
+    parts = [f"[{stage}] {done + failed}/{total} {unit} {100 * (done + failed) / total:.0f}%" if total
+             else f"[{stage}] {done + failed} {unit}"]
+    parts.append(f"{rate:.1f} {unit}/s" if rate >= 0.1 or unit == "rows" else f"{elapsed / max(1, done + failed):.0f} s/{unit.rstrip('s')}")
     if total and rate > 0 and done + failed < total:
         parts.append(f"ETA {_duration((total - done - failed) / rate)}")
     if failed:
@@ -130,8 +219,9 @@ class StageProgress:
     """The live progress line of one stage (a context manager); `counter` goes to the workers."""
 
     def __init__(self, stage: str, total: int | None, stream: TextIO | None = None, interval_s: float | None = None,
-                 tty: bool | None = None, poll_s: float = 0.5):
-        self.stage, self.total = stage, total
+                 tty: bool | None = None, poll_s: float = 0.5, unit: str = "rows"):
+        self.stage, self.total, self.unit = stage, total, unit
+        self._notes_seen = 0
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval_s = interval_s if interval_s is not None else float(os.environ.get(INTERVAL_ENV, "30"))
@@ -177,9 +267,13 @@ class StageProgress:
         import ray
 
         try:
-            self._shown = ray.get(self.counter.read.remote(), timeout=10)
+            ok, failed, notes = ray.get(self.counter.read.remote(self._notes_seen), timeout=10)
         except Exception:  # progress is best effort: never fail a stage over it
-            pass
+            return
+        self._shown = (ok, failed)
+        self._notes_seen += len(notes)
+        for text in notes:  # above the live line
+            self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -187,7 +281,7 @@ class StageProgress:
             self._draw()
 
     def _draw(self, final: bool = False) -> None:
-        line = progress_line(self.stage, *self._shown, self.total, time.monotonic() - self._started)
+        line = progress_line(self.stage, *self._shown, self.total, time.monotonic() - self._started, self.unit)
         if self.tty:
             self.stream.write("\r" + line + "\x1b[K" + ("\n" if final else ""))
         elif final or time.monotonic() - self._last_print >= self.interval_s:

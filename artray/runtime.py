@@ -46,22 +46,49 @@ def init_ray(address: str | None = None) -> None:
     """
     import ray
 
+    from artray.console import quiet_ray_console, quiet_ray_init, ray_init_kwargs
+
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"logging_level": "WARNING"}
+    kwargs: dict = {"logging_level": "WARNING", **ray_init_kwargs()}
     env = worker_env()
     if env and _IN_RAY_JOB_ENV not in os.environ:  # a submitted job has it in its runtime_env already
         kwargs["runtime_env"] = {"env_vars": env}
     if address:
-        ray.init(address=address, **kwargs)
-        return
-    bind = os.environ.get(BIND_ENV, "").strip() or "127.0.0.1"
-    if is_loopback(bind):
-        _loopback_only()
+        address = _cluster_address(address)
     else:
-        kwargs["_node_ip_address"] = bind
-    ray.init(include_dashboard=False, **kwargs)
+        bind = os.environ.get(BIND_ENV, "").strip() or "127.0.0.1"
+        if is_loopback(bind):
+            _loopback_only()
+        else:
+            kwargs["_node_ip_address"] = bind
+        kwargs["include_dashboard"] = False
+    with quiet_ray_init():
+        ray.init(address=address, **kwargs)
+    quiet_ray_console()
+
+
+def _cluster_address(address: str) -> str:
+    """`address` checked and prepared for `ray.init`: a job-API URL is refused with the fix, and a loopback
+    head is reached the way cluster/start-local.sh's client.env does it (Ray would otherwise dial this
+    machine's own address, where a loopback-only GCS does not listen, and hang; and would retry for a
+    minute without sending the token it has)."""
+    from artray.errors import UserError
+
+    if address.startswith(("http://", "https://")):
+        raise UserError(
+            f"Ray address {address} is the dashboard / job API, not a cluster a stage can join: give the GCS "
+            "address (host:6379; `source <cluster dir>/client.env` after cluster/start-local.sh sets RAY_ADDRESS "
+            "to it), or unset RAY_ADDRESS to run on a private local Ray. `artray submit` and `ray job submit` read "
+            "the job API's URL from RAY_API_SERVER_ADDRESS")
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if is_loopback(host) and os.environ.get(_RAY_MULTI_NODE_ENV) is None:
+        _loopback_only()
+    if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                                                or os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
+        os.environ["RAY_AUTH_MODE"] = "token"  # send the token this shell has (Ray's client reads it at connect)
+    return address
 
 
 # Ports for artray's own local servers: below Linux's ephemeral range (32768-60999), where every process

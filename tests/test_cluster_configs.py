@@ -334,6 +334,16 @@ def test_start_local_clients_attach_and_stop_local_stops_only_its_cluster(tmp_pa
             assert a["RAY_ADDRESS"] == f"127.0.0.1:{a_port}" and a["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
             attach = subprocess.run([sys.executable, "-c", ATTACH], env=b, text=True, capture_output=True, timeout=90)
             assert attach.returncode == 0 and "cpus 1" in attach.stdout, attach.stderr[-2000:]
+            # Only RAY_ADDRESS (as `--address 127.0.0.1:PORT` gives it): artray's init_ray adds what client.env
+            # would (loopback node address, token mode), so it attaches instead of hanging for minutes.
+            bare = {k: v for k, v in b.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")}
+            attach = subprocess.run([sys.executable, "-c", ATTACH], env=bare, text=True, capture_output=True, timeout=90)
+            assert attach.returncode == 0 and "cpus 1" in attach.stdout, attach.stderr[-2000:]
+            job_api = {**bare, "RAY_ADDRESS": b["RAY_API_SERVER_ADDRESS"]}  # the README's old trap
+            refused = subprocess.run([sys.executable, "-m", "artray.cli", "embed", "--input", "x", "--output", "y",
+                                      "--family", "longclip", "--checkpoint", "z"], env=job_api, text=True,
+                                     capture_output=True, timeout=120)
+            assert refused.returncode == 2 and "is the dashboard / job API" in refused.stderr, refused.stderr[-2000:]
 
             stopped = _stop_local(a_dir)
             assert stopped.returncode == 0 and "stopped the Ray cluster" in stopped.stdout, stopped.stderr

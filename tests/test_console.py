@@ -8,8 +8,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from artray.console import StageProgress, progress_line, report
 
 
@@ -65,19 +63,19 @@ def test_the_final_line_has_the_stages_exact_counts(ray_local):
     assert stream.getvalue().rstrip().endswith("1 failed") and stream.getvalue().count("\n") == 1
 
 
-def test_ray_log_lines_go_to_a_file_and_warnings_stay_on_the_console(tmp_path):
+def test_ray_log_lines_go_to_a_file_and_errors_stay_on_the_console(tmp_path):
     code = ("import logging, ray.data; from artray.console import route_ray_logs; path = route_ray_logs(); "
             "log = logging.getLogger('ray.data'); log.info('info-line-for-the-file'); "
-            "log.warning('warning-line-for-people'); print(path)")
+            "log.warning('warning-line-for-the-file'); log.error('error-line-for-people'); print(path)")
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     env.pop("ARTRAY_VERBOSE", None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     path = done.stdout.strip().splitlines()[-1]
     assert path.startswith(str(tmp_path))
-    assert "info-line-for-the-file" not in done.stderr and "warning-line-for-people" in done.stderr
+    assert "-for-the-file" not in done.stderr and "error-line-for-people" in done.stderr
     logged = open(path, encoding="utf-8").read()
-    assert "info-line-for-the-file" in logged and "warning-line-for-people" in logged
+    assert all(f"{x}-line-for-" in logged for x in ("info", "warning", "error"))
 
     verbose = subprocess.run([sys.executable, "-c", code], env={**env, "ARTRAY_VERBOSE": "1"}, capture_output=True,
                              text=True, timeout=120)

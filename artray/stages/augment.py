@@ -176,7 +176,7 @@ class AugmentStage(Stage):
         if plan_failures:
             storage.write_parquet_atomic(pa.Table.from_pylist(plan_failures, schema=FAILURE_SCHEMA), storage.join(
                 cfg.output, FAILURES, corpus.shard_name(0, f"{run.run_id}-plan")), opts)
-        logger.info("augment plan: %s in %d batches", plan, len(batches))
+        logger.debug("augment plan: %s in %d batches", plan, len(batches))
         return Todo(batches, plan["to_generate"], len(batches), failed=Counter(r["reason"] for r in plan_failures),
                     counts={"artworks_per_split": splits, "train_artworks": splits.get("train", 0),
                             "variants_per_artwork": cfg.variants, **plan},

@@ -218,7 +218,7 @@ class IngestStage(Stage):
 
     def _committer(self, run: Run) -> BatchCommitter:
         return BatchCommitter(run.cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run.run_id, run.opts,
-                              run.cfg.shard_rows, sum_columns=self.sum_columns)
+                              run.cfg.shard_rows, sum_columns=self.sum_columns, progress=run.progress)
 
     def transform(self, run: Run, todo: Todo, pool: ActorPool):
         cfg = run.cfg

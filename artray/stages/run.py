@@ -37,6 +37,7 @@ from artray.corpus import MANIFEST
 from artray.errors import UserError
 from artray.manifest import build_manifest
 from artray.outputs import latest_failures, params_file
+from artray.console import StageProgress
 from artray.runtime import init_ray
 from artray.stages.config import StageConfig
 from artray.stages.pipeline_errors import run_pipeline
@@ -63,6 +64,7 @@ class Run:
     started: float
     done: set[str]  # keys committed under <output>/<table>/
     failed: dict[str, bool]  # key → retryable, of its latest failure row
+    progress: Any = None  # the counter actor of the stage's progress line (`artray.console`), while it runs
 
     def skip(self, key: str) -> str | None:
         """Why a rerun skips `key`: 'done' (committed), 'failed' (failed for good, no retry_failed), else None."""
@@ -210,7 +212,7 @@ class Stage:
     def commit(self, run: Run, results) -> dict:
         """Execute the pipeline, committing its result rows; returns the stats (written, failed, sums)."""
         sink = self.sink(run.cfg.output, self.table, self.schema, self.name, run.run_id, run.opts,
-                         run.cfg.shard_rows, self.sum_columns)
+                         run.cfg.shard_rows, self.sum_columns, progress=run.progress)
         results.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
         return sink.stats
 
@@ -249,12 +251,16 @@ def run_stage(stage: Stage, cfg: StageConfig) -> dict:
               latest_failures(cfg.output, stage.name, opts))
 
     todo = stage.todo(run)
-    logger.info("%s: %d rows to make (%s)", stage.name, todo.rows, todo.counts)
+    logger.debug("%s: %d rows to make (%s)", stage.name, todo.rows, todo.counts)
     stats, actors = {"written": 0, "failed": {}, **{c: 0 for c in stage.sum_columns}}, 0
     pipeline_started = time.time()
     if todo.rows:
         pool = stage.pool(run, todo)
-        stats = run_pipeline(lambda: stage.commit(run, stage.transform(run, todo, pool)), stage.error, stage.name)
+        with StageProgress(stage.name, todo.rows) as progress:  # one live line: rows, rate, ETA, failures
+            run.progress = progress.counter
+            stats = run_pipeline(lambda: stage.commit(run, stage.transform(run, todo, pool)), stage.error, stage.name)
+            progress.finish(stats["written"], sum(Counter(stats["failed"]).values()))
+        run.progress = None
         actors = pool.size
     wall = time.time() - pipeline_started
 

@@ -30,6 +30,7 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
 from artray import corpus, storage
+from artray.console import report
 from artray.corpus import FAILURES, shard_name
 from artray.schema import FAILURE_SCHEMA, failure_row
 
@@ -100,9 +101,11 @@ class StageSink(Datasink[dict]):
     """Atomic shard writer for one stage's result rows; `stats` is filled on the driver."""
 
     def __init__(self, output: str, table: str, schema: pa.Schema, stage: str, run_id: str,
-                 options: storage.StorageOptions, shard_rows: int = 500, sum_columns: tuple[str, ...] = ()):
+                 options: storage.StorageOptions, shard_rows: int = 500, sum_columns: tuple[str, ...] = (),
+                 progress=None):
         self.output, self.table, self.schema, self.stage = output, table, schema, stage
         self.run_id, self.options, self.shard_rows, self.sum_columns = run_id, options, shard_rows, sum_columns
+        self.progress = progress  # artray.console's counter of the stage's progress line (None: none)
         self.stats: dict = {"written": 0, "failed": {}, **{c: 0 for c in sum_columns}}
 
     def write(self, blocks, ctx) -> dict:
@@ -123,7 +126,9 @@ class StageSink(Datasink[dict]):
                 index, pending = self._commit(pending, tag, index), []
         self._commit(pending, tag, index)
         bad.flush()
-        return total_stats(parts, self.sum_columns)
+        stats = total_stats(parts, self.sum_columns)
+        report(self.progress, stats["written"], sum(stats["failed"].values()))
+        return stats
 
     def _commit(self, tables: list[pa.Table], tag: str, index: int) -> int:
         """Write `tables` as shards of at most shard_rows rows; returns the next shard index."""
@@ -153,9 +158,11 @@ class BatchCommitter:
     ingest: 15 % of the CPU), at the price of one shard per batch."""
 
     def __init__(self, output: str, table: str, schema: pa.Schema, stage: str, run_id: str,
-                 options: storage.StorageOptions, shard_rows: int = 500, sum_columns: tuple[str, ...] = ()):
+                 options: storage.StorageOptions, shard_rows: int = 500, sum_columns: tuple[str, ...] = (),
+                 progress=None):
         self.output, self.table, self.schema, self.stage = output, table, schema, stage
         self.run_id, self.options, self.shard_rows, self.sum_columns = run_id, options, shard_rows, sum_columns
+        self.progress = progress  # artray.console's counter of the stage's progress line (None: none)
 
     def __call__(self, results: pa.Table) -> pa.Table:
         good, failures, stats = split_results(results, self.schema, self.stage, self.sum_columns)
@@ -165,6 +172,7 @@ class BatchCommitter:
         if failures:
             storage.write_parquet_atomic(pa.Table.from_pylist(failures, schema=FAILURE_SCHEMA),
                                          storage.join(self.output, FAILURES, shard_name(0, tag)), self.options)
+        report(self.progress, stats["written"], len(failures))
         return pa.table({"written": [stats["written"]], "failed": [json.dumps(dict(stats["failed"]))],
                          **{c: [stats[c]] for c in self.sum_columns}})
 

@@ -39,7 +39,10 @@ def consolidated_state_dict(ckpt_dir: str, zero_stage: int) -> dict[str, torch.T
             get_fp32_state_dict_from_zero_checkpoint,
         )
 
-        sd = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=CKPT_TAG)
+        from artray.console import captured_output
+
+        with captured_output("DeepSpeed's zero_to_fp32"):  # its print()s are not for the console
+            sd = get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=CKPT_TAG)
     from artray.train.engine import unshape_0dim
 
     return unshape_0dim(sd, reshaped)

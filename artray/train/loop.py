@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+from artray.console import note, report
 from artray.jsonio import dumps_strict
 import os
 import random
@@ -128,6 +129,7 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
         state["initial"] = validate(cfg, family, engine, val_arts, val_texts, dtype)
         if rank == 0:
             print(f"[train] before training: {state['initial']}", flush=True)
+            note(loop_config.get("progress"), "[train] before training: " + _brief(state["initial"]))
     shard = ray.train.get_dataset_shard("train")
     while not _finished(cfg, state):
         t0 = time.time()
@@ -152,6 +154,9 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
         if rank == 0:
             print(f"[train] epoch {state['epoch']}: {json.dumps(metrics)}" + (" (val loss rose: early stop)"
                                                                               if stop else ""), flush=True)
+            progress = loop_config.get("progress")  # the driver's console line (artray.console)
+            note(progress, epoch_line(cfg, metrics) + (" (val loss rose: early stop)" if stop else ""))
+            report(progress, 1)
         if not wants_checkpoint(cfg, state, stop):
             ray.train.report(metrics)
         else:
@@ -162,3 +167,14 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
         if stop:
             break
     return state["history"]  # rank 0's: Ray Train hands it back as Result.return_value
+
+
+def _brief(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def epoch_line(cfg, metrics: dict) -> str:
+    """One console line for an epoch: its loss, validation metrics and speed."""
+    shown = {k: metrics[k] for k in ("train_loss", "val_loss", "val_r1", "val_r5", "cider") if k in metrics}
+    return (f"[train] epoch {metrics['epoch']}/{cfg.epochs}: {_brief(shown)}, "
+            f"{metrics['samples_per_s']:.1f} samples/s, {metrics['epoch_s']:.0f}s")

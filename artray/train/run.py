@@ -61,6 +61,7 @@ def run_train(cfg: TrainConfig) -> dict:
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from artray.console import StageProgress
     from artray.train.export import export_checkpoint
     from artray.families import trainer_class
     from artray.train.loop import train_loop_per_worker
@@ -74,9 +75,12 @@ def run_train(cfg: TrainConfig) -> dict:
     steps_per_epoch = max(1, math.ceil(per_worker / cfg.batch_size) // cfg.grad_accum)
     log.info("train: %s on %d workers, %d artworks, %d steps/epoch", cfg.family, cfg.num_workers, n_train,
              steps_per_epoch)
+    progress = StageProgress("train", cfg.epochs, unit="epochs")  # epoch lines from rank 0 reach the console
+    progress.__enter__()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
+                           "progress": progress.counter},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.uses_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                            **({"GPU": cfg.gpus_per_worker} if cfg.uses_gpu else {})}),
@@ -85,7 +89,10 @@ def run_train(cfg: TrainConfig) -> dict:
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=_run_config(cfg),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        progress.__exit__(None, None, None)
     history = result.return_value or []  # every epoch's metrics, from rank 0
     out = {"metrics": result.metrics or (history[-1] if history else {}), "history": history,
            "run_path": storage.join(cfg.output, cfg.name), "best_metrics": None, "best_checkpoint": None,
@@ -98,7 +105,7 @@ def run_train(cfg: TrainConfig) -> dict:
     out.update(best_metrics=metrics, best_checkpoint=checkpoint.path)
     if cfg.export:
         out["export"] = export_checkpoint(checkpoint, cfg, trainer_cls)
-        log.info("exported %s (best %s=%s)", out["export"], cfg.select_metric, metrics[cfg.select_metric])
+        log.debug("exported %s (best %s=%s)", out["export"], cfg.select_metric, metrics[cfg.select_metric])
     print(f"[train] {cfg.family} {cfg.name}: best {cfg.select_metric}={metrics.get(cfg.select_metric)} "
           f"→ checkpoint {out['best_checkpoint']}, export {out['export']}")
     return out
