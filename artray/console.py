@@ -52,12 +52,7 @@ def setup_cli_logging(verbose_flag: bool) -> None:
         return
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:  # transformers' "Loading checkpoint shards" bars
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading checkpoint shards" bars
 
 
 @contextlib.contextmanager
