@@ -270,7 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _address_in(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--address" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--address="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from artray.runtime import prepare_client_env
+
+    prepare_client_env(_address_in(list(sys.argv[1:] if argv is None else argv)))  # before anything imports Ray
     args = build_parser().parse_args(argv)
     from artray.console import setup_cli_logging
 

@@ -52,12 +52,7 @@ def setup_cli_logging(verbose_flag: bool) -> None:
         return
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:  # transformers' "Loading checkpoint shards" bars
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:
-        pass
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading checkpoint shards" bars
 
 
 @contextlib.contextmanager
@@ -207,7 +202,9 @@ def progress_line(stage: str, done: int, failed: int, total: int | None, elapsed
     rate = (done + failed) / elapsed if elapsed > 0 else 0.0
     parts = [f"[{stage}] {done + failed}/{total} {unit} {100 * (done + failed) / total:.0f}%" if total
              else f"[{stage}] {done + failed} {unit}"]
-    parts.append(f"{rate:.1f} {unit}/s" if rate >= 0.1 or unit == "rows" else f"{elapsed / max(1, done + failed):.0f} s/{unit.rstrip('s')}")
+    if done + failed or unit == "rows":  # no rate before the first unit is done
+        parts.append(f"{rate:.1f} {unit}/s" if rate >= 0.1 or unit == "rows"
+                     else f"{elapsed / (done + failed):.0f} s/{unit.rstrip('s')}")
     if total and rate > 0 and done + failed < total:
         parts.append(f"ETA {_duration((total - done - failed) / rate)}")
     if failed:

@@ -64,8 +64,17 @@ def init_ray(address: str | None = None) -> None:
         else:
             kwargs["_node_ip_address"] = bind
         kwargs["include_dashboard"] = False
-    with quiet_ray_init():
-        ray.init(address=address, **kwargs)
+    try:
+        with quiet_ray_init():
+            ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        if "InvalidAuthToken" in str(exc) or "AuthenticationError" in repr(exc.__cause__):
+            from artray.errors import UserError
+
+            raise UserError(f"the Ray cluster at {address} refused this client's token: set RAY_AUTH_MODE=token and "
+                            "the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) before Ray is imported "
+                            "(`source <cluster dir>/client.env` after cluster/start-local.sh does both)") from exc
+        raise
     quiet_ray_console()
 
 
@@ -82,13 +91,29 @@ def _cluster_address(address: str) -> str:
             "address (host:6379; `source <cluster dir>/client.env` after cluster/start-local.sh sets RAY_ADDRESS "
             "to it), or unset RAY_ADDRESS to run on a private local Ray. `artray submit` and `ray job submit` read "
             "the job API's URL from RAY_API_SERVER_ADDRESS")
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    if is_loopback(host) and os.environ.get(_RAY_MULTI_NODE_ENV) is None:
+    if _is_loopback_address(address) and os.environ.get(_RAY_MULTI_NODE_ENV, "0") == "0":
         _loopback_only()
+    prepare_client_env(address)
+    return address
+
+
+def _is_loopback_address(address: str) -> bool:
+    return is_loopback(address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]"))
+
+
+def prepare_client_env(address: str | None = None) -> None:
+    """Before Ray is imported: the settings a client of the cluster at `address` / $RAY_ADDRESS needs, when the
+    shell has not set them (what cluster/start-local.sh's client.env sets): a loopback head is dialled on
+    127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), and a token this shell has is sent (RAY_AUTH_MODE=token).
+    Ray reads both when it is imported; the CLI calls this first thing."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address.startswith(("http://", "https://")):
+        return
+    if _is_loopback_address(address):
+        os.environ.setdefault(_RAY_MULTI_NODE_ENV, "0")
     if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
                                                 or os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
-        os.environ["RAY_AUTH_MODE"] = "token"  # send the token this shell has (Ray's client reads it at connect)
-    return address
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 # Ports for artray's own local servers: below Linux's ephemeral range (32768-60999), where every process

@@ -336,9 +336,14 @@ def test_start_local_clients_attach_and_stop_local_stops_only_its_cluster(tmp_pa
             assert attach.returncode == 0 and "cpus 1" in attach.stdout, attach.stderr[-2000:]
             # Only RAY_ADDRESS (as `--address 127.0.0.1:PORT` gives it): artray's init_ray adds what client.env
             # would (loopback node address, token mode), so it attaches instead of hanging for minutes.
-            bare = {k: v for k, v in b.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE")}
-            attach = subprocess.run([sys.executable, "-c", ATTACH], env=bare, text=True, capture_output=True, timeout=90)
-            assert attach.returncode == 0 and "cpus 1" in attach.stdout, attach.stderr[-2000:]
+            bare = {k: v for k, v in b.items()
+                    if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_ADDRESS")}
+            attach = subprocess.run([sys.executable, "-m", "artray.cli", "embed", "--address", b["RAY_ADDRESS"],
+                                     "--input", str(short / "no-corpus"), "--output", str(short / "emb"),
+                                     "--family", "longclip", "--checkpoint", "z"], env=bare, text=True,
+                                    capture_output=True, timeout=120)
+            # attached (the CLI joins the cluster before the stage reads its input), then the stage's own error
+            assert attach.returncode == 2 and "has no _manifest.json" in attach.stderr, attach.stderr[-2000:]
             job_api = {**bare, "RAY_ADDRESS": b["RAY_API_SERVER_ADDRESS"]}  # the README's old trap
             refused = subprocess.run([sys.executable, "-m", "artray.cli", "embed", "--input", "x", "--output", "y",
                                       "--family", "longclip", "--checkpoint", "z"], env=job_api, text=True,

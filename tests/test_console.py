@@ -15,6 +15,8 @@ def test_progress_line_says_how_far_how_fast_how_long_and_what_failed():
     assert progress_line("embed", 100, 20, 400, 10.0) == "[embed] 120/400 rows 30%, 12.0 rows/s, ETA 0:23, 20 failed"
     assert progress_line("ingest", 400, 0, 400, 8.0) == "[ingest] 400/400 rows 100%, 50.0 rows/s"
     assert progress_line("caption", 3, 0, None, 0.0) == "[caption] 3 rows, 0.0 rows/s"
+    assert progress_line("train", 0, 0, 2, 30.0, unit="epochs") == "[train] 0/2 epochs 0%"
+    assert progress_line("train", 1, 0, 2, 30.0, unit="epochs") == "[train] 1/2 epochs 50%, 30 s/epoch, ETA 0:30"
 
 
 class _Stream(io.StringIO):

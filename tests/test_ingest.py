@@ -436,3 +436,17 @@ def test_ingest_commits_the_batch_around_a_drip_honours_robots_and_stores_images
     again = run_ingest(cfg.model_copy(update={"ignore_robots": True, "retry_failed": True, "download_timeout_s": 1}))
     assert "noai" in {r["artwork_id"] for r in _artworks(out).to_pylist()} and again["counts"]["fetched"] == 1
     assert set(_failures(out)) == {"drip"}
+
+
+def test_wikimedia_images_without_a_contact_get_a_warning(caplog):
+    """Wikimedia blocks anonymous bots: ingest says to set --contact before it fetches from there."""
+    import logging
+
+    from artray.stages.ingest import IngestConfig, warn_contact
+
+    hosts = {"upload.wikimedia.org", "127.0.0.1:8000"}
+    with caplog.at_level(logging.WARNING, logger="artray"):
+        assert warn_contact(IngestConfig(input="a", output="b"), hosts)
+    assert "upload.wikimedia.org require a contact" in caplog.text and "--contact" in caplog.text
+    assert not warn_contact(IngestConfig(input="a", output="b", contact="me@museum.org"), hosts)
+    assert not warn_contact(IngestConfig(input="a", output="b"), {"images.museum.org"})

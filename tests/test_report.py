@@ -69,7 +69,7 @@ def inputs(tmp_path_factory):
     metrics, runs = {}, {"t2i": {}, "i2t": {}}
     for name, noise in (("blip", 0.5), ("longclip", 2.0)):
         sim = np.eye(6)[[i // 5 for i in range(30)]] + rng.normal(scale=noise, size=(30, 6))
-        per = {"t2i": retrieval_metrics(sim, t2i), "i2t": retrieval_metrics(sim.T, i2t)}
+        per = {"t2i": {**retrieval_metrics(sim, t2i), "gallery": 6}, "i2t": {**retrieval_metrics(sim.T, i2t), "gallery": 30}}
         metrics[name] = {**per, "MR": mean_recall(per["t2i"], per["i2t"])}
         runs["t2i"][name], runs["i2t"][name] = run_dict(sim, tids, iids, 0), run_dict(sim.T, iids, tids, 0)
     sig = {d: fusion.significance(qrels_dict(*((tids, iids, t2i) if d == "t2i" else (iids, tids, i2t))), runs[d],
@@ -77,7 +77,7 @@ def inputs(tmp_path_factory):
     models = {"blip": {"family": "blip", "checkpoint": tiny["blip-retrieval"]},
               "longclip": {"family": "longclip", "checkpoint": tiny["longclip"]},
               "cnclip": {"family": "cnclip", "checkpoint": tiny["cnclip"]}}
-    storage.write_json_atomic(f"{ev}/summary.json", {"split": "test", "models": models,
+    storage.write_json_atomic(f"{ev}/summary.json", {"split": "test", "models": models, "evaluated": "2026-12-06 10:00 UTC",
                                                      "metrics": {"corpus": metrics}, "significance": {"corpus": sig}})
     return {"corpus": art, "captions": [caps], "augment": aug, "retrieval": [ev]}
 
@@ -86,8 +86,14 @@ def test_report_has_every_section_and_no_external_assets(inputs, tmp_path):
     out = tmp_path / "report.html"
     run_report(ReportConfig(output=str(out), **inputs))
     doc = out.read_text(encoding="utf-8")
-    for sid in ("recall", "metrics", "lengths", "coverage", "augment", "examples"):
+    for sid in ("recall", "metrics", "lengths", "coverage", "augment", "examples", "run"):
         assert f'<section id="{sid}">' in doc, sid
+    # what a reader needs to judge the numbers: sizes, chance on a small gallery, when, and which checkpoints
+    assert "30 queries against 6 images" in doc and "6 queries against 30 texts" in doc
+    assert "A gallery of 6 items: chance alone gives R@1 16.7%" in doc
+    assert "Report made " in doc and "2026-12-06 10:00 UTC" in doc
+    assert "tiny/blip-retrieval" in doc and str(tmp_path.parent) not in doc.split('id="run"')[1]
+    assert inputs["retrieval"][0] not in re.sub(r"<section id=\"run\">.*", "", doc, flags=re.S)  # no paths in headings
     assert doc.count('class="chart"') == 2  # recall bars + length histograms
     assert len(re.findall(r'<img src="data:image/jpeg', doc)) == 3 * 3  # originals + 2 variants each
     assert not re.search(r'(src|href)="(?!data:)', doc) and "<script" not in doc and "<link" not in doc

@@ -114,6 +114,11 @@ def test_healthz_is_open_everything_else_needs_the_token_and_cors_answers(app, c
     assert models["default"] == "longclip"
     assert {m["name"]: m["family"] for m in models["models"]} == {"longclip": "longclip", "cnclip": "cnclip"}
     assert all(m["galleries"]["image"] == 20 and m["dim"] > 0 for m in models["models"])
+    # no path on the server's disks in an answer: checkpoints and indexes by name, images by file name
+    root = str(app[2])
+    assert root not in str(models) and all("/" not in m["index"] for m in models["models"])
+    hits = client.post("/search", json={"text": "a painting", "k": 5}).json()["results"]
+    assert root not in str(hits)
 
 
 @pytest.mark.parametrize("model", ["longclip", "cnclip"])

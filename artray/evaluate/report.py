@@ -145,18 +145,21 @@ def build_report(cfg: ReportConfig) -> str:
     opts = cfg.storage_options()
     sections, models = [], {}
     charts, tables = [], []
+    evaluations = []
     for uri in cfg.retrieval:
         summary = load_summary(uri, opts)
         if summary is None:
             raise ReportError(f"{uri} has no summary.json: not a finished `artray evaluate retrieval` output")
         models.update(summary["models"])
+        evaluations.append((uri, summary))
         for qs, per_run in summary["metrics"].items():
             charts.append(h.recall_chart(qs, per_run))
             for d in h.DIRECTION_TITLES:
                 if any(d in v for v in per_run.values()):
                     sig = summary.get("significance", {}).get(qs, {}).get(d)
-                    tables.append(f"<h3>{h.esc(qs)}: {h.DIRECTION_TITLES[d]} ({h.esc(summary['split'])}, "
-                                  f"{h.esc(uri)})</h3>" + h.metrics_table(per_run, sig, d))
+                    tables.append(f"<h3>{h.esc(qs)}: {h.DIRECTION_TITLES[d]} ({h.esc(summary['split'])} split, "
+                                  f"{h.esc(_sizes(per_run, d))})</h3>" + h.small_gallery_note(per_run, d)
+                                  + h.metrics_table(per_run, sig, d))
     if charts:
         sections += [("recall", "Recall@K per model and direction", "".join(charts)),
                      ("metrics", "All metrics, with significance", "".join(tables))]
@@ -175,7 +178,27 @@ def build_report(cfg: ReportConfig) -> str:
         sections.append(("examples", "Example captions and their flags", h.examples_table(_examples(cfg, sources))))
     if not sections:
         raise ReportError("nothing to report: give retrieval, corpus, captions or augment outputs")
+    sections.append(("run", "What this report is made of", h.run_table(
+        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        [(_shown(uri), s.get("evaluated", "–"), s["split"]) for uri, s in evaluations],
+        [(name, m.get("family", "–"), _shown(str(m.get("checkpoint", "–")))) for name, m in models.items()])))
     return h.page(cfg.title, sections)
+
+
+def _sizes(per_run: dict, direction: str) -> str:
+    """"N queries against M images" of a direction (the largest over its runs)."""
+    rows = [v[direction] for v in per_run.values() if direction in v]
+    queries, gallery = max(r.get("queries", 0) for r in rows), max(r.get("gallery", 0) for r in rows)
+    items = "images" if direction == "t2i" else "texts"
+    return f"{queries} queries against {gallery} {items}" if gallery else f"{queries} queries"
+
+
+def _shown(uri: str) -> str:
+    """A URI as a report shows it: s3:// and hub ids whole, a local path by its last two parts (no home dirs)."""
+    if "://" in uri:
+        return uri
+    parts = [p for p in uri.rstrip("/").split("/") if p]
+    return "/".join(parts[-2:]) if parts else uri
 
 
 def run_report(cfg: ReportConfig) -> dict:

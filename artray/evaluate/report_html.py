@@ -25,7 +25,8 @@ TABLE_METRICS = [("R@1", "hit_rate@1"), ("R@5", "hit_rate@5"), ("R@10", "hit_rat
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}sup{color:#a33}img.chart{max-width:100%}
-.grid img{width:96px;height:96px;object-fit:cover;margin:2px;border:1px solid #ddd}.flag{color:#a33;font-weight:bold}"""
+.grid img{width:96px;height:96px;object-fit:cover;margin:2px;border:1px solid #ddd}.flag{color:#a33;font-weight:bold}
+.warn{color:#8a5a00;background:#fff6e0;padding:4px 8px;border-left:3px solid #e0a000}"""
 
 
 def esc(value) -> str:
@@ -93,6 +94,29 @@ def metrics_table(per_run: dict, significance: dict, direction: str) -> str:
     return (f"<table><tr><th class=l></th><th class=l>run</th>{head}</tr>{''.join(rows)}</table>"
             f"<p>Percentages (median rank in ranks). A superscript letter: better than that run, paired {esc(test)} "
             f"test p &lt; {esc((significance or {}).get('max_p', '–'))} (ranx compare).</p>")
+
+
+def small_gallery_note(per_run: dict, direction: str, threshold: int = 100) -> str:
+    """A warning above a table whose gallery is small enough for chance to score high."""
+    gallery = max((v[direction].get("gallery", 0) for v in per_run.values() if direction in v), default=0)
+    if not gallery or gallery >= threshold:
+        return ""
+    return (f'<p class=warn>A gallery of {gallery} items: chance alone gives R@1 {100 / gallery:.1f}%, '
+            f'R@5 {100 * min(5, gallery) / gallery:.0f}%, R@10 {100 * min(10, gallery) / gallery:.0f}%. '
+            "Read these numbers against chance, not as results on a full test set.</p>")
+
+
+def run_table(made: str, evaluations: list[tuple[str, str, str]], checkpoints: list[tuple[str, str, str]]) -> str:
+    """When the report and its evaluations were made, and which checkpoints were evaluated."""
+    evals = "".join(f"<tr><td class=l>{esc(u)}</td><td class=l>{esc(d)}</td><td class=l>{esc(sp)}</td></tr>"
+                    for u, d, sp in evaluations)
+    ckpts = "".join(f"<tr><td class=l>{esc(n)}</td><td class=l>{esc(f)}</td><td class=l>{esc(c)}</td></tr>"
+                    for n, f, c in checkpoints)
+    return (f"<p>Report made {esc(made)}.</p>"
+            + (f"<table><tr><th class=l>evaluation</th><th class=l>evaluated</th><th class=l>split</th></tr>{evals}</table>"
+               if evals else "")
+            + (f"<table><tr><th class=l>model</th><th class=l>family</th><th class=l>checkpoint</th></tr>{ckpts}</table>"
+               if ckpts else ""))
 
 
 def length_histograms(lengths: dict[str, list[int]]) -> str:

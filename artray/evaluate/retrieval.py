@@ -232,7 +232,7 @@ def _evaluate_runs(cfg, qs_name: str, d: _QueryData, run_sims: dict[str, dict], 
             rm.check_finite(sim)
             run = rm.run_dict(sim, [qids[q] for q in keep], gids, cfg.run_depth)
             metrics.setdefault(name, {})[direction] = {**rm.run_metrics(run, qrels[direction], _depth(cfg, len(gids))),
-                                                       "left_out_no_relevant": len(rel) - len(keep)}
+                                                       "left_out_no_relevant": len(rel) - len(keep), "gallery": len(gids)}
             runs.setdefault(direction, {})[name] = run
             storage.write_bytes_atomic(storage.join(cfg.output, "runs", qs_name, direction, f"{name}.trec"),
                                        fusion.to_trec(run, name).encode(), opts)
@@ -315,7 +315,7 @@ def run_retrieval_eval(cfg: RetrievalEvalConfig) -> dict:
                "significance": significance, "left_out": left_out,
                "query_sets": {qs.name: qs.model_dump() for qs in cfg.query_sets},
                "laclip": cfg.laclip.model_dump(), "fusions": [f.model_dump() for f in cfg.fusions],
-               "run_depth": cfg.run_depth}
+               "run_depth": cfg.run_depth, "evaluated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     storage.write_json_atomic(storage.join(cfg.output, "summary.json"), summary, opts)
     corpus.write_manifest(cfg.output, build_manifest(STAGE, cfg.model_dump(mode="json"), {
         "runs": sum(len(p) for p in results.values()), "gallery": len(gallery_ids)}, started, output=cfg.output), opts)

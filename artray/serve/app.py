@@ -22,6 +22,7 @@ import hmac
 import logging
 import os
 import time
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -90,6 +91,20 @@ def _replica_died_under(exc: BaseException) -> bool:
     return False
 
 
+def public_uri(value: str | None) -> str | None:
+    """What an API answer shows of a location: URLs, s3:// URIs and hub ids as they are, a path on the
+    server's disks by its last part only (clients need not learn the server's folders)."""
+    if not value or "://" in value or value.startswith(("hf-hub:", "local-dir:")):
+        return value.removeprefix("local-dir:").rstrip("/").rsplit("/", 1)[-1] if value and value.startswith(
+            "local-dir:") else value
+    local = value.startswith(("/", "./", "../", "~")) or Path(value).exists()
+    return value.rstrip("/").rsplit("/", 1)[-1] if local else value
+
+
+def _public_hits(hits: list[dict]) -> list[dict]:
+    return [{**h, "image_uri": public_uri(h.get("image_uri"))} if h.get("image_uri") else h for h in hits]
+
+
 def error_response(status: int, code: str, detail: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
@@ -145,7 +160,7 @@ class Ingress:
             results = await index.search_artwork.remote(q.value, q.k, q.target)
             if results is None:
                 raise ApiError(404, "unknown_artwork", f"artwork {q.value!r} is not in the image gallery of model {q.model!r}")
-        return {"model": q.model, "query": q.kind, "target": q.target, "k": q.k, "results": results,
+        return {"model": q.model, "query": q.kind, "target": q.target, "k": q.k, "results": _public_hits(results),
                 "took_ms": round((time.perf_counter() - started) * 1000, 3)}
 
     async def _reranked(self, q: SearchQuery, encoder: DeploymentHandle, index: DeploymentHandle) -> list[dict]:
@@ -274,10 +289,10 @@ def build_app(args: dict) -> serve.Application:
             m.name, family, checkpoint, m.device, m.dtype, recorded, cfg.limits.max_image_pixels, cfg.s3_endpoint,
             manifest.get("corpus"), m.rerank.model_dump(mode="json"))
         indexes[m.name] = IndexDeployment.options(name=f"index-{m.name}").bind(m.name, m.index, recorded, cfg.s3_endpoint)
-        models.append({"name": m.name, "family": family, "checkpoint": checkpoint, "dim": recorded["dim"],
-                       "index": m.index, "galleries": {k: v["vectors"] for k, v in manifest["counts"].items()},
+        models.append({"name": m.name, "family": family, "checkpoint": public_uri(checkpoint), "dim": recorded["dim"],
+                       "index": public_uri(m.index), "galleries": {k: v["vectors"] for k, v in manifest["counts"].items()},
                        "faiss": manifest["faiss"], "built": manifest.get("finished"),
-                       "rerank": ["laclip"] + (["itm"] if not unsupported("itm", family) else []),
+                       "rerank": [r for r in ("laclip", "itm") if not unsupported(r, family)],
                        "rerank_candidates": m.rerank.candidates})
     return Ingress.bind(cfg.model_dump(mode="json"), encoders, indexes, models)
 

@@ -184,6 +184,21 @@ def _carry_over(run: Run) -> tuple[pa.Table, Counter]:
     return (pa.concat_tables(todo) if todo else ARTWORK_SCHEMA.empty_table()), kinds_seen
 
 
+# Hosts whose robot policy asks for a way to reach the operator in the User-Agent (Wikimedia's:
+# "a User-Agent with contact information"; requests without one may be blocked).
+CONTACT_REQUIRED = ("wikimedia.org", "wikipedia.org")
+
+
+def warn_contact(cfg: IngestConfig, hosts: set[str]) -> bool:
+    """Warn when images come from a host that requires a contact in the User-Agent and none is set."""
+    strict = sorted(h for h in hosts if h.split(":")[0].endswith(CONTACT_REQUIRED))
+    if not strict or cfg.contact or cfg.user_agent:
+        return False
+    logger.warning("%s require a contact (e-mail or URL) in the User-Agent and may block requests without one: "
+                   "set --contact you@example.org (or user_agent)", ", ".join(strict[:3]))
+    return True
+
+
 class IngestStage(Stage):
     """Fetch actors commit their own batches (`BatchCommitter`): no write tasks, no sink."""
 
@@ -209,6 +224,7 @@ class IngestStage(Stage):
         """Sized from the CPUs, at most per_host_concurrency actors per distinct host (and 64)."""
         cfg = run.cfg
         hosts = {urlparse(u).netloc.lower() for block in todo.data for u in block["img_url"].to_pylist() if u}
+        warn_contact(cfg, hosts)
         pool = actor_pool(cfg, todo.blocks, device="cpu", task_ops=0, error=IngestError,
                           limit=min(64, cfg.per_host_concurrency * max(1, len(hosts))))
         if pool.size > cfg.per_host_concurrency:
