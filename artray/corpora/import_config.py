@@ -19,7 +19,7 @@ class CorpusImportError(UserError, ValueError):
 
 
 class ImportConfig(JobConfig):
-    """Config of `artray corpus import`."""
+    """Turns a corpus in its native format into an artray corpus (`artray corpus import`)."""
 
     format: Literal["artpedia", "artcap", "cnclip", "folder"] = Field(description="native format of SRC")
     src: str = Field(description="input: file or folder (local path or s3://)")

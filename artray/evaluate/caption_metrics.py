@@ -54,7 +54,7 @@ PER_CAPTION_SCHEMA = per_caption_schema("coco")
 
 
 class CaptionMetricsConfig(JobConfig):
-    """Config of `artray evaluate captions`."""
+    """Scores one caption source against another, per artwork and per split (`artray evaluate captions`)."""
 
     candidates: str = Field(description="URI of the captions to score: an `artray caption` output or a corpus")
     references: str = Field(description="URI of the reference captions: a corpus (human captions) or a caption output")

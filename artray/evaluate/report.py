@@ -41,7 +41,7 @@ class ReportError(UserError, RuntimeError):
 
 
 class ReportConfig(JobConfig):
-    """Config of `artray report`."""
+    """One self-contained HTML page of retrieval metrics, caption sources and augmentation (`artray report`)."""
 
     output: str = Field(description="the HTML file to write (local path or s3://)")
     retrieval: list[str] = Field(default_factory=list, description="`artray evaluate retrieval` outputs")

@@ -51,7 +51,7 @@ TREC_SUFFIXES = (".trec", ".txt")
 
 
 class RunsEvalConfig(JobConfig):
-    """Config of `artray evaluate runs`: ranx-format run files (RUN.json [RUN2.json …]; comma-separated in one argument works too)
+    """Scores retrieval runs already written (`artray evaluate runs`): ranx-format run files (RUN.json [RUN2.json …]; comma-separated in one argument works too)
     scored against qrels or --qrels-self; one process, no Ray."""
 
     runs: list[str] = Field(min_length=1, description="run files (ranx JSON {query: {doc: score}}, or TREC "

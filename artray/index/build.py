@@ -31,7 +31,7 @@ STAGE = "index"
 
 
 class IndexConfig(JobConfig):
-    """Config of `artray index build`."""
+    """Builds FAISS galleries and their metadata from `artray embed` output (`artray index build`)."""
 
     embeddings: str = Field(description="URI of a finished `artray embed` output")
     output: str = Field(description="index URI to write (replaced if it exists)")

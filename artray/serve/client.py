@@ -51,7 +51,7 @@ class SearchClientError(UserError, RuntimeError):
 
 
 class SearchClientConfig(JobConfig):
-    """Config of `artray search`."""
+    """Queries a running search API and prints the ranked hits (`artray search`)."""
 
     url: str = Field("http://127.0.0.1:8000", description="base URL of the search API")
     text: str | None = Field(None, description="text query")
