@@ -69,7 +69,8 @@ class AugmentConfig(ModelStageConfig):
     strength: float = Field(0.34, gt=0, le=1, description="img2img denoising strength")
     guidance: float = Field(10.0, ge=0, description="classifier-free guidance scale")
     steps: int = Field(40, ge=1, description="sampler steps")
-    sampler: Literal["euler_a", "euler", "ddim", "dpmpp_2m", "lms", "pndm"] = "euler_a"
+    sampler: Literal["euler_a", "euler", "ddim", "dpmpp_2m", "lms", "pndm"] = Field("euler_a",
+        description="diffusion sampler (euler_a = AUTOMATIC1111's 'Euler a', the published recipe)")
     long_side: int = Field(576, ge=8, description="long side of the init image; sides rounded to multiples of 8")
     batch_size: int = Field(4, ge=1, description="images per generation batch (equal sizes only)")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
@@ -77,7 +78,7 @@ class AugmentConfig(ModelStageConfig):
                                           "(default: on CPU yes; on GPU no, CPU tasks overlap them with the GPU)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per CPU actor (default: ceil(cpus_per_actor))")
     image_format: Literal["png", "jpeg"] = Field("png", description="encoding of the variant bytes (png is lossless)")
-    jpeg_quality: int = Field(95, ge=1, le=100)
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the stored variants")
     export_images: bool = Field(False, description="also write every variant as an image file for people to look at")
     export_uri: str | None = Field(None, description="where exported files go (default: <output>/images)")
     filter_model: str | None = Field(None, description="CLIP for the quality filter (.pt file, open_clip:<arch>[:<tag>], "

@@ -41,7 +41,8 @@ class TrainConfig(JobConfig):
     # data mixing
     variants: str | None = Field(None, description="augment output URI (<uri>/variants/) for alpha mixing")
     captions: str | None = Field(None, description="caption output URI (<uri>/captions/) for generated captions")
-    caption_source: Literal["human", "captioner", "both"] = "human"
+    caption_source: Literal["human", "captioner", "both"] = Field("human",
+        description="training captions: human (the corpus's), captioner (from `captions`), or both (one drawn per sample)")
     captioner: str | None = Field(None, description="captioner name in the caption table (caption_source≠human)")
     caption_preset: str = Field("caption", description="caption-table preset used for training captions")
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="probability of swapping a sample's image for a variant")
@@ -49,43 +50,53 @@ class TrainConfig(JobConfig):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
                                   description="refuse train/val images with more pixels (decompression bombs)")
     # objective
-    loss: Literal["longclip", "infonce", "itc_itm", "lm"] = "infonce"
-    label_smoothing: float = 0.0
-    pca_dim: int = 32
+    loss: Literal["longclip", "infonce", "itc_itm", "lm"] = Field("infonce",
+        description="objective: longclip (PCM, Long-CLIP), infonce (symmetric InfoNCE), itc_itm (BLIP), lm (captioners)")
+    label_smoothing: float = Field(0.0,
+        description="label smoothing of the contrastive cross-entropy (Long-CLIP uses 0.1)")
+    pca_dim: int = Field(32,
+        description="longclip loss: components kept for the short-caption match (PCA of the image features)")
     gather_features: bool = Field(True, description="contrastive loss over all workers' batches (with gradients)")
-    reset_logit_scale: bool = False
+    reset_logit_scale: bool = Field(False,
+        description="set the logit scale to ln(100) before training (Long-CLIP's recipe)")
     context_length: int | None = Field(None, description="text tokens (longclip: from checkpoint; cnclip ≤ 512)")
     max_length: int = Field(35, description="blip: text tokens kept (the cut is logged)")
-    freeze_vision: bool = False
-    grad_checkpointing: bool = False
+    freeze_vision: bool = Field(False, description="train the text tower only (the image tower's weights stay)")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, more compute")
     # optimisation
-    optimizer: Literal["adamw", "adabelief"] = "adamw"
-    lr: float = 5e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
-    warmup_steps: int = 0
-    pct_start: float = 0.1
-    epochs: int = 3
+    optimizer: Literal["adamw", "adabelief"] = Field("adamw",
+        description="adamw, or adabelief (the SIGIR work's Long-CLIP optimizer)")
+    lr: float = Field(5e-5, description="peak learning rate")
+    weight_decay: float = Field(0.0, description="decoupled weight decay (AdamW; AdaBelief as its recipe sets it)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="optimizer betas [beta1, beta2]")
+    eps: float = Field(1e-8, description="optimizer epsilon")
+    schedule: Literal["constant", "cosine", "onecycle"] = Field("cosine",
+        description="learning-rate schedule after warm-up: constant, cosine (to 0), onecycle (pct_start warm-up, linear)")
+    warmup_steps: int = Field(0, description="optimizer steps of linear warm-up from 0 (constant and cosine schedules)")
+    pct_start: float = Field(0.1, description="onecycle: share of the steps spent warming up")
+    epochs: int = Field(3, description="passes over the train split")
     max_steps: int | None = Field(None, description="stop after this many optimizer steps (smoke runs)")
     batch_size: int = Field(8, description="samples per worker per micro-batch")
-    grad_accum: int = 1
-    grad_clip: float | None = 1.0
-    zero_stage: int = Field(2, ge=0, le=3)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum: int = Field(1, description="micro-batches per optimizer step")
+    grad_clip: float | None = Field(1.0, description="clip the gradient norm to this (null: no clipping)")
+    zero_stage: int = Field(2, ge=0, le=3,
+                            description="DeepSpeed ZeRO stage (0: plain data parallel; 2: optimizer + gradient sharding; 3: + parameters)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32",
+        description="training precision: fp32, bf16 or fp16 (mixed precision on GPUs)")
     early_stop: bool = Field(False, description="stop at the first epoch whose val loss rises")
-    seed: int = 42
+    seed: int = Field(42, description="seed of initialisation, shuffling and alpha mixing")
     # evaluation, checkpoints, cluster
-    select_metric: Literal["val_r1", "val_loss", "cider"] = "val_r1"
-    keep_checkpoints: int = 2
+    select_metric: Literal["val_r1", "val_loss", "cider"] = Field("val_r1",
+        description="metric that picks the best checkpoint to export (val_loss: lowest; others: highest)")
+    keep_checkpoints: int = Field(2,
+        description="checkpoints kept in the run folder (the best by select_metric among them)")
     checkpoint_every: int = Field(1, ge=0, description="epochs between checkpoints (the last epoch always gets one); "
                                   "0 = none at all: no resume, no export (benchmarks, smoke runs)")
-    num_beams: int = 4
-    max_new_tokens: int = 40
-    num_workers: int = 2
+    num_beams: int = Field(4, description="captioners: beams of the validation captions (CIDEr selection)")
+    max_new_tokens: int = Field(40, description="captioners: longest validation caption in tokens")
+    num_workers: int = Field(2, description="Ray Train workers (one per GPU on a GPU cluster)")
     gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0: CPU training; fractions share a GPU)")
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = Field(1.0, description="CPUs reserved per Ray Train worker")
     timeout_s: int = Field(600, description="collective timeout: a dead rank fails the run after this")
     max_failures: int = Field(1, description="worker-group restarts from the latest checkpoint")
     fail_at_step: int | None = Field(None, description="test hook: rank 0 raises once at this step",
