@@ -115,3 +115,27 @@ def test_captioner_lm_loss_falls_and_selects_by_cider(ray_local, tiny, corpora, 
     bundle = load(out["export"])
     pixel = torch.zeros(1, 3, 32, 32)
     assert bundle.model.generate(pixel_values=pixel, max_new_tokens=3).shape[0] == 1
+
+
+def test_evaluation_embedding_and_serving_tokenise_as_training_did(ray_local, tiny, corpora, tmp_path):
+    """BLIP trained at 20 text tokens: its export records it, and the encoder every consumer loads (embed,
+    index, evaluate, Serve) cuts texts at 20, not at the tower's 512 positions; an untrained checkpoint
+    gets the family's published length (BLIP 35, Chinese-CLIP 52)."""
+    from artray.encoders import load_encoder
+    from artray.models.blip import blip_text_embeds
+    from artray.models.pretrained import EXPORT_RECORD
+
+    cfg = TrainConfig(**COMMON, preset="blip", model=tiny["blip-retrieval"], corpus=corpora["artpedia"],
+                      output=str(tmp_path / "runs"), epochs=1, batch_size=4, max_length=20, lr=1e-4)
+    out = run_train(cfg)
+    record = json.loads((tmp_path / "runs" / "train" / "export" / EXPORT_RECORD).read_text())
+    assert record["text_length"] == 20 and record["family"] == "blip" and os.path.isdir(out["export"])
+
+    encoder = load_encoder("blip", out["export"], device="cpu")
+    assert encoder.max_length == 20
+    long_text = "a very long description of a painting with many words " * 12
+    tok = encoder.bundle.processor.tokenizer([long_text], truncation=True, max_length=20, return_tensors="pt")
+    expected = torch.nn.functional.normalize(blip_text_embeds(encoder.bundle, tok.input_ids, tok.attention_mask), dim=-1)
+    assert torch.allclose(torch.from_numpy(encoder.encode_texts([long_text])), expected.float(), atol=1e-5)
+    assert load_encoder("blip", tiny["blip-retrieval"], device="cpu").max_length == 35
+    assert load_encoder("cnclip", tiny["cnclip"], device="cpu").max_length == 52

@@ -22,12 +22,14 @@ PRESETS: dict[str, dict] = {
 
 class BlipEncoder(Encoder):
     family = "blip"
+    default_text_length = 35  # tokens for a checkpoint artray did not train (the family's published length)
 
     def __init__(self, checkpoint: str, bundle):
         super().__init__(checkpoint, bundle.device, bundle.dtype)
         self.bundle = bundle
-        cfg = bundle.model.config.text_config
-        self.max_length = min(bundle.processor.tokenizer.model_max_length, cfg.max_position_embeddings)
+        from artray.models.pretrained import text_length
+
+        self.max_length = text_length(bundle, self.default_text_length)  # as trained (export record), else published
         self._set_dim()
 
     def _images(self, images):
@@ -70,7 +72,7 @@ class BlipFamily:
     kind = "retrieval"
     description = "BLIP retrieval: ITC features, ITM re-ranking (BlipForImageTextRetrieval)"
     presets = PRESETS
-    context_length = 35  # the SIGIR work truncates BLIP's text to 35 tokens
+    context_length = BlipEncoder.default_text_length  # the SIGIR work truncates BLIP's text to 35 tokens
     rerankers = frozenset({"laclip", "itm"})
     trainer = "artray.train.blip:BlipRetrievalTrainer"
     tiny = {"blip-retrieval": "artray.scaffold.tiny.blip:build_retrieval"}

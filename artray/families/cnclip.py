@@ -18,12 +18,14 @@ PRESETS: dict[str, dict] = {
 
 class CNClipEncoder(Encoder):
     family = "cnclip"
+    default_text_length = 52  # tokens for a checkpoint artray did not train (the family's published length)
 
     def __init__(self, checkpoint: str, bundle):
         super().__init__(checkpoint, bundle.device, bundle.dtype)
         self.bundle = bundle
-        cfg = bundle.model.config.text_config
-        self.max_length = min(bundle.processor.tokenizer.model_max_length, cfg.max_position_embeddings)
+        from artray.models.pretrained import text_length
+
+        self.max_length = text_length(bundle, self.default_text_length)  # as trained (export record), else published
         self._set_dim()
 
     def _images(self, images):
@@ -45,7 +47,7 @@ class CNClipFamily:
     kind = "retrieval"
     description = "Chinese-CLIP (transformers; text context up to 512)"
     presets = PRESETS
-    context_length = 52
+    context_length = CNClipEncoder.default_text_length  # Chinese-CLIP's fine-tuning context
     rerankers = frozenset({"laclip"})
     trainer = "artray.train.cnclip:CNClipTrainer"
     tiny = {"cnclip": "artray.scaffold.tiny.cnclip:build"}

@@ -26,6 +26,7 @@ class PretrainedBundle:
     processor: Any
     device: str
     dtype: torch.dtype
+    path: str = ""  # the local folder it was loaded from (an s3:// checkpoint's cache)
 
 
 def from_pretrained(model_cls, path: str, dtype: torch.dtype | None = None):
@@ -50,4 +51,29 @@ def load_pretrained(model_cls, processor_cls, name_or_path: str, device: str = "
     path = resolve_model_path(name_or_path, storage_options)
     dtype = dtype or torch.float32
     model = from_pretrained(model_cls, path, dtype).to(device).eval()
-    return PretrainedBundle(model=model, processor=processor_cls.from_pretrained(path), device=device, dtype=dtype)
+    return PretrainedBundle(model=model, processor=processor_cls.from_pretrained(path), device=device, dtype=dtype,
+                            path=str(path))
+
+
+# What an artray export records about how it was trained, beside its weights (`save_pretrained_export`).
+EXPORT_RECORD = "artray_export.json"
+
+
+def export_record(path: str) -> dict:
+    """The training record of an artray export at local folder `path` ({} for any other checkpoint)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(path, EXPORT_RECORD), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def text_length(bundle: PretrainedBundle, default: int) -> int:
+    """Text tokens an encoder keeps: what the checkpoint was trained with (its export record), else the
+    family's published length (`default`), never more than the text tower's positions."""
+    positions = bundle.model.config.text_config.max_position_embeddings
+    wanted = export_record(bundle.path).get("text_length") or default
+    return min(int(wanted), positions, bundle.processor.tokenizer.model_max_length)

@@ -129,4 +129,5 @@ class BlipRetrievalTrainer:
         """A ``save_pretrained`` folder that :func:`artray.models.blip.load_blip_retrieval` loads."""
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
-        return save_pretrained_export(cfg, BlipForImageTextRetrieval, BlipProcessor, state_dict, out_dir)
+        return save_pretrained_export(cfg, BlipForImageTextRetrieval, BlipProcessor, state_dict, out_dir,
+                                      text_length=cfg.max_length)

@@ -102,4 +102,5 @@ class CNClipTrainer:
         from transformers import ChineseCLIPModel, ChineseCLIPProcessor
 
         return save_pretrained_export(cfg, ChineseCLIPModel, ChineseCLIPProcessor, state_dict, out_dir,
-                                      extra={"logit_scale": state_dict["logit_scale"].reshape(())})
+                                      extra={"logit_scale": state_dict["logit_scale"].reshape(())},
+                                      text_length=cfg.context_length or CNCLIP.context_length)

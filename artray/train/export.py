@@ -17,7 +17,8 @@ import tempfile
 import torch
 
 from artray import storage
-from artray.models.pretrained import from_pretrained
+from artray.jsonio import dumps_strict
+from artray.models.pretrained import EXPORT_RECORD, from_pretrained
 from artray.models.resolve import resolve_model_path
 from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
@@ -49,9 +50,11 @@ def consolidated_state_dict(ckpt_dir: str, zero_stage: int) -> dict[str, torch.T
 
 
 def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, torch.Tensor], out_dir: str,
-                           extra: dict[str, torch.Tensor] | None = None) -> str:
+                           extra: dict[str, torch.Tensor] | None = None, text_length: int | None = None) -> str:
     """The trained ``model.*`` weights (+ `extra`) in the run's base checkpoint, saved with its processor as a
-    ``save_pretrained`` folder (safetensors) at `out_dir`: what the family's artray loader reads."""
+    ``save_pretrained`` folder (safetensors) at `out_dir`: what the family's artray loader reads. Beside them,
+    ``artray_export.json`` records how it was trained (family, text length): evaluation, embedding and
+    serving tokenise as training did."""
     path = resolve_model_path(cfg.model, cfg.storage_options())
     model = from_pretrained(model_cls, path)
     sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
@@ -60,6 +63,10 @@ def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, 
         raise ValueError(f"checkpoint does not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.save_pretrained(out_dir, safe_serialization=True)
     processor_cls.from_pretrained(path).save_pretrained(out_dir)
+    record = {"family": cfg.family, "text_length": text_length, "base_model": cfg.model, "preset": cfg.preset,
+              "name": cfg.name, "epochs": cfg.epochs}
+    with open(os.path.join(out_dir, EXPORT_RECORD), "w", encoding="utf-8") as f:
+        f.write(dumps_strict(record, indent=2) + "\n")
     return out_dir
 
 
