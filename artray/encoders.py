@@ -144,6 +144,29 @@ def load_encoder(family: str, checkpoint: str, device: str = "auto", dtype: str 
     return fam.load_encoder(canonical_checkpoint(checkpoint), device, resolve_dtype(dtype, device), storage_options)
 
 
+class PretrainedEncoder(Encoder):
+    """An encoder over a transformers model + processor (`artray.models.pretrained.PretrainedBundle`): images
+    through the processor, texts tokenised at the length the checkpoint was trained with (its export record),
+    else at the family's published `default_text_length` (None: all the text tower's positions)."""
+
+    default_text_length: int | None = None
+
+    def __init__(self, checkpoint: str, bundle):
+        from artray.models.pretrained import text_length
+
+        super().__init__(checkpoint, bundle.device, bundle.dtype)
+        self.bundle = bundle
+        self.max_length = text_length(bundle, self.default_text_length)
+        self._set_dim()
+
+    def _pixels(self, images: list[Image.Image]):
+        return self.bundle.processor(images=images, return_tensors="pt").pixel_values
+
+    def _tokens(self, texts: list[str]):
+        return self.bundle.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                               return_tensors="pt")
+
+
 def pooled(out) -> torch.Tensor:
     """transformers 5 returns an output object from get_*_features; the embedding is its pooler_output."""
     return out if not hasattr(out, "pooler_output") else out.pooler_output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from artray.encoders import Encoder
+from artray.encoders import Encoder, PretrainedEncoder
 from artray.families.base import config_json
 
 PRESETS: dict[str, dict] = {
@@ -20,29 +20,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class BlipEncoder(Encoder):
+class BlipEncoder(PretrainedEncoder):
     family = "blip"
-    default_text_length = 35  # tokens for a checkpoint artray did not train (the family's published length)
-
-    def __init__(self, checkpoint: str, bundle):
-        super().__init__(checkpoint, bundle.device, bundle.dtype)
-        self.bundle = bundle
-        from artray.models.pretrained import text_length
-
-        self.max_length = text_length(bundle, self.default_text_length)  # as trained (export record), else published
-        self._set_dim()
+    default_text_length = 35  # a checkpoint artray did not train: the SIGIR work's length
 
     def _images(self, images):
         from artray.models.blip import blip_image_embeds
 
-        pixels = self.bundle.processor(images=images, return_tensors="pt").pixel_values
-        return blip_image_embeds(self.bundle, pixels)
+        return blip_image_embeds(self.bundle, self._pixels(images))
 
     def _texts(self, texts):
         from artray.models.blip import blip_text_embeds
 
-        tok = self.bundle.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                              return_tensors="pt")
+        tok = self._tokens(texts)
         return blip_text_embeds(self.bundle, tok.input_ids, tok.attention_mask)
 
     def itm_logits(self, images: list, texts: list[str], image_index: list[int] | None = None) -> np.ndarray:
@@ -59,9 +49,8 @@ class BlipEncoder(Encoder):
         for start in range(0, len(texts), self.max_batch):
             chunk = index[start:start + self.max_batch]
             used = sorted(set(chunk))
-            pixels = self.bundle.processor(images=[images[i] for i in used], return_tensors="pt").pixel_values
-            tok = self.bundle.processor.tokenizer(texts[start:start + self.max_batch], padding=True, truncation=True,
-                                                  max_length=self.max_length, return_tensors="pt")
+            pixels = self._pixels([images[i] for i in used])
+            tok = self._tokens(texts[start:start + self.max_batch])
             local = [used.index(i) for i in chunk]
             out.append(blip_itm_logits(self.bundle, pixels, tok.input_ids, tok.attention_mask, local).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, 2), np.float32)

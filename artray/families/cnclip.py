@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artray.encoders import Encoder
+from artray.encoders import Encoder, PretrainedEncoder
 from artray.families.base import config_json
 
 PRESETS: dict[str, dict] = {
@@ -16,29 +16,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class CNClipEncoder(Encoder):
+class CNClipEncoder(PretrainedEncoder):
     family = "cnclip"
-    default_text_length = 52  # tokens for a checkpoint artray did not train (the family's published length)
-
-    def __init__(self, checkpoint: str, bundle):
-        super().__init__(checkpoint, bundle.device, bundle.dtype)
-        self.bundle = bundle
-        from artray.models.pretrained import text_length
-
-        self.max_length = text_length(bundle, self.default_text_length)  # as trained (export record), else published
-        self._set_dim()
+    default_text_length = 52  # a checkpoint artray did not train: Chinese-CLIP's fine-tuning context
 
     def _images(self, images):
         from artray.models.cnclip import cnclip_image_embeds
 
-        pixels = self.bundle.processor(images=images, return_tensors="pt").pixel_values
-        return cnclip_image_embeds(self.bundle, pixels)
+        return cnclip_image_embeds(self.bundle, self._pixels(images))
 
     def _texts(self, texts):
         from artray.models.cnclip import cnclip_text_embeds
 
-        tok = self.bundle.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                              return_tensors="pt")
+        tok = self._tokens(texts)
         return cnclip_text_embeds(self.bundle, tok.input_ids, tok.attention_mask, tok.get("token_type_ids"))
 
 

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artray.encoders import Encoder, pooled
+from artray.encoders import Encoder, PretrainedEncoder, pooled
 from artray.families.base import config_json
 
 
-class HFClipEncoder(Encoder):
-    family = "hf_clip"
-
-    def __init__(self, checkpoint: str, bundle):
-        super().__init__(checkpoint, bundle.device, bundle.dtype)
-        self.model, self.processor = bundle.model, bundle.processor
-        self.max_length = self.model.config.text_config.max_position_embeddings
-        self._set_dim()
+class HFClipEncoder(PretrainedEncoder):
+    family = "hf_clip"  # texts keep every position of the text tower (77 for OpenAI's CLIP)
 
     def _images(self, images):
-        pixels = self.processor(images=images, return_tensors="pt").pixel_values.to(self.device, self.dtype)
-        return pooled(self.model.get_image_features(pixel_values=pixels))
+        pixels = self._pixels(images).to(self.device, self.dtype)
+        return pooled(self.bundle.model.get_image_features(pixel_values=pixels))
 
     def _texts(self, texts):
-        tok = self.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                       return_tensors="pt").to(self.device)
-        return pooled(self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask))
+        tok = self._tokens(texts).to(self.device)
+        return pooled(self.bundle.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask))
 
 
 class HFClipFamily:

@@ -71,9 +71,9 @@ def export_record(path: str) -> dict:
         return {}
 
 
-def text_length(bundle: PretrainedBundle, default: int) -> int:
+def text_length(bundle: PretrainedBundle, default: int | None) -> int:
     """Text tokens an encoder keeps: what the checkpoint was trained with (its export record), else the
-    family's published length (`default`), never more than the text tower's positions."""
+    family's published length (`default`; None: every position), never more than the text tower's positions."""
     positions = bundle.model.config.text_config.max_position_embeddings
-    wanted = export_record(bundle.path).get("text_length") or default
-    return min(int(wanted), positions, bundle.processor.tokenizer.model_max_length)
+    wanted = export_record(bundle.path).get("text_length") or default or positions
+    return min(int(wanted), positions)
