@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,8 +147,9 @@ def rate(n: int, seconds: float, digits: int = 2) -> float:
     return round(n / seconds, digits) if n and seconds > 0 else 0.0
 
 
-class Stage:
-    """What is particular to one stage; `run_stage` runs everything else. Override hooks, not the skeleton."""
+class Stage(ABC):
+    """What is particular to one stage; `run_stage` runs everything else. Override hooks, not the skeleton;
+    `todo` and `summary_line` every stage must write."""
 
     name: str = ""  # also the `stage` of its failure rows and manifest
     table: str = ""  # folder of its output rows under the output URI
@@ -184,9 +186,9 @@ class Stage:
                              f"{self.pin_hint}. Use a new output URI, or delete the old output to start over")
 
     # --- the work and its pipeline ----------------------------------------------------------------
+    @abstractmethod
     def todo(self, run: Run) -> Todo:
         """Plan the rows still to make (skipping what `run.skip` says)."""
-        raise NotImplementedError
 
     def device(self, cfg) -> str:
         """'cpu', 'cuda' or 'auto' (GPUs when the cluster has them): where the actors run."""
@@ -229,8 +231,9 @@ class Stage:
         """Extra manifest fields (timings, rates); `wall_s` is the pipeline's."""
         return {}
 
+    @abstractmethod
     def summary_line(self, manifest: dict) -> str:
-        raise NotImplementedError
+        """One line for people: what the run made, skipped and failed, and how fast."""
 
 
 def run_stage(stage: Stage, cfg: StageConfig) -> dict:
@@ -259,7 +262,7 @@ def run_stage(stage: Stage, cfg: StageConfig) -> dict:
         with StageProgress(stage.name, todo.rows) as progress:  # one live line: rows, rate, ETA, failures
             run.progress = progress.counter
             stats = run_pipeline(lambda: stage.commit(run, stage.transform(run, todo, pool)), stage.error, stage.name)
-            progress.finish(stats["written"], sum(Counter(stats["failed"]).values()))
+            progress.finish(stats["written"], sum(stats["failed"].values()))
         run.progress = None
         actors = pool.size
     wall = time.time() - pipeline_started
