@@ -33,6 +33,7 @@ RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve")
 CHATTY_LOGGERS = ("faiss", "faiss.loader", "DeepSpeed", "deepspeed", "torch.distributed", "transformers",
                   "diffusers", "urllib3", "filelock", "numexpr", "jieba")
 DRIVER_LOG = "artray-driver.log"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def verbose() -> bool:
@@ -45,8 +46,7 @@ def setup_cli_logging(verbose_flag: bool) -> None:
     with ``-v`` (they still reach Ray's log files through Ray's own handlers)."""
     if verbose_flag:
         os.environ[VERBOSE_ENV] = "1"  # Ray workers inherit it too
-    logging.basicConfig(level=logging.DEBUG if verbose_flag else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose_flag else logging.WARNING, format=LOG_FORMAT)
     logging.getLogger("artray").setLevel(logging.DEBUG if verbose_flag else logging.INFO)
     if verbose_flag:
         return
@@ -89,6 +89,12 @@ def _logs_dir() -> Path:
 _routed: str | None = None
 
 
+def _ray_console_handlers() -> list[logging.Handler]:
+    """The handlers that print Ray's loggers on the console (not their file handlers)."""
+    return [h for name in RAY_LOGGERS for h in logging.getLogger(name).handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+
 def route_ray_logs() -> str | None:
     """Move Ray's console logging of this process into a file and return its path (None when verbose).
 
@@ -105,13 +111,11 @@ def route_ray_logs() -> str | None:
     logs.mkdir(parents=True, exist_ok=True)
     path = logs / DRIVER_LOG
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for h in _ray_console_handlers():
+        h.setLevel(max(h.level, logging.ERROR))
     for name in RAY_LOGGERS:
-        logger = logging.getLogger(name)
-        for h in logger.handlers:
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                h.setLevel(max(h.level, logging.ERROR))
-        logger.addHandler(handler)
+        logging.getLogger(name).addHandler(handler)
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")
     warnings_logger.addHandler(handler)
@@ -133,13 +137,10 @@ def quiet_ray_console() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     log_once("ray_data_progress_manager_disabled")  # Ray Data's "Progress bars disabled" notice: ours replace them
+    first = _routed is None
     path = route_ray_logs()
-    if path and not _told.get(path):
-        _told[path] = True
+    if first:  # said once per process
         sys.stderr.write(f"[artray] Ray's own logs: {path} and {Path(path).parent} (artray -v shows them here)\n")
-
-
-_told: dict[str, bool] = {}
 
 
 @contextlib.contextmanager
@@ -149,8 +150,7 @@ def quiet_ray_init():
     if verbose():
         yield
         return
-    handlers = [h for name in RAY_LOGGERS for h in logging.getLogger(name).handlers
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    handlers = _ray_console_handlers()
     levels = [h.level for h in handlers]
     for h in handlers:
         h.setLevel(max(h.level, logging.ERROR))

@@ -91,9 +91,9 @@ def _cluster_address(address: str) -> str:
             "address (host:6379; `source <cluster dir>/client.env` after cluster/start-local.sh sets RAY_ADDRESS "
             "to it), or unset RAY_ADDRESS to run on a private local Ray. `artray submit` and `ray job submit` read "
             "the job API's URL from RAY_API_SERVER_ADDRESS")
-    if _is_loopback_address(address) and os.environ.get(_RAY_MULTI_NODE_ENV, "0") == "0":
-        _loopback_only()
     prepare_client_env(address)
+    if os.environ.get(_RAY_MULTI_NODE_ENV) == "0":  # Ray is imported already: its copy of the setting too
+        _loopback_only()
     return address
 
 

@@ -75,24 +75,21 @@ def run_train(cfg: TrainConfig) -> dict:
     steps_per_epoch = max(1, math.ceil(per_worker / cfg.batch_size) // cfg.grad_accum)
     log.info("train: %s on %d workers, %d artworks, %d steps/epoch", cfg.family, cfg.num_workers, n_train,
              steps_per_epoch)
-    progress = StageProgress("train", cfg.epochs, unit="epochs")  # epoch lines from rank 0 reach the console
-    progress.__enter__()
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
-                           "progress": progress.counter},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.uses_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker,
-                                                           **({"GPU": cfg.gpus_per_worker} if cfg.uses_gpu else {})}),
-        torch_config=TorchConfig(backend="nccl" if cfg.uses_gpu else "gloo", timeout_s=cfg.timeout_s),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=_run_config(cfg),
-    )
-    try:
+    with StageProgress("train", cfg.epochs, unit="epochs") as progress:  # rank 0's epoch lines reach the console
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
+                               "progress": progress.counter},
+            scaling_config=ScalingConfig(
+                num_workers=cfg.num_workers, use_gpu=cfg.uses_gpu,
+                resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                      **({"GPU": cfg.gpus_per_worker} if cfg.uses_gpu else {})}),
+            torch_config=TorchConfig(backend="nccl" if cfg.uses_gpu else "gloo", timeout_s=cfg.timeout_s),
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+            run_config=_run_config(cfg),
+        )
         result = trainer.fit()
-    finally:
-        progress.__exit__(None, None, None)
     history = result.return_value or []  # every epoch's metrics, from rank 0
     out = {"metrics": result.metrics or (history[-1] if history else {}), "history": history,
            "run_path": storage.join(cfg.output, cfg.name), "best_metrics": None, "best_checkpoint": None,
