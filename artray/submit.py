@@ -257,8 +257,8 @@ def submit(stage: str, config: str | None, *, address: str | None = None, workin
            client=None) -> str:
     """Submit one stage as a Ray job; returns its submission id. Relative local paths in its config are
     made absolute when the cluster is on this machine, and refused otherwise (`resolve_relative_paths`)."""
-    overrides = resolve_relative_paths(config, list(overrides), resolve_address(address) if client is None
-                                       else getattr(client, "_address", resolve_address(address)))
+    overrides = resolve_relative_paths(config, list(overrides),  # before connecting
+                                       client.get_address() if client is not None else resolve_address(address))
     entrypoint = build_entrypoint(stage, config, working_dir, overrides, extra)
     runtime_env = build_runtime_env(working_dir, runtime_env_file, install_deps)
     client = client or make_client(address)
@@ -298,17 +298,16 @@ def wait(client, job_id: str, *, follow: bool = True, out=None, poll_s: float = 
 # --- CLI ------------------------------------------------------------------------------------
 
 def _cmd_submit(args) -> int:
-    overrides = resolve_relative_paths(args.config, args.overrides, resolve_address(args.address))  # before connecting
-    client = make_client(args.address)
-    job_id = submit(args.stage, args.config, working_dir=args.working_dir, runtime_env_file=args.runtime_env,
-                    install_deps=args.install_deps, overrides=overrides,
-                    submission_id=args.job_id, client=client)
+    # no client yet: submit() checks the config's paths before it connects
+    job_id = submit(args.stage, args.config, address=args.address, working_dir=args.working_dir,
+                    runtime_env_file=args.runtime_env, install_deps=args.install_deps, overrides=args.overrides,
+                    submission_id=args.job_id)
     print(f"[submit] {args.stage}: submitted {job_id}", file=sys.stderr)
     if not args.wait:
         print(job_id)
         return 0
     try:
-        return wait(client, job_id)
+        return wait(make_client(args.address), job_id)
     except KeyboardInterrupt:
         print(f"\n[submit] stopped following; the job keeps running. Stop it with: artray jobs stop {job_id}",
               file=sys.stderr)
