@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from artray.errors import UserError
-from artray.families import RetrievalFamily as Family  # noqa: F401  (config field type: a registered retrieval family)
 from artray.storage import StorageOptions
 
 if TYPE_CHECKING:

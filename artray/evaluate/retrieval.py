@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from artray import corpus, families, storage
 from artray.config import JobConfig
-from artray.encoders import Device, DType, Family, canonical_checkpoint
+from artray.encoders import Device, DType, canonical_checkpoint
+from artray.families import RetrievalFamily
 from artray.families.base import config_json
 from artray.evaluate import fusion
 from artray.evaluate import retrieval_embed as re_
@@ -59,7 +60,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN, description="names its runs and metrics file")
-    family: Family
+    family: RetrievalFamily
     checkpoint: str
     embeddings: str | None = Field(None, description="an existing `artray embed` output of this checkpoint on "
                                    "this corpus (default: embedded into <output>/embeddings/<name>)")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from artray.encoders import Device, DType, Family, canonical_checkpoint
+from artray.encoders import Device, DType, canonical_checkpoint
+from artray.families import RetrievalFamily
 from artray.serve.rerank import RerankConfig
 from artray.storage import StorageOptions
 
@@ -32,7 +33,7 @@ class ModelConfig(_Section):
 
     name: str = Field(pattern=MODEL_NAME, description="what requests name in `model`; also names its deployments")
     index: str = Field(description="URI of an index written by `artray index build`")
-    family: Family | None = Field(None, description="default: the index's; set it to make a mismatch an error")
+    family: RetrievalFamily | None = Field(None, description="default: the index's; set it to make a mismatch an error")
     checkpoint: str | None = Field(None, description="default: the index's; set it to make a mismatch an error")
     device: Device = "auto"
     dtype: DType = "auto"

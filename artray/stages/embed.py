@@ -28,11 +28,11 @@ from artray.corpus import ARTWORKS
 from artray.encoders import (
     Device,
     DType,
-    Family,
     canonical_checkpoint,
     check_same_encoder,
     load_encoder,
 )
+from artray.families import RetrievalFamily
 from artray.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb
 from artray.outputs import EMBEDDINGS
 from artray.schema import EMBEDDING_SCHEMA
@@ -58,7 +58,7 @@ class EmbedConfig(ModelStageConfig):
 
     input: str = Field(description="corpus URI to embed (written by `artray corpus import` / `ingest`)")
     output: str = Field(description="embeddings URI to write; running again resumes it")
-    family: Family = Field(description="encoder family: blip, longclip, cnclip, open_clip or hf_clip")
+    family: RetrievalFamily = Field(description="encoder family: blip, longclip, cnclip, open_clip or hf_clip")
     checkpoint: str = Field(description="hub id, local path or s3:// URI of the weights")
     images: bool = Field(True, description="embed artwork images")
     texts: bool = Field(True, description="embed the corpus texts (needed for image→text search)")
