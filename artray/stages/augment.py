@@ -48,6 +48,17 @@ logger = logging.getLogger(__name__)
 STAGE = "augment"
 PINNED = ("model", "variants", "seed", "caption", "prompt_template", "strength", "guidance", "steps", "sampler",
           "long_side", "batch_size", "image_format", "jpeg_quality", "filter_model", "filter_threshold")
+# Pinned only when they differ from these values: outputs made before the keys existed still resume.
+PINNED_IF_SET = {"seed_mode": "per_row", "prompt_encoding": "truncate", "negative_prompt": "", "vae_slicing": False,
+                 "vae_tiling": False}
+PINNED_ON_GPU = ("channels_last", "compile")  # they change the GPU kernels (bits), and do nothing on CPU
+# Named recipes: a preset fills the keys the config does not give. "cioni2023" is method (A) as its web UI
+# ran it: the published img2img settings, prompts over 75 tokens encoded in chunks, variant k seeded with k.
+PRESETS: dict[str, dict] = {
+    "cioni2023": {"caption": "first", "prompt_template": "{caption}", "negative_prompt": "", "strength": 0.34,
+                  "guidance": 10.0, "steps": 40, "sampler": "euler_a", "long_side": 576, "seed": 0,
+                  "seed_mode": "per_variant", "prompt_encoding": "chunked"},
+}
 
 
 class AugmentError(StageError):
@@ -57,15 +68,25 @@ class AugmentError(StageError):
 class AugmentConfig(ModelStageConfig):
     """Makes M diffusion img2img variants of every train artwork (method (A); the defaults are its recipe)."""
 
+    preset: Literal["cioni2023"] | None = Field(None, description="named recipe filling the keys not given: "
+                                                "cioni2023 = method (A) as its web UI ran it (chunked prompts, "
+                                                "variant k seeded with seed + k)")
     input: str = Field(description="corpus URI to augment (train split only)")
     output: str = Field(description="variants URI to write; running again resumes it")
     model: str = Field("stable-diffusion-v1-5/stable-diffusion-v1-5",
                        description="SD 1.x img2img checkpoint: hub id, local folder or s3:// folder")
     variants: int = Field(4, ge=1, description="variants per train artwork (M)")
-    seed: int = Field(0, description="base seed; each image's seed is a hash of (artwork_id, variant, seed)")
+    seed: int = Field(0, description="base seed (see seed_mode)")
+    seed_mode: Literal["per_row", "per_variant"] = Field(
+        "per_row", description="per_row: each image's seed is a hash of (artwork_id, variant, seed); "
+        "per_variant: seed + variant, the same for variant k of every artwork (method A)")
     caption: Literal["first", "per_variant", "all"] = Field(
         "first", description="prompt caption: the first (method A), caption number (variant mod n), or all joined")
     prompt_template: str = Field("{caption}", description="prompt text; {caption} is replaced by the caption")
+    prompt_encoding: Literal["truncate", "chunked"] = Field(
+        "truncate", description="truncate: prompts cut at the text encoder's 77 tokens (diffusers); chunked: "
+        "75-token chunks encoded one by one and concatenated (AUTOMATIC1111, method A's web UI)")
+    negative_prompt: str = Field("", description="negative prompt for classifier-free guidance (method A: none)")
     strength: float = Field(0.34, gt=0, le=1, description="img2img denoising strength")
     guidance: float = Field(10.0, ge=0, description="classifier-free guidance scale")
     steps: int = Field(40, ge=1, description="sampler steps")
@@ -74,6 +95,13 @@ class AugmentConfig(ModelStageConfig):
     long_side: int = Field(576, ge=8, description="long side of the init image; sides rounded to multiples of 8")
     batch_size: int = Field(4, ge=1, description="images per generation batch (equal sizes only)")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+    channels_last: bool = Field(True, description="GPU: channels_last memory format for the UNet and VAE (faster "
+                                "convolutions; no effect on CPU)")
+    compile: bool = Field(False, description="GPU only: torch.compile the UNet (a compile per image size and batch "
+                          "size at the start, faster steps after)")
+    vae_slicing: bool = Field(False, description="decode the batch's images one at a time (less GPU memory)")
+    vae_tiling: bool = Field(False, description="decode in overlapping tiles: large images in little memory "
+                             "(changes pixels at the tile seams)")
     inline_cpu_steps: bool | None = Field(None, description="decode/resize and encode inside the generate actor "
                                           "(default: on CPU yes; on GPU no, CPU tasks overlap them with the GPU)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per CPU actor (default: ceil(cpus_per_actor))")
@@ -89,6 +117,15 @@ class AugmentConfig(ModelStageConfig):
     retry_failed: bool = Field(False, description="also retry artworks that failed for good before (corrupt images, ...)")
     fail_after_batches: int | None = Field(None, ge=0, description="testing only: each actor raises after this many "
                                            "batches, to simulate a crash mid-run", json_schema_extra={"hidden": True})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        if isinstance(data, dict) and data.get("preset") is not None:
+            if data["preset"] not in PRESETS:
+                raise ValueError(f"unknown preset {data['preset']!r}: use one of {', '.join(sorted(PRESETS))}")
+            data = {**PRESETS[data["preset"]], **data}
+        return data
 
     @field_validator("prompt_template")
     @classmethod
@@ -166,8 +203,13 @@ class AugmentStage(Stage):
     def params(self, cfg: AugmentConfig) -> dict:
         init_ray()  # device and dtype shape the images too: they come from the cluster
         gpus = actor_pool(cfg, 1, task_ops=self.task_ops, error=AugmentError).gpus  # refuses a layout that cannot run
-        return {**{k: getattr(cfg, k) for k in PINNED}, "input": cfg.input, "device": "cuda" if gpus else "cpu",
-                "dtype": _dtype(cfg, gpus)}
+        if cfg.compile and not gpus:
+            raise AugmentError("compile: true needs GPU actors (torch.compile of the UNet is CUDA only here); "
+                               "set compile: false, or gpus_per_actor > 0 on a cluster with GPUs")
+        optional = {k: getattr(cfg, k) for k, legacy in PINNED_IF_SET.items() if getattr(cfg, k) != legacy}
+        on_gpu = {k: getattr(cfg, k) for k in PINNED_ON_GPU} if gpus else {}
+        return {**{k: getattr(cfg, k) for k in PINNED}, **optional, **on_gpu, "input": cfg.input,
+                "device": "cuda" if gpus else "cpu", "dtype": _dtype(cfg, gpus)}
 
     def todo(self, run: Run) -> Todo:
         cfg, opts = run.cfg, run.opts
@@ -193,6 +235,9 @@ class AugmentStage(Stage):
         generate_kwargs = {
             "model": cfg.model, "options": opts, "use_gpu": pool.gpus > 0, "dtype": _dtype(cfg, pool.gpus),
             "sampler": cfg.sampler, "strength": cfg.strength, "guidance": cfg.guidance, "steps": cfg.steps,
+            "prompt_encoding": cfg.prompt_encoding, "negative_prompt": cfg.negative_prompt,
+            "fast_path": {"channels_last": cfg.channels_last and pool.gpus > 0, "compile_unet": cfg.compile,
+                          "vae_slicing": cfg.vae_slicing, "vae_tiling": cfg.vae_tiling},
             "filter_model": cfg.filter_model, "filter_threshold": cfg.filter_threshold, "threads": threads,
             "fail_after_batches": cfg.fail_after_batches}
         actor_args = {"batch_size": 1, "batch_format": "pyarrow", "compute": pool.strategy(), **pool.remote_args()}

@@ -2,7 +2,8 @@
 
 * `prepare` (CPU tasks): decode each source image and resize it to the batch's size.
 * `Generate` (actor pool): SD img2img on the whole batch at once, one ``torch.Generator``
-  per image, prompt-length check, optional CLIP filter; the model is loaded once per actor.
+  per image, prompts cut at 77 tokens or encoded in 75-token chunks (``prompt_encoding``),
+  optional CLIP filter; the model is loaded once per actor, with the GPU fast path applied.
 * `encode` (CPU tasks): PNG/JPEG bytes of each variant and, optionally, a file for people.
 * `GenerateInline`: the three in one actor, for CPU-only runs.
 
@@ -85,12 +86,13 @@ class Generate:
 
     def __init__(self, model: str, options: storage.StorageOptions, use_gpu: bool, dtype: str, sampler: str,
                  strength: float, guidance: float, steps: int, filter_model: str | None, filter_threshold: float,
-                 threads: int | None, fail_after_batches: int | None = None):
+                 threads: int | None, prompt_encoding: str = "truncate", negative_prompt: str = "",
+                 fast_path: dict | None = None, fail_after_batches: int | None = None):
         import diffusers
         import torch
         import transformers
 
-        from artray.models.diffusion import load_img2img
+        from artray.models.diffusion import apply_fast_path, load_img2img
 
         diffusers.utils.logging.disable_progress_bar()  # one bar per actor load is noise in a job log
         transformers.utils.logging.disable_progress_bar()
@@ -101,7 +103,9 @@ class Generate:
         self.pipe = self.bundle.pipeline
         if sampler != "euler_a":
             self.pipe.scheduler = getattr(diffusers, SAMPLERS[sampler]).from_config(self.pipe.scheduler.config)
-        # Long prompts are cut at 77 tokens on purpose (counted in prompt_truncated); no warning per batch.
+        apply_fast_path(self.pipe, **(fast_path or {}))
+        self.chunked, self.negative = prompt_encoding == "chunked", negative_prompt
+        # Truncated prompts are cut at 77 tokens on purpose (counted in prompt_truncated); no warning per batch.
         logging.getLogger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img").setLevel(logging.ERROR)
         self.scorer = None
         if filter_model:
@@ -155,7 +159,7 @@ class Generate:
             return results + [failed_result({}, b["variant_ids"][k], "generation_error", detail, retryable=True)
                               for k in todo if b["emit"][k]]
         tokens = self.pipe.tokenizer(prompts, truncation=False).input_ids
-        limit = self.pipe.tokenizer.model_max_length
+        limit = self.pipe.tokenizer.model_max_length if not self.chunked else float("inf")  # chunked: nothing is cut
         for j, k in enumerate(todo):
             if not b["emit"][k]:
                 continue
@@ -172,9 +176,16 @@ class Generate:
         """uint8 (N, H, W, 3) images; CPU generators so a seed means the same noise on every device."""
         import torch
 
+        from artray.models.diffusion import chunked_prompt_embeds
+
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        if self.chunked:
+            embeds, negative = chunked_prompt_embeds(self.pipe, prompts, self.negative)
+            text = {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+        else:
+            text = {"prompt": prompts, "negative_prompt": [self.negative] * len(prompts) if self.negative else None}
         with torch.inference_mode():
-            out = self.pipe(prompt=prompts, image=inits, strength=self.fixed["strength"],
+            out = self.pipe(**text, image=inits, strength=self.fixed["strength"],
                             guidance_scale=self.fixed["guidance"], num_inference_steps=self.fixed["steps"],
                             generator=generators, output_type="np").images
         return (out * 255).round().clip(0, 255).astype(np.uint8)  # diffusers' own numpy_to_pil rounding

@@ -63,6 +63,12 @@ def variant_seed(base_seed: int, artwork_id: str, variant: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # fits int64 and torch.Generator.manual_seed
 
 
+def plan_seed(seed_mode: str, base_seed: int, artwork_id: str, variant: int) -> int:
+    """The seed of one image: ``per_row`` hashes (base seed, artwork, variant); ``per_variant`` is
+    ``base seed + variant`` for every artwork (method (A) seeded variant k with k)."""
+    return base_seed + variant if seed_mode == "per_variant" else variant_seed(base_seed, artwork_id, variant)
+
+
 def target_size(width: int, height: int, long_side: int, multiple: int = SIDE_MULTIPLE) -> tuple[int, int]:
     """(w, h) with the long side scaled to `long_side` (up or down), aspect kept, sides multiples of `multiple`."""
     scale = long_side / max(width, height)
@@ -196,7 +202,7 @@ def make_plan(train: pa.Table, cfg, done: set[str], failed: dict[str, bool],
                 "batch_id": f"{w}x{h}/{start // cfg.batch_size:06d}", "width": w, "height": h,
                 "variant_ids": [variant_id(a, v) for a, v, _ in live], "parents": [a for a, _, _ in live],
                 "variants": [v for _, v, _ in live],
-                "seeds": [variant_seed(cfg.seed, a, v) for a, v, _ in live],
+                "seeds": [plan_seed(cfg.seed_mode, cfg.seed, a, v) for a, v, _ in live],
                 "prompts": [make_prompt(captions[i], v, cfg.caption, cfg.prompt_template) for _, v, i in live],
                 "emit": emit, "src_ids": [ids[i] for i in src], "src_splits": [splits[i] for i in src],
                 "src_images": [images[i].as_py() for i in src], "src_uris": [uris[i] for i in src],
