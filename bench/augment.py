@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/augment.py [--n 50] [--variants 4] [--steps 20] [--long-side 256] [--rounds 1]
     .venv/bin/python bench/augment.py --full-size      # on a GPU: SD-1.5 architecture, 576 px, 40 steps, fp16
+    .venv/bin/python bench/augment.py --batching 4     # also: 4 images per pipeline call vs one per call
+    .venv/bin/python bench/augment.py --full-size --batch-size 8 --compile --batching 8   # the GPU fast path
 
 One run, side by side:
 
@@ -24,7 +26,12 @@ Prints images/s for both and the ratio artray / bare (goal: >= 0.9). With ``--st
 also runs on a K-artwork sample corpus in the same round, and the two wall times give the steady state
 apart from start-up (``_common.steady_from_two_runs``): steady img/s = extra images / extra seconds of
 the big run over the small one, start-up = the small run's time less its images at that rate;
-image-steps/s = steady img/s x the denoising steps each image gets. ``--json FILE`` writes every figure
+image-steps/s = steady img/s x the denoising steps each image gets. ``--batch-size`` and ``--compile`` set
+artray's batch size and torch.compile of the UNet (GPU); the bare loop stays the plain recipe (one call
+per artwork), so the ratio is then the fast path's speed-up over it. ``--batching B`` times, in this
+process with artray's `Generate`, B equal-size images per pipeline call against one image per call
+(same prompts, seeds and inits; warm-up calls excluded) and prints both rates, their ratio and the
+largest pixel difference between the two (batched kernels differ in their last bits). ``--json FILE`` writes every figure
 for bench/gpu_table.py. On CPU both sides run
 one torch thread (`--threads`, exported as OMP_NUM_THREADS to the actor and the bare process
 alike): on a shared 2-core machine two threads make either side swing by 10x between runs.
@@ -113,6 +120,45 @@ def _bare(args: dict) -> None:
             (out / f"{r['artwork_id']}#{v}.png").write_bytes(encode_image(px.tobytes(), size, "png", 95))
 
 
+def _batching(model: str, gpu: bool, threads: int | None, long_side: int, steps: int, batch: int, images: int,
+              compile_unet: bool, prompts: list[str]) -> dict:
+    """img/s of `batch` images per pipeline call against one per call, and the largest pixel difference."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from artray.stages.augment_generate import Generate
+    from artray.stages.augment_plan import target_size
+    from artray.storage import StorageOptions
+
+    gen = Generate(model=model, options=StorageOptions(), use_gpu=gpu, dtype="float16" if gpu else "float32",
+                   sampler="euler_a", strength=0.34, guidance=10.0, steps=steps, filter_model=None, filter_threshold=0,
+                   threads=threads, fast_path={"channels_last": gpu, "compile_unet": compile_unet})
+    w, h = target_size(4, 3, long_side)
+    rng = np.random.default_rng(0)
+    inits = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(images)]
+    prompts = [prompts[i % len(prompts)] for i in range(images)]
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
+
+    gen._generate(prompts[:1], inits[:1], [0])  # warm-up (and compile) at both batch sizes, not timed
+    gen._generate(prompts[:batch], inits[:batch], list(range(batch)))
+    sync()
+    with Timer() as one:
+        single = [gen._generate([p], [im], [i])[0] for i, (p, im) in enumerate(zip(prompts, inits))]
+        sync()
+    with Timer() as many:
+        batched = [px for s in range(0, images, batch) for px in
+                   gen._generate(prompts[s:s + batch], inits[s:s + batch], list(range(s, min(s + batch, images))))]
+        sync()
+    diff = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(single, batched))
+    return {"batch": batch, "images": images, "size": f"{w}x{h}", "unbatched_img_per_s": images / one.s,
+            "batched_img_per_s": images / many.s, "ratio": ratio(images / many.s, images / one.s),
+            "max_pixel_diff": diff, "compile": compile_unet}
+
+
 def _worker_niceness() -> None:
     """Run the bare process at the niceness Ray gives its worker processes (15 unless RAY_worker_niceness
     says otherwise), so that on a shared machine both sides yield to other people's work alike."""
@@ -162,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
                         "swing 10x between runs)")
     p.add_argument("--full-size", action="store_true", help="SD-1.5 architecture, random weights, 576 px, 40 steps")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU (or --full-size) at hand")
+    p.add_argument("--batch-size", type=int, help="artray's batch_size (default: --variants, one artwork per batch)")
+    p.add_argument("--compile", action="store_true", help="artray (and --batching): torch.compile the UNet (GPU)")
+    p.add_argument("--batching", type=int, default=0, metavar="B",
+                   help="also time B images per pipeline call against one per call, in-process")
+    p.add_argument("--batching-images", type=int, help="images for --batching (default 4 x B)")
+    p.add_argument("--model-cache", help="build/reuse the --full-size model here (default: under the workdir)")
     p.add_argument("--workdir", help="keep inputs/outputs here (default: a temp dir)")
     p.add_argument("--json", help="write every figure to this JSON file (bench/gpu.sh reads it)")
     p.add_argument("--startup-n", type=int, default=0,
@@ -194,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.startup_n:
         import_corpus(ImportConfig(format="artpedia", src=make_samples(str(work / "samples-small"), n=a.startup_n)["artpedia"],
                                    dest=small_inp))
-    model = _full_size_sd15(work / "sd15-random") if a.full_size else make_tiny(str(work / "tiny"))["sd-img2img"]
+    if a.full_size:
+        model = _full_size_sd15(Path(a.model_cache) if a.model_cache else work / "sd15-random")
+    else:
+        model = make_tiny(str(work / "tiny"))["sd-img2img"]
+    if a.compile and not gpu:
+        print("--compile needs a CUDA GPU (artray compiles the UNet on GPU actors only)")
+        return 2
 
     cpus = os.cpu_count() or 2
     threads = None if gpu else a.threads
@@ -212,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
               "rounds": []}
     for rnd in range(a.rounds):
         cfg = AugmentConfig(input=inp, output=str(work / f"artray-r{rnd}"), model=model, variants=a.variants,
-                            steps=a.steps, long_side=a.long_side, batch_size=a.variants,
+                            steps=a.steps, long_side=a.long_side, batch_size=a.batch_size or a.variants,
+                            compile=a.compile,
                             cpus_per_actor=1.0 if gpu else max(1.0, cpus - 0.75), torch_threads=threads,
                             gpus_per_actor=None if gpu else 0)
         bare_args = {"model": model, "input": inp, "output": str(work / f"bare-r{rnd}"), "variants": a.variants,
@@ -247,8 +306,22 @@ def main(argv: list[str] | None = None) -> int:
                  "ratio", "steady images"], steady_rows, digits=3))
     setup = "full-size SD-1.5 (random weights)" if a.full_size else "tiny SD img2img"
     setup += f", fp16, {torch.cuda.get_device_name()}" if gpu else f", fp32, CPU, {threads} torch threads each"
+    batch = a.batch_size or a.variants
     print(f"{setup}; {a.long_side} px long side, {a.steps} steps (strength 0.34), {a.variants} variants/artwork, "
-          f"batch {a.variants}; ratio artray/bare (median of {a.rounds}): {median(ratios):.3f} (goal >= 0.9)")
+          f"artray batch {batch}{', compiled UNet' if a.compile else ''} (bare: {a.variants} per call); "
+          f"ratio artray/bare (median of {a.rounds}): {median(ratios):.3f} (goal >= 0.9)")
+    report.update({"batch_size": batch, "compile": a.compile})
+    if a.batching:
+        from artray import corpus
+
+        captions = [r["captions"][0] for r in corpus.read_artworks(inp).to_pylist() if r["captions"]]
+        b = _batching(model, gpu, threads, a.long_side, a.steps, a.batching, a.batching_images or 4 * a.batching,
+                      a.compile, captions)
+        print(table(["images", "size", "batch", "one per call img/s", f"{a.batching} per call img/s", "ratio",
+                     "max pixel diff"], [[b["images"], b["size"], b["batch"], b["unbatched_img_per_s"],
+                                          b["batched_img_per_s"], b["ratio"], b["max_pixel_diff"]]], digits=3))
+        print(f"batched vs unbatched ({setup}{', compiled UNet' if a.compile else ''}): {b['ratio']:.3f}x")
+        report["batching"] = b
     for side in ("artray", "bare"):
         rates = [r[side]["steady_per_s"] for r in report["rounds"]]
         report[f"{side}_img_per_s"] = median([r["images"] / r[f"{side}_wall_s"] for r in report["rounds"]])

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Every GPU figure of artray side by side with its bare baseline, in one run, one table.
 #
-#   bash bench/gpu.sh                      # on one H100/H200: full-size random-weight models, ~9 min
+#   bash bench/gpu.sh                      # on one H100/H200: full-size random-weight models, ~10 min
 #   bash bench/gpu.sh --cpu --tiny         # anywhere: tiny checkpoints on the CPU, a smoke run (~4 min on 2 cores)
 #   bash bench/gpu.sh --out /tmp/gpu-run   # where the JSON, logs and gpu_table.md go (default: a temp dir)
 #   bash bench/gpu.sh --only embed,serve   # a subset of the parts
+#   bash bench/gpu.sh --only augment-compile   # the augment fast path with torch.compile (not in the default run)
 #
 # Parts (each `python bench/<x>.py ... --json OUT/<part>.json` under its own time budget, so one part
 # that fails or runs long loses only its own figures): augment (steady img/s and image-steps/s, start-up
-# apart), train-longclip and train-cnclip (samples/s and MFU vs a plain loop), caption (captions/s and
+# apart; the published recipe, batch 4), augment-fast (the GPU fast path: batch 8, fp16, SDPA, channels_last,
+# plus 8 images per pipeline call vs one per call), augment-compile (the same with torch.compile of the
+# UNet; only with --only, its compiles take minutes), train-longclip and train-cnclip (samples/s and MFU vs a plain loop), caption (captions/s and
 # tokens/s vs a bare generate loop, transformers backend), embed (img/s vs a bare encoder loop), serve
 # (/search p50 over HTTP vs the same encoder + index in-process). Then bench/gpu_table.py prints one
 # Markdown table (artray, bare, ratio, unit, device, load before → after, date) and writes
@@ -52,14 +55,18 @@ fi
 if [[ $cpu -eq 1 ]]; then export CUDA_VISIBLE_DEVICES=""; fi
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
-# part name → time budget (s) and arguments. GPU budgets add up to 9 minutes (540 s); sizes are set so
+# part name → time budget (s) and arguments. GPU budgets of the default parts add up to 10 minutes (620 s;
+# parts end well inside them); sizes are set so
 # each part should end well inside its budget on one H100/H200 (model building included).
 declare -A budget args
 if [[ $tiny -eq 1 ]]; then
   flag=""; [[ $cpu -eq 1 ]] && flag="--cpu"
-  budget=([augment]=150 [train-longclip]=150 [train-cnclip]=150 [caption]=150 [embed]=120 [serve]=180)
+  budget=([augment]=150 [augment-fast]=150 [augment-compile]=300 [train-longclip]=150 [train-cnclip]=150 [caption]=150
+          [embed]=120 [serve]=180)
   args=(
     [augment]="augment.py --workdir $work/augment $flag --n 8 --startup-n 3 --variants 2 --steps 6 --long-side 64"
+    [augment-fast]="augment.py --workdir $work/augment-fast $flag --n 8 --startup-n 3 --variants 2 --steps 6 --long-side 64 --batch-size 4 --batching 4"
+    [augment-compile]="augment.py --workdir $work/augment-compile $flag --n 8 --variants 2 --steps 6 --long-side 64 --batch-size 4 --compile"
     [train-longclip]="train.py --family longclip --epochs 2 --batch-size 4 --n 12 --workers 1"
     [train-cnclip]="train.py --family cnclip --epochs 2 --batch-size 4 --n 12 --workers 1"
     [caption]="caption.py --workdir $work/caption --n 4 --presets caption --rounds 1 --max-new-tokens 8 --batch-size 2"
@@ -67,9 +74,13 @@ if [[ $tiny -eq 1 ]]; then
     [serve]="serve.py --n 12 --duration-s 3 --requests 60 --concurrency 1 --port $port --workdir $work/serve"
   )
 else
-  budget=([augment]=190 [train-longclip]=75 [train-cnclip]=85 [caption]=100 [embed]=45 [serve]=45)
+  budget=([augment]=150 [augment-fast]=120 [augment-compile]=420 [train-longclip]=75 [train-cnclip]=85 [caption]=100
+          [embed]=45 [serve]=45)
+  # the augment parts share one random-weight SD-1.5 folder (built once, by the first that runs)
   args=(
-    [augment]="augment.py --workdir $work/augment --full-size --n 36 --startup-n 4 --rounds 1"
+    [augment]="augment.py --workdir $work/augment --model-cache $work/sd15 --full-size --n 24 --startup-n 4 --rounds 1"
+    [augment-fast]="augment.py --workdir $work/augment-fast --model-cache $work/sd15 --full-size --n 24 --startup-n 4 --batch-size 8 --batching 8 --batching-images 16"
+    [augment-compile]="augment.py --workdir $work/augment-compile --model-cache $work/sd15 --full-size --n 48 --startup-n 4 --batch-size 8 --compile --batching 8 --batching-images 32"
     [train-longclip]="train.py --full-size --use-gpu --family longclip --workers 1 --batch-size 32 --n 300 --epochs 3"
     [train-cnclip]="train.py --full-size --use-gpu --family cnclip --workers 1 --batch-size 32 --n 300 --epochs 3"
     [caption]="caption.py --workdir $work/caption --full-size --n 16 --presets caption --rounds 1"
@@ -77,7 +88,7 @@ else
     [serve]="serve.py --full-size --device cuda --n 50 --duration-s 8 --requests 400 --concurrency 1 8 --port $port --workdir $work/serve"
   )
 fi
-parts=(augment train-longclip train-cnclip caption embed serve)
+parts=(augment augment-fast train-longclip train-cnclip caption embed serve)
 if [[ -n "$only" ]]; then IFS=, read -r -a parts <<<"$only"; fi
 
 load1() { cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?"; }

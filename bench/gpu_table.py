@@ -2,7 +2,7 @@
 
     python bench/gpu_table.py OUT_DIR [--load "0.52 0.61 0.70"]
 
-Reads ``OUT_DIR/<part>.json`` (augment, train-longclip, train-cnclip, caption, embed, serve), one row
+Reads ``OUT_DIR/<part>.json`` (augment, augment-fast, augment-compile, train-longclip, train-cnclip, caption, embed, serve), one row
 per figure: part, artray figure, bare figure, ratio artray / bare, unit, device, load average, date.
 A part whose JSON is missing (it failed or ran out of its time budget) gets one row saying so, with
 the tail of its log, so one failing part never hides the others. Prints the table and writes it to
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import device_name, load_average, ratio  # noqa: E402
 
-PARTS = ("augment", "train-longclip", "train-cnclip", "caption", "embed", "serve")
+PARTS = ("augment", "augment-fast", "train-longclip", "train-cnclip", "caption", "embed", "serve")
 HEADERS = ("part", "figure", "artray", "bare", "ratio artray/bare", "unit", "device", "load avg", "date")
 
 
@@ -32,12 +32,18 @@ def _num(v) -> str:
 
 def figures(part: str, r: dict) -> list[tuple[str, float | None, float | None, str]]:
     """(figure, artray, bare, unit) rows of one part's report."""
-    if part == "augment":
-        return [("steady img/s (two-size estimate)", r["artray_steady_img_per_s"], r["bare_steady_img_per_s"], "img/s"),
+    if part.startswith("augment"):
+        batching = r.get("batching")  # bench/augment.py --batching: B images per pipeline call vs one per call
+        extra = [(f"{batching['batch']} images per call vs 1 (max pixel diff {batching['max_pixel_diff']})",
+                  batching["batched_img_per_s"], batching["unbatched_img_per_s"], "img/s (bare = one per call)")
+                 ] if batching else []
+        setup = f" (batch {r['batch_size']}{', compiled' if r.get('compile') else ''})" if "batch_size" in r else ""
+        return [(f"steady img/s (two-size estimate){setup}", r["artray_steady_img_per_s"], r["bare_steady_img_per_s"],
+                 "img/s"),
                 (f"steady image-steps/s ({r['denoising_steps']} denoising steps/img)",
                  r["artray_steady_image_steps_per_s"], r["bare_steady_image_steps_per_s"], "steps/s"),
                 ("start-up (two-size estimate)", r["artray_startup_s"], r["bare_startup_s"], "s (lower is better)"),
-                ("wall img/s, start-up included", r["artray_img_per_s"], r["bare_img_per_s"], "img/s")]
+                ("wall img/s, start-up included", r["artray_img_per_s"], r["bare_img_per_s"], "img/s"), *extra]
     if part.startswith("train"):
         rows = [("samples/s", r["artray_samples_per_s"], r["plain_samples_per_s"], "samples/s (bare = plain loop)")]
         if "artray_mfu" in r:

@@ -128,3 +128,11 @@ def test_fast_path_keeps_the_images_and_batching_matches_one_by_one(tiny_models)
     pipe = load_img2img(tiny_models["sd-img2img"]).pipeline
     apply_fast_path(pipe, vae_tiling=True)
     assert pipe.vae.use_tiling
+
+
+@pytest.mark.slow  # torch.compile of the tiny UNet takes about a minute on 2 CPU cores
+def test_compiled_unet_makes_the_same_images(tiny_models):
+    inits, prompts, seeds = [_init(0), _init(1)], ["a cat", "a ship"], [1, 2]
+    plain = _generator(tiny_models)._generate(prompts, inits, seeds)
+    compiled = _generator(tiny_models, fast_path={"compile_unet": True, "channels_last": True})
+    assert np.abs(compiled._generate(prompts, inits, seeds).astype(int) - plain.astype(int)).max() <= 2
