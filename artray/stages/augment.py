@@ -16,6 +16,10 @@ export missing image files, write ``_manifest.json`` last (the protocol of every
 `artray.stages.run`). ``_augment_params.json`` pins every setting that shapes the images, so a
 resume never mixes two recipes. Read the output with `artray.outputs.read_variants`.
 One run at a time per output URI.
+
+Recipes: the defaults are method (A)'s published img2img settings with diffusers' prompt handling
+(prompts cut at 77 tokens, a seed per (artwork, variant)); ``preset: cioni2023`` adds what its
+AUTOMATIC1111 web UI did besides (prompts encoded in 75-token chunks, variant k seeded with k).
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ class AugmentError(StageError):
 
 
 class AugmentConfig(ModelStageConfig):
-    """Makes M diffusion img2img variants of every train artwork (method (A); the defaults are its recipe)."""
+    """Makes M diffusion img2img variants of every train artwork (method (A): the defaults are its published
+    img2img settings; ``preset: cioni2023`` also encodes and seeds as its web UI did)."""
 
     preset: Literal["cioni2023"] | None = Field(None, description="named recipe filling the keys not given: "
                                                 "cioni2023 = method (A) as its web UI ran it (chunked prompts, "
