@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("augment", "train-longclip", "train-cnclip", "caption", "embed", "serve")
+PARTS = ("augment", "augment-fast", "train-longclip", "train-cnclip", "caption", "embed", "serve")
 
 
 def _number(cell: str) -> float | None:
