@@ -97,3 +97,61 @@ def test_culti2025_runs_end_to_end_and_a_failed_run_resumes_at_its_step(ray_loca
     run_recipe(recipe, corpora["culti"], out, tiny)  # everything complete: nothing runs
     again = capsys.readouterr().out
     assert again.count("complete, skipped") == 4 and ": running" not in again
+
+
+def test_table_shows_published_this_run_and_difference_and_says_why_cells_are_empty(tmp_path):
+    """The table step on a caption-metrics summary: fractions → the paper's unit, a row the paper lacks, SPICE
+    without CoreNLP explained from the evaluation's own note; the HTML report shows the same table."""
+    from artray.evaluate.report import ReportConfig, build_report
+    from artray.recipes.table import TableConfig, run_table
+
+    ev = tmp_path / "metrics"
+    ev.mkdir()
+    (ev / "summary.json").write_text(json.dumps({
+        "splits": {"test": {"n": 9, "Bleu_4": 0.25, "CIDEr": 0.5}},
+        "spice": {"available": False, "note": "Stanford CoreNLP 3.6.0 jars not found"}}))
+    cfg = TableConfig(output=str(tmp_path / "table"), title="T", source="paper table 1", unit="percent", digits=1,
+                      metrics={"B@4": "Bleu_4", "CIDEr": "CIDEr", "SPICE": "SPICE"},
+                      rows=[{"setting": "ours", "summary": str(ev), "at": ["splits", "test"],
+                             "published": {"B@4": 20.0, "CIDEr": 62.5, "SPICE": None}},
+                            {"setting": "extra", "summary": str(ev), "at": ["splits", "test"]}])
+    table = run_table(cfg)
+    ours, extra = table["rows"]
+    assert ours["this_run"] == {"B@4": 25.0, "CIDEr": 50.0}
+    assert ours["difference"] == {"B@4": pytest.approx(5.0), "CIDEr": pytest.approx(-12.5)}
+    assert "CoreNLP" in ours["missing"]["SPICE"] and extra["published_note"] == "not reported in the paper"
+    md = (tmp_path / "table" / "table.md").read_text()
+    assert "| ours | 20.0 | 25.0 | +5.0 | 62.5 | 50.0 | -12.5 | – | n/a | – |" in md
+    assert "extra: published — not reported in the paper" in md
+    html = build_report(ReportConfig(output=str(tmp_path / "r.html"), recipe_tables=[str(tmp_path / "table")]))
+    assert "paper table 1" in html and "+5.0" in html and "not reported in the paper" in html
+    with pytest.raises(Exception, match="nothing at splits → val"):
+        run_table(cfg.model_copy(update={"rows": [cfg.rows[0].model_copy(update={"at": ["splits", "val"]})]}))
+
+
+def test_submit_recipe_entrypoint_and_paths(tmp_path):
+    from artray.errors import UserError
+    from artray.submit import build_entrypoint, recipe_arguments
+
+    args = recipe_arguments("culti2025", "s3://b/corpora/culti", "s3://b/out", "http://10.0.0.5:8265")
+    assert build_entrypoint("recipe", None, ROOT, ["scale=tiny"], args) == (
+        "python jobs/recipe.py run --set scale=tiny culti2025 --corpus s3://b/corpora/culti --out s3://b/out")
+    with pytest.raises(UserError, match="--out out/x: relative paths"):
+        recipe_arguments("culti2025", "s3://b/c", "out/x", "http://10.0.0.5:8265")
+    local = recipe_arguments("culti2025", "s3://b/c", "out/x", "http://127.0.0.1:8265")
+    assert local[-1] == str(Path("out/x").resolve())
+    with pytest.raises(UserError, match="needs the recipe's name, --corpus and --out"):
+        recipe_arguments("culti2025", None, "s3://b/o", "http://127.0.0.1:8265")
+
+
+def test_recipes_needing_missing_features_refuse_to_start_and_say_what(tmp_path):
+    from artray.recipes.config import Recipe
+
+    recipe = Recipe.model_validate({
+        "name": "x", "title": "t", "paper": "p", "corpus": "c",
+        "requires": [{"family": "no-such-family", "why": "a test"}, {"stage": "caption", "field": "nope",
+                                                                      "why": "another"}],
+        "steps": [{"name": "s", "stage": "index", "config": {}}]})
+    with pytest.raises(RecipeError, match="model family 'no-such-family' is not registered.*no 'nope' field"):
+        run_recipe(recipe, str(tmp_path), str(tmp_path / "o"))
+    assert "MISSING" in show_text(recipe)

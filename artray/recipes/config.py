@@ -23,7 +23,7 @@ from artray.config import _merge, parse_overrides
 from artray.recipes.refs import RecipeError
 from artray.recipes.stages import STAGES
 
-NAME = r"^[a-z0-9][a-z0-9_.-]*$"
+NAME = r"^[a-z0-9][a-z0-9_-]*$"
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "jobs" / "recipes"
 
 

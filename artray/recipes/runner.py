@@ -4,7 +4,7 @@ What each step did is recorded in ``<out>/_recipe.json`` (per step: a fingerprin
 resolved config, and what it wrote: ``output``, ``export``). A step is skipped when that record
 matches its config now *and* its output is still complete (the stage's ``_manifest.json``, the
 train export, the report's manifest). So a recipe killed or failed in step k runs again from
-step k; the stage itself resumes its partial output as it always does (committed rows, the
+step k (and a step whose config, or an input step's, changed runs again); the stage itself resumes its partial output as it always does (committed rows, the
 latest training checkpoint under the same run name).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 
 from artray import corpus, storage
@@ -24,21 +25,30 @@ STATE = "_recipe.json"
 
 
 def plan(recipe: Recipe, corpus_uri: str, out: str, overrides: list[str] = (), steps: dict | None = None,
-         strict: bool = False) -> tuple[dict, list[tuple[str, str, dict]]]:
-    """(params, [(step name, stage, resolved config)]) — step references resolve where `steps` knows them."""
+         strict: str | None = None) -> tuple[dict, list[tuple[str, str, dict]]]:
+    """(params, [(step name, stage, resolved config)]): step references resolve where `steps` knows them, and
+    must for the step named `strict` (the one about to run)."""
     param_over, step_over = split_overrides(recipe, list(overrides))
     params = effective_params(recipe, param_over)
     context = {"corpus": corpus_uri.rstrip("/"), "out": out.rstrip("/"), "params": params, "steps": steps or {}}
-    context["params"] = params = resolve(params, context, strict=strict, where=f"{recipe.name}.params")
+    context["params"] = params = resolve(params, context, strict=False, where=f"{recipe.name}.params")
     resolved = []
     for step in recipe.steps:
-        cfg = resolve(step.config, context, strict=strict, where=f"{recipe.name}.{step.name}")
+        cfg = resolve(step.config, context, strict=step.name == strict, where=f"{recipe.name}.{step.name}")
         resolved.append((step.name, step.stage, _merge(cfg, step_over.get(step.name, {}))))
     return params, resolved
 
 
-def fingerprint(stage: str, config: dict) -> str:
-    return hashlib.sha256(json.dumps([stage, config], sort_keys=True, default=str).encode()).hexdigest()[:16]
+def fingerprint(stage: str, config: dict, inputs: list[str] = ()) -> str:
+    """A step's identity: its stage, its resolved config and the fingerprints of the steps it reads (so a step
+    whose input step ran again with other settings runs again too, though its config text is the same)."""
+    return hashlib.sha256(json.dumps([stage, config, list(inputs)], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def step_inputs(step) -> list[str]:
+    """The steps `step` refers to (``${steps.<name>.…}``), sorted."""
+    return sorted(set(re.findall(r"\$\{steps\.([^.}]+)\.", json.dumps(step.config))))
 
 
 def step_result(stage: str, cfg, returned) -> dict:
@@ -80,13 +90,15 @@ def run_recipe(recipe: Recipe, corpus_uri: str, out: str, overrides: list[str] =
     state = _state(out, recipe, opts)
     plan(recipe, corpus_uri, out, overrides)  # every override and param reference checked before step 1 runs
     done: dict[str, dict] = {}
+    prints: dict[str, str] = {}  # step → its fingerprint in this run
     total, ray_started = len(recipe.steps), False
     for i, step in enumerate(recipe.steps, 1):
-        _, resolved = plan(recipe, corpus_uri, out, overrides, steps=done, strict=True)
+        _, resolved = plan(recipe, corpus_uri, out, overrides, steps=done, strict=step.name)
         config = resolved[i - 1][2]
         if s3_endpoint and "s3_endpoint" not in config:
             config = {**config, "s3_endpoint": s3_endpoint}
-        fp = fingerprint(step.stage, config)
+        fp = fingerprint(step.stage, config, [prints[s] for s in step_inputs(step) if s in prints])
+        prints[step.name] = fp
         record = state["steps"].get(step.name)
         label = f"[recipe] {recipe.name} {i}/{total} {step.name} ({step.stage})"
         if record and record.get("fingerprint") == fp and output_complete(step.stage, record["result"], opts):

@@ -48,8 +48,9 @@ class TableConfig(JobConfig):
     unit: Literal["fraction", "percent"] = Field("fraction", description="the paper's unit; this run's numbers "
                                                  "(fractions) are shown in it")
     digits: int = Field(3, ge=0, le=6)
-    significance: dict[str, Any] | None = Field(None, description="retrieval: {query_set, direction}: add the runs "
-                                                "each row's run beats significantly (ranx compare)")
+    significance: dict[str, Any] | None = Field(None, description="retrieval: {direction, max_p}: mark the runs each "
+                                                "row's run beats significantly (ranx compare; the row's `at` is "
+                                                "[metrics, <query set>, <run>])")
     missing: dict[str, str] = Field(default_factory=dict, description="column label → why this run has no value")
     notes: list[str] = Field(default_factory=list)
     rows: list[TableRow] = Field(min_length=1)
@@ -100,9 +101,9 @@ def build_table(cfg: TableConfig) -> dict:
                     this[label] = value * scale
                 else:
                     why[label] = _why_missing(cfg, label, summary)
-            if cfg.significance and row.at:
-                sig = _dig(summary, ["significance", cfg.significance["query_set"], cfg.significance["direction"],
-                                     "runs", row.at[-1], "beats"]) or {}
+            if cfg.significance and len(row.at) == 3:
+                sig = _dig(summary, ["significance", row.at[1], cfg.significance["direction"],
+                                     "runs", row.at[2], "beats"]) or {}
                 beats = {label: sig.get(SIGNIFICANCE_KEY.get(label, ""), []) for label in cfg.metrics
                          if SIGNIFICANCE_KEY.get(label) in sig}
         published = row.published or {}
