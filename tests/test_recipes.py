@@ -155,3 +155,63 @@ def test_recipes_needing_missing_features_refuse_to_start_and_say_what(tmp_path)
     with pytest.raises(RecipeError, match="model family 'no-such-family' is not registered.*no 'nope' field"):
         run_recipe(recipe, str(tmp_path), str(tmp_path / "o"))
     assert "MISSING" in show_text(recipe)
+
+
+def _tiny_run(name, corpus_uri, tiny_dir, out, extra=()):
+    recipe = load_recipe(name)
+    run_recipe(recipe, corpus_uri, out, ["scale=tiny", f"tiny_models={tiny_dir}", *extra])
+    table = json.loads((Path(out) / "table" / "table.json").read_text())
+    assert all(r["published"] or r["published_note"] for r in table["rows"])
+    assert any("full-size pretrained" in n for n in table["notes"]) or name == "cioni2023-retrieval"
+    assert "The paper" in (Path(out) / "report.html").read_text()
+    return table
+
+
+@pytest.mark.slow
+def test_sigir2025_runs_end_to_end_on_tiny_models(ray_local, tiny_models, tmp_path):
+    corpora, tiny_dir = _samples(tmp_path, tiny_models)
+    table = _tiny_run("sigir2025", corpora["artpedia"], tiny_dir, str(tmp_path / "out"))
+    rows = {r["setting"]: r for r in table["rows"]}
+    assert len(rows) == 12 and rows["BLIP-L FT human, visual sentences"]["published"] == {"P@1": 0.58, "MRR": 0.685}
+    assert all(set(r["this_run"]) == {"P@1", "MRR"} for r in rows.values())
+    captions = json.loads((tmp_path / "out" / "caption-table" / "table.json").read_text())
+    row = captions["rows"][0]
+    assert {"ROUGE-L F1", "METEOR", "BLEU-4"} <= set(row["this_run"]) and "BERTScore-F1" in row["missing"]
+
+
+def _has_captioner_inference() -> bool:
+    from artray.stages.caption_config import CaptionConfig
+
+    return "length_penalty" in CaptionConfig.model_fields
+
+
+def _has_clip_family() -> bool:
+    from artray import families
+
+    return "clip" in families.names()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_captioner_inference(), reason="needs captioner inference (CaptionConfig.length_penalty, "
+                    "GIT/BLIP captioner exports in artray caption), which is not in this checkout yet")
+@pytest.mark.parametrize("dataset", ["artpedia", "artcap"])
+def test_cioni2023_captioning_runs_end_to_end_on_tiny_models(ray_local, tiny_models, tmp_path, dataset):
+    corpora, tiny_dir = _samples(tmp_path, tiny_models)
+    table = _tiny_run("cioni2023-captioning", corpora[dataset], tiny_dir, str(tmp_path / "out"),
+                      [f"dataset={dataset}"])
+    rows = {r["setting"]: r for r in table["rows"]}
+    assert len(rows) == 6
+    assert rows["GIT-base w/ DA"]["published"]["CIDEr"] == (0.0673 if dataset == "artpedia" else 0.6445)
+    assert all({"B@1", "B@4", "METEOR", "ROUGE-L", "CIDEr"} <= set(r["this_run"]) for r in rows.values())
+    assert all("SPICE" in r["missing"] for r in rows.values())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_clip_family(), reason="needs the plain 77-token `clip` family (training, "
+                    "evaluate-retrieval), which is not in this checkout yet")
+def test_cioni2023_retrieval_runs_end_to_end_on_tiny_models(ray_local, tiny_models, tmp_path):
+    corpora, tiny_dir = _samples(tmp_path, tiny_models)
+    table = _tiny_run("cioni2023-retrieval", corpora["artpedia"], tiny_dir, str(tmp_path / "out"))
+    assert [r["setting"] for r in table["rows"]] == ["CLIP zero-shot", "CLIP w/o DA", "CLIP w/ DA"]
+    assert all(r["published"] is None and "PDF" in r["published_note"] for r in table["rows"])
+    assert all(len(r["this_run"]) == 6 for r in table["rows"])
