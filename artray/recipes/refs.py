@@ -55,6 +55,16 @@ def _lookup(ref: str, context: dict, strict: bool, where: str) -> Any:
                       "${steps.<step>.<key>}")
 
 
+def _text(ref: str, context: dict, strict: bool, where: str) -> str:
+    """A reference inside a longer string, as text; an unset (null) param there is an error naming it."""
+    value = resolve(_lookup(ref, context, strict, where), context, strict=strict, where=where)
+    if value is None:
+        if not strict:
+            raise _Pending(ref)
+        raise RecipeError(f"{where}: ${{{ref}}} is not set: give it with --set {ref.removeprefix('params.')}=…")
+    return str(value)
+
+
 def resolve(value: Any, context: dict, *, strict: bool = True, where: str = "recipe") -> Any:
     """`value` with every `${...}` replaced (recursively through lists and mappings)."""
     if isinstance(value, dict):
@@ -67,7 +77,6 @@ def resolve(value: Any, context: dict, *, strict: bool = True, where: str = "rec
     try:
         if whole:
             return resolve(_lookup(whole.group(1), context, strict, where), context, strict=strict, where=where)
-        return PATTERN.sub(lambda m: str(resolve(_lookup(m.group(1), context, strict, where), context,
-                                                 strict=strict, where=where)), value)
+        return PATTERN.sub(lambda m: _text(m.group(1), context, strict, where), value)
     except _Pending:
         return value
