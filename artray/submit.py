@@ -256,8 +256,8 @@ def recipe_arguments(name: str | None, corpus: str | None, out: str | None, addr
     """`NAME --corpus URI --out URI` of a submitted recipe, its local paths made absolute for a head on this
     machine and refused for a remote one (as `resolve_relative_paths` does for a stage's config)."""
     if not (name and corpus and out):
-        raise UserError("artray submit recipe needs the recipe's name, --corpus and --out "
-                        "(e.g. artray submit recipe culti2025 --corpus s3://b/corpora/culti --out s3://b/recipes/culti)")
+        raise UserError("artray submit recipe needs the recipe's name, --corpus and --out (e.g. artray submit "
+                        "recipe culti2025 --corpus s3://b/corpora/culti --out s3://b/recipes/culti)")
     found = {k: v for k, v, _ in _relative_paths({"corpus": corpus, "output": out})}
     if found and not _is_loopback(address):
         flags = ", ".join(f"--{'out' if k == 'output' else k} {v}" for k, v in found.items())

@@ -4,8 +4,9 @@ What each step did is recorded in ``<out>/_recipe.json`` (per step: a fingerprin
 resolved config, and what it wrote: ``output``, ``export``). A step is skipped when that record
 matches its config now *and* its output is still complete (the stage's ``_manifest.json``, the
 train export, the report's manifest). So a recipe killed or failed in step k runs again from
-step k (and a step whose config, or an input step's, changed runs again); the stage itself resumes its partial output as it always does (committed rows, the
-latest training checkpoint under the same run name).
+step k (and a step whose config, or an input step's, changed runs again); the stage itself
+resumes its partial output as it always does (committed rows, the latest training checkpoint
+under the same run name).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def output_complete(stage: str, result: dict, options) -> bool:
 def _state(out: str, recipe: Recipe, options) -> dict:
     state = storage.read_json(storage.join(out, STATE), options) or {"recipe": recipe.name, "steps": {}}
     if state.get("recipe") != recipe.name:
-        raise RecipeError(f"{out} holds a run of recipe {state.get('recipe')!r}, not {recipe.name!r}: use another --out")
+        raise RecipeError(f"{out} holds a run of recipe {state.get('recipe')!r}, not {recipe.name!r}: "
+                          "use another --out")
     return state
 
 
