@@ -24,7 +24,16 @@ from artray.recipes.refs import RecipeError
 from artray.recipes.stages import STAGES
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "jobs" / "recipes"
+
+
+def _recipes_dir() -> Path:
+    """jobs/recipes/ of this checkout (a job's working_dir comes first on its path), else of the current
+    directory (artray installed as a package, run from a checkout)."""
+    beside = Path(__file__).resolve().parents[2] / "jobs" / "recipes"
+    return beside if beside.is_dir() else Path.cwd() / "jobs" / "recipes"
+
+
+RECIPES_DIR = _recipes_dir()
 
 
 class Requirement(BaseModel):
