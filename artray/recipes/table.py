@@ -104,8 +104,8 @@ def build_table(cfg: TableConfig) -> dict:
             if cfg.significance and len(row.at) == 3:
                 sig = _dig(summary, ["significance", row.at[1], cfg.significance["direction"],
                                      "runs", row.at[2], "beats"]) or {}
-                beats = {label: sig.get(SIGNIFICANCE_KEY.get(label, ""), []) for label in cfg.metrics
-                         if SIGNIFICANCE_KEY.get(label) in sig}
+                beats = {label: sig[SIGNIFICANCE_KEY[label]] for label in cfg.metrics
+                         if sig.get(SIGNIFICANCE_KEY.get(label, ""))}
         published = row.published or {}
         diff = {m: this[m] - published[m] for m in cfg.metrics
                 if published.get(m) is not None and this.get(m) is not None}
@@ -147,7 +147,7 @@ def to_markdown(table: dict) -> str:
             footnotes.append(f"- {r['setting']}: {m} — {why}.")
         if r.get("note"):
             footnotes.append(f"- {r['setting']}: {r['note']}")
-    if any(r["beats"] for r in table["rows"]):
+    if any(runs for r in table["rows"] for runs in r["beats"].values()):
         footnotes.append("- ▲run: this run's result is significantly better than that run's (ranx paired test, "
                          f"p < {(table.get('significance') or {}).get('max_p', 0.05)}).")
     lines += [""] + [f"- {n}" for n in table["notes"]] + footnotes
