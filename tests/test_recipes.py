@@ -215,3 +215,22 @@ def test_cioni2023_retrieval_runs_end_to_end_on_tiny_models(ray_local, tiny_mode
     assert [r["setting"] for r in table["rows"]] == ["CLIP zero-shot", "CLIP w/o DA", "CLIP w/ DA"]
     assert all(r["published"] is None and "PDF" in r["published_note"] for r in table["rows"])
     assert all(len(r["this_run"]) == 6 for r in table["rows"])
+
+
+def test_table_marks_the_runs_a_row_beats_significantly(tmp_path):
+    from artray.recipes.table import TableConfig, run_table
+
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    runs = {"ft": {"beats": {"hit_rate@1": ["base"], "mrr": ["base"]}}, "base": {"beats": {"hit_rate@1": [], "mrr": []}}}
+    (ev / "summary.json").write_text(json.dumps({
+        "metrics": {"q": {"ft": {"t2i": {"P@1": 0.6, "MRR": 0.7}}, "base": {"t2i": {"P@1": 0.2, "MRR": 0.3}}}},
+        "significance": {"q": {"t2i": {"runs": runs}}}}))
+    table = run_table(TableConfig(
+        output=str(tmp_path / "t"), title="T", source="s", metrics={"P@1": "t2i.P@1", "MRR": "t2i.MRR"},
+        significance={"direction": "t2i", "max_p": 0.05},
+        rows=[{"setting": s, "summary": str(ev), "at": ["metrics", "q", s], "published": {"P@1": 0.5, "MRR": 0.6}}
+              for s in ("ft", "base")]))
+    assert table["rows"][0]["beats"] == {"P@1": ["base"], "MRR": ["base"]} and table["rows"][1]["beats"] == {}
+    md = (tmp_path / "t" / "table.md").read_text()
+    assert "| ft | 0.500 | 0.600 ▲base | +0.100 |" in md and "significantly better" in md
