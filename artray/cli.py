@@ -213,6 +213,46 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_recipe(args) -> int:
+    from artray.recipes.config import load_recipe
+
+    if args.recipe_command == "list":
+        from artray.recipes.show import list_text
+
+        print(list_text())
+        return 0
+    recipe = load_recipe(args.name)
+    if args.recipe_command == "show":
+        from artray.recipes.show import show_text
+
+        print(show_text(recipe, args.corpus or "<corpus>", args.out or "<out>", args.overrides))
+        return 0
+    from artray.recipes.runner import run_recipe
+
+    run_recipe(recipe, args.corpus, args.out, args.overrides, address=args.address, s3_endpoint=args.s3_endpoint)
+    return 0
+
+
+def _add_recipe_parsers(sub) -> None:
+    p = sub.add_parser("recipe", help="published experiments as one job: list, show and run paper recipes")
+    recipe_sub = p.add_subparsers(dest="recipe_command", required=True)
+    q = recipe_sub.add_parser("list", help="the recipes under jobs/recipes/")
+    q.set_defaults(func=_cmd_recipe)
+    for name, help_text in (("show", "a recipe's params and each step with its config and output URI"),
+                            ("run", "run (or resume) a recipe: every step, then the paper's table")):
+        q = recipe_sub.add_parser(name, help=help_text)
+        q.add_argument("name", help="recipe name (artray recipe list) or the path of a recipe .yaml")
+        q.add_argument("--corpus", required=name == "run", help="the artray corpus URI the recipe reads")
+        q.add_argument("--out", required=name == "run", help="URI under which every step writes (running again "
+                       "resumes: finished steps are skipped)")
+        q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="a param (--set scale=tiny) or a step's config key (--set train.epochs=1); repeatable")
+        if name == "run":
+            q.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+            q.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: the AWS environment's)")
+        q.set_defaults(func=_cmd_recipe)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole `artray` parser; only the command being parsed imports its config module."""
     parser = _LazyParser(prog="artray", description=__doc__.split("\n\n")[0])
@@ -259,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
             group = sub.add_parser(parent[0], help=f"{parent[0]} jobs")
             groups[parent] = group.add_subparsers(dest=f"{parent[0]}_command", required=True)
         _add_job(groups[parent] if parent else sub, path, config_ref, runner, positionals, help_text)
+
+    _add_recipe_parsers(sub)
 
     p = sub.add_parser("demo", help="run the chain on the sample corpora with tiny models")
     p.add_argument("--workdir", default="demo_out", help="where the demo writes everything (default: demo_out)")

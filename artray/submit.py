@@ -39,6 +39,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "evaluate-runs": ("jobs/evaluate.py", ("runs",)),
     "embed": ("jobs/embed.py", ()),
     "index": ("jobs/index.py", ()),
+    "recipe": ("jobs/recipe.py", ("run",)),  # `artray submit recipe NAME --corpus … --out …`
 }
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -251,6 +252,23 @@ def resolve_relative_paths(config: str | None, overrides: list[str], address: st
     return [*overrides, *resolved]
 
 
+def recipe_arguments(name: str | None, corpus: str | None, out: str | None, address: str) -> list[str]:
+    """`NAME --corpus URI --out URI` of a submitted recipe, its local paths made absolute for a head on this
+    machine and refused for a remote one (as `resolve_relative_paths` does for a stage's config)."""
+    if not (name and corpus and out):
+        raise UserError("artray submit recipe needs the recipe's name, --corpus and --out (e.g. artray submit "
+                        "recipe culti2025 --corpus s3://b/corpora/culti --out s3://b/recipes/culti)")
+    found = {k: v for k, v, _ in _relative_paths({"corpus": corpus, "output": out})}
+    if found and not _is_loopback(address):
+        flags = ", ".join(f"--{'out' if k == 'output' else k} {v}" for k, v in found.items())
+        raise UserError(f"{flags}: relative "
+                        "paths name files on this machine, but the recipe runs on the cluster at "
+                        f"{urlparse(address).hostname}; use s3:// URIs or absolute paths on storage every node mounts")
+    corpus, out = (str(Path(v).expanduser().resolve()) if k in found else v
+                   for k, v in (("corpus", corpus), ("output", out)))
+    return [name, "--corpus", corpus, "--out", out]
+
+
 def submit(stage: str, config: str | None, *, address: str | None = None, working_dir: str | Path = ".",
            runtime_env_file: str | None = DEFAULT_RUNTIME_ENV, install_deps: bool = False,
            overrides: list[str] = (), extra: list[str] = (), submission_id: str | None = None,
@@ -299,9 +317,14 @@ def wait(client, job_id: str, *, follow: bool = True, out=None, poll_s: float = 
 
 def _cmd_submit(args) -> int:
     # no client yet: submit() checks the config's paths before it connects
+    extra = []
+    if args.stage == "recipe":
+        extra = recipe_arguments(args.recipe, args.corpus, args.out, resolve_address(args.address))
+    elif args.recipe or args.corpus or args.out:
+        raise UserError("a recipe name, --corpus and --out are for `artray submit recipe` only")
     job_id = submit(args.stage, args.config, address=args.address, working_dir=args.working_dir,
                     runtime_env_file=args.runtime_env, install_deps=args.install_deps, overrides=args.overrides,
-                    submission_id=args.job_id)
+                    extra=extra, submission_id=args.job_id)
     print(f"[submit] {args.stage}: submitted {job_id}", file=sys.stderr)
     if not args.wait:
         print(job_id)
@@ -345,7 +368,11 @@ def add_parsers(sub) -> None:
                        description="Submit `python jobs/<stage>.py --config … [--set …]` with the repository as "
                                    "working_dir.")
     p.add_argument("stage", choices=sorted(STAGES))
+    p.add_argument("recipe", nargs="?", help="recipe: its name (artray recipe list) or a recipe .yaml under the "
+                   "working dir")
     p.add_argument("--config", help="the stage's YAML config, a path under the working dir")
+    p.add_argument("--corpus", help="recipe: the artray corpus URI it reads")
+    p.add_argument("--out", help="recipe: the URI every step writes under")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override passed to the stage; repeatable")
     p.add_argument("--address", help=addr_help)

@@ -1,6 +1,7 @@
 """`artray report`: one self-contained HTML page of what the evaluations, captions and augmentation produced.
 
-Sections (each present when its input is given): recall@K bar charts per query set and
+Sections (each present when its input is given): a recipe's paper table (published beside this
+run, `recipe_tables`); recall@K bar charts per query set and
 direction; a table of every metric with ranx significance marks (from `artray evaluate
 retrieval` outputs); caption-length histograms per caption source (the corpus's own
 captions and each captioner/preset of `artray caption` outputs); the share of each source's
@@ -54,6 +55,8 @@ class ReportConfig(JobConfig):
     max_examples: int = Field(12, ge=0, description="example captions shown (flagged ones first)")
     max_augment: int = Field(6, ge=0, description="artworks in the augmentation grid")
     thumb_px: int = Field(96, ge=16, le=512, description="long side of the thumbnails in pixels")
+    recipe_tables: list[str] = Field(default_factory=list, description="`artray recipe` table outputs "
+                                     "(folders holding table.json): the paper's numbers beside this run's")
     title: str = Field("artray report", description="the page's title")
 
 
@@ -160,6 +163,14 @@ def build_report(cfg: ReportConfig) -> str:
                     tables.append(f"<h3>{h.esc(qs)}: {h.DIRECTION_TITLES[d]} ({h.esc(summary['split'])} split, "
                                   f"{h.esc(_sizes(per_run, d))})</h3>" + h.small_gallery_note(per_run, d)
                                   + h.metrics_table(per_run, sig, d))
+    recipe_tables = []
+    for uri in cfg.recipe_tables:
+        table = storage.read_json(storage.join(uri, "table.json"), opts)
+        if table is None:
+            raise ReportError(f"{uri} has no table.json: not a finished recipe `table` step")
+        recipe_tables.append(h.recipe_table(table))
+    if recipe_tables:
+        sections.append(("paper", "The paper's table beside this run", "".join(recipe_tables)))
     if charts:
         sections += [("recall", "Recall@K per model and direction", "".join(charts)),
                      ("metrics", "All metrics, with significance", "".join(tables))]
@@ -177,7 +188,7 @@ def build_report(cfg: ReportConfig) -> str:
     if sources:
         sections.append(("examples", "Example captions and their flags", h.examples_table(_examples(cfg, sources))))
     if not sections:
-        raise ReportError("nothing to report: give retrieval, corpus, captions or augment outputs")
+        raise ReportError("nothing to report: give retrieval, corpus, captions, augment or recipe_tables outputs")
     sections.append(("run", "What this report is made of", h.run_table(
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         [(_shown(uri), s.get("evaluated", "–"), s["split"]) for uri, s in evaluations],

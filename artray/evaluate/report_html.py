@@ -106,6 +106,34 @@ def small_gallery_note(per_run: dict, direction: str, threshold: int = 100) -> s
             "Read these numbers against chance, not as results on a full test set.</p>")
 
 
+def recipe_table(table: dict) -> str:
+    """A recipe's paper table (`artray.recipes.table`): per setting and metric, published | this run | Δ."""
+    d, metrics = table["digits"], table["metrics"]
+    fmt = lambda v, signed=False: "–" if v is None else (f"{v:+.{d}f}" if signed else f"{v:.{d}f}")  # noqa: E731
+    head = "".join(f"<th colspan=3>{esc(m)}</th>" for m in metrics)
+    sub = "".join("<th>published</th><th>this run</th><th>Δ</th>" for _ in metrics)
+    rows, notes = [], []
+    for r in table["rows"]:
+        pub = r["published"] or {}
+        cells = []
+        for m in metrics:
+            beats = r.get("beats", {}).get(m)
+            this = (fmt(r["this_run"][m]) + (f"<sup>▲{esc(','.join(beats))}</sup>" if beats else "")
+                    if m in r["this_run"] else "n/a")
+            cells.append(f"<td>{fmt(pub.get(m))}</td><td>{this}</td><td>{fmt(r['difference'].get(m), True)}</td>")
+        rows.append(f"<tr><td class=l>{esc(r['setting'])}</td>{''.join(cells)}</tr>")
+        if r.get("published_note"):
+            notes.append(f"{r['setting']}: published — {r['published_note']}.")
+        notes += [f"{r['setting']}: {m} — {why}." for m, why in r.get("missing", {}).items()]
+        if r.get("note"):
+            notes.append(f"{r['setting']}: {r['note']}")
+    items = "".join(f"<li>{esc(n)}</li>" for n in [*table.get("notes", []), *notes])
+    return (f"<h3>{esc(table['title'])}</h3><p>Published: {esc(table['source'])}. Unit: {esc(table['unit'])}; "
+            "Δ = this run − published. ▲run: significantly better than that run (ranx paired test).</p>"
+            f"<table><tr><th class=l rowspan=2>setting</th>{head}</tr><tr>{sub}</tr>{''.join(rows)}</table>"
+            + (f"<ul>{items}</ul>" if items else ""))
+
+
 def run_table(made: str, evaluations: list[tuple[str, str, str]], checkpoints: list[tuple[str, str, str]]) -> str:
     """When the report and its evaluations were made, and which checkpoints were evaluated."""
     evals = "".join(f"<tr><td class=l>{esc(u)}</td><td class=l>{esc(d)}</td><td class=l>{esc(sp)}</td></tr>"
