@@ -238,3 +238,18 @@ def test_encoders_prepare_images_as_the_export_record_says(tiny_models, tmp_path
     (folder / EXPORT_RECORD).write_text(json.dumps({"image_preprocessing": default}))
     with pytest.raises(ValueError, match="image_preprocessing is for 'open_clip'"):
         load_encoder("cnclip", str(folder), device="cpu")
+
+
+def test_the_readme_preset_table_is_the_presets():
+    """README's preset table is generated from the presets (`python -m artray.families.preset_table`); a preset
+    changed without regenerating it, or a preset without a documented source, fails here."""
+    from pathlib import Path
+
+    from artray.families.preset_table import BEGIN, END, preset_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert readme.count(BEGIN) == 1 and readme.count(END) == 1
+    assert readme.split(BEGIN)[1].split(END)[0].strip() == preset_table()
+    table = families.presets()
+    assert all(values.get("grad_clip", "unset") is None for values in table.values())  # no source clips
+    assert table["cioni2023"]["alpha"] == 0.5 and table["cioni2023"]["family"] == "clip"
