@@ -22,9 +22,9 @@ from pydantic import Field
 from artray import corpus, families, storage
 from artray.config import JobConfig
 from artray.errors import UserError
-from artray.families.base import STATE_DICT_SUFFIXES
 from artray.evaluate import report_html as h
 from artray.evaluate.retrieval import load_summary
+from artray.families.base import STATE_DICT_SUFFIXES
 from artray.images import to_rgb
 from artray.manifest import build_manifest
 from artray.stages.caption_flags import tokens
