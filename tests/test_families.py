@@ -175,7 +175,8 @@ def test_train_config_takes_gpus_per_worker_and_the_deprecated_use_gpu():
 
 
 
-def _picture() -> "Image.Image":
+def _picture():
+    """A fixed 56×40 noise picture (not square: resize and crop modes give different pixels)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
