@@ -254,3 +254,28 @@ def test_the_readme_preset_table_is_the_presets():
     table = families.presets()
     assert all(values.get("grad_clip", "unset") is None for values in table.values())  # no source clips
     assert table["cioni2023"]["alpha"] == 0.5 and table["cioni2023"]["family"] == "clip"
+
+
+def test_clip_trains_a_77_token_checkpoint_as_it_is_and_refuses_long_clip(tiny_models):
+    """Family clip keeps a CLIP's 77 positions (no stretching) in either layout; Long-CLIP files and Long-CLIP's
+    objective or stretching are refused with the family that fits; family longclip points a 77-token CLIP here."""
+    from artray.train.clip import ClipTrainer, HFClipTrainer, OpenAIClipTrainer
+    from artray.train.config import TrainConfig
+    from artray.train.longclip import LongClipTrainer
+
+    base = {"corpus": "c", "output": "o"}
+    openai = ClipTrainer(TrainConfig(**base, family="clip", model=tiny_models["clip-77"]))
+    assert isinstance(openai.hooks, OpenAIClipTrainer) and openai.context_length == 77
+    assert openai.hooks.tokens(["x"]).shape == (1, 77)
+    hf = ClipTrainer(TrainConfig(**base, family="clip", model=tiny_models["hf-clip"]))
+    assert isinstance(hf.hooks, HFClipTrainer) and hf.context_length == 77
+    with pytest.raises(ValueError, match="Long-CLIP checkpoint .* train it with family: longclip"):
+        ClipTrainer(TrainConfig(**base, family="clip", model=tiny_models["longclip"]))
+    with pytest.raises(ValueError, match="77-token CLIP, not Long-CLIP.*family: clip"):
+        LongClipTrainer(TrainConfig(**base, family="longclip", model=tiny_models["clip-77"]))
+    with pytest.raises(ValueError, match="family clip trains with loss: infonce"):
+        TrainConfig(**base, family="clip", model="m.safetensors", loss="longclip")
+    with pytest.raises(ValueError, match="stretch: true is for family: longclip"):
+        TrainConfig(**base, family="clip", model="m.safetensors", stretch=True)
+    with pytest.raises(ValueError, match="alpha: 0 trains on the real images only"):
+        TrainConfig(**base, family="clip", model="m.safetensors", preset="cioni2023")
