@@ -6,7 +6,7 @@ arrays of L2-normalised rows, so an inner product is a cosine for every family. 
 embed job, the index, the Serve deployments and the evaluation all go through it, which
 is what keeps a gallery and its queries in the same space.
 
-The families (``blip``, ``longclip``, ``cnclip``, ``open_clip``, ``hf_clip``: the retrieval
+The families (``blip``, ``longclip``, ``clip``, ``cnclip``, ``open_clip``, ``hf_clip``: the retrieval
 kind of :mod:`artray.families`) each define their ``Encoder`` subclass in
 ``artray/families/<name>.py``; this module holds what they share. Importing it does not
 import torch (the CLI builds its parser from configs that name these types).
@@ -144,22 +144,29 @@ def load_encoder(family: str, checkpoint: str, device: str = "auto", dtype: str 
 
 
 class PretrainedEncoder(Encoder):
-    """An encoder over a transformers model + processor (`artray.models.pretrained.PretrainedBundle`): images
-    through the processor, texts tokenised at the length the checkpoint was trained with (its export record),
-    else at the family's published `default_text_length` (None: all the text tower's positions)."""
+    """An encoder over a transformers model + processor (`artray.models.pretrained.PretrainedBundle`) that
+    prepares inputs as the checkpoint was trained: images through its image processor with the settings its
+    export record names (``image_preprocessing``; else the processor's own), texts tokenised at the record's
+    ``text_length``, else at the family's published `default_text_length` (None: all the text tower's positions)."""
 
     default_text_length: int | None = None
 
     def __init__(self, checkpoint: str, bundle):
-        from artray.models.pretrained import text_length
+        from artray.models.pretrained import (
+            image_preprocessing,
+            image_processor_kwargs,
+            text_length,
+        )
 
         super().__init__(checkpoint, bundle.device, bundle.dtype)
         self.bundle = bundle
         self.max_length = text_length(bundle, self.default_text_length)
+        self.preprocessing = image_preprocessing(bundle)
+        self._image_kwargs = image_processor_kwargs(self.preprocessing, checkpoint)
         self._set_dim()
 
     def _pixels(self, images: list[Image.Image]):
-        return self.bundle.processor(images=images, return_tensors="pt").pixel_values
+        return self.bundle.processor.image_processor(images, return_tensors="pt", **self._image_kwargs).pixel_values
 
     def _tokens(self, texts: list[str]):
         return self.bundle.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,

@@ -65,10 +65,11 @@ def check_every_registered_family() -> None:
 
 def test_every_registered_family_keeps_the_contract():
     check_every_registered_family()
-    assert families.names() == ["longclip", "cnclip", "blip", "blip-captioner", "git-captioner", "open_clip", "hf_clip"]
-    assert families.names("retrieval") == ["longclip", "cnclip", "blip", "open_clip", "hf_clip"]
-    assert families.names("train") == ["longclip", "cnclip", "blip", "blip-captioner", "git-captioner"]
-    assert sorted(families.presets()) == ["blip", "captioner", "cnclip", "infonce", "longclip"]
+    assert families.names() == ["longclip", "clip", "cnclip", "blip", "blip-captioner", "git-captioner", "open_clip",
+                                "hf_clip"]
+    assert families.names("retrieval") == ["longclip", "clip", "cnclip", "blip", "open_clip", "hf_clip"]
+    assert families.names("train") == ["longclip", "clip", "cnclip", "blip", "blip-captioner", "git-captioner"]
+    assert sorted(families.presets()) == ["blip", "captioner", "cioni2023", "cnclip", "infonce", "longclip"]
     assert families.get("blip-retrieval") is families.get("blip")  # the old spelling still names BLIP
 
 
@@ -169,6 +170,112 @@ def test_train_config_takes_gpus_per_worker_and_the_deprecated_use_gpu():
         cfg = TrainConfig(**base, use_gpu=True)
     assert cfg.gpus_per_worker == 1 and cfg.uses_gpu
     assert TrainConfig(**base, preset="blip", family="blip-retrieval").family == "blip"
-    with pytest.raises(ValueError, match="unknown preset 'nope': use one of blip, captioner, cnclip"):
+    with pytest.raises(ValueError, match="unknown preset 'nope': use one of blip, captioner, cioni2023, cnclip"):
         TrainConfig(**base, preset="nope")
 
+
+
+def _picture():
+    """A fixed 56×40 noise picture (not square: resize and crop modes give different pixels)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8), "RGB")
+
+
+def test_encoders_prepare_images_as_the_export_record_says(tiny_models, tmp_path):
+    """An export's ``image_preprocessing`` (artray_export.json) decides how its encoder resizes, crops and
+    normalises images: a record that differs from the checkpoint's defaults changes the embeddings to exactly
+    those of images prepared that way; without a record the defaults stay."""
+    import json
+    import shutil
+
+    import torch
+
+    from artray.encoders import load_encoder
+    from artray.models.longclip import default_preprocessing, image_transform
+    from artray.models.pretrained import EXPORT_RECORD, image_processor_kwargs, image_processor_record
+    from artray.models.weights import load_state_dict
+
+    picture = _picture()
+    # OpenAI-layout weights file (clip, longclip, open_clip families): the record beside it, naming the file.
+    folder = tmp_path / "clip-export"
+    folder.mkdir()
+    weights = folder / "clip.safetensors"
+    shutil.copy(tiny_models["clip-77"], weights)
+    default = default_preprocessing(load_state_dict(weights))
+    plain = load_encoder("clip", str(weights), device="cpu").encode_images([picture])
+    spec = {**default, "resize_mode": "squash", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    (folder / EXPORT_RECORD).write_text(json.dumps({"family": "clip", "text_length": 77, "weights": weights.name,
+                                                    "image_preprocessing": spec}))
+    for family in ("clip", "open_clip", "longclip"):
+        enc = load_encoder(family, str(weights), device="cpu")
+        with torch.no_grad():
+            expected = enc.model.encode_image(image_transform(spec)(picture)[None])
+        expected = torch.nn.functional.normalize(expected, dim=-1).numpy()
+        assert np.allclose(enc.encode_images([picture]), expected, atol=1e-5), family
+        assert not np.allclose(enc.encode_images([picture]), plain, atol=1e-3), family
+    # A record that names another file does not speak for this one.
+    (folder / EXPORT_RECORD).write_text(json.dumps({"weights": "other.safetensors", "image_preprocessing": spec}))
+    assert np.allclose(load_encoder("clip", str(weights), device="cpu").encode_images([picture]), plain, atol=1e-6)
+
+    # transformers checkpoints (clip, hf_clip, blip, cnclip): the record's image-processor settings.
+    for family, name in (("clip", "hf-clip"), ("hf_clip", "hf-clip"), ("blip", "blip-retrieval"), ("cnclip", "cnclip")):
+        folder = tmp_path / f"pretrained-{family}"
+        shutil.copytree(tiny_models[name], folder)
+        enc = load_encoder(family, str(folder), device="cpu")
+        processor = enc.bundle.processor.image_processor
+        own = image_processor_record(processor)
+        assert enc.preprocessing == own  # no record: the processor's own settings, passed back unchanged
+        assert torch.equal(enc._pixels([picture]), processor([picture], return_tensors="pt").pixel_values)
+        plain = enc.encode_images([picture])
+        spec = {**own, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2}
+        (folder / EXPORT_RECORD).write_text(json.dumps({"family": family, "image_preprocessing": spec}))
+        enc = load_encoder(family, str(folder), device="cpu")
+        expected = processor([picture], return_tensors="pt", **image_processor_kwargs(spec, "test")).pixel_values
+        assert torch.equal(enc._pixels([picture]), expected), family
+        assert not np.allclose(enc.encode_images([picture]), plain, atol=1e-3), family
+    # A record for the other library is refused, naming the checkpoint.
+    (folder / EXPORT_RECORD).write_text(json.dumps({"image_preprocessing": default}))
+    with pytest.raises(ValueError, match="image_preprocessing is for 'open_clip'"):
+        load_encoder("cnclip", str(folder), device="cpu")
+
+
+def test_the_readme_preset_table_is_the_presets():
+    """README's preset table is generated from the presets (`python -m artray.families.preset_table`); a preset
+    changed without regenerating it, or a preset without a documented source, fails here."""
+    from pathlib import Path
+
+    from artray.families.preset_table import BEGIN, END, preset_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert readme.count(BEGIN) == 1 and readme.count(END) == 1
+    assert readme.split(BEGIN)[1].split(END)[0].strip() == preset_table()
+    table = families.presets()
+    assert all(values.get("grad_clip", "unset") is None for values in table.values())  # no source clips
+    assert table["cioni2023"]["alpha"] == 0.5 and table["cioni2023"]["family"] == "clip"
+
+
+def test_clip_trains_a_77_token_checkpoint_as_it_is_and_refuses_long_clip(tiny_models):
+    """Family clip keeps a CLIP's 77 positions (no stretching) in either layout; Long-CLIP files and Long-CLIP's
+    objective or stretching are refused with the family that fits; family longclip points a 77-token CLIP here."""
+    from artray.train.clip import ClipTrainer, HFClipTrainer, OpenAIClipTrainer
+    from artray.train.config import TrainConfig
+    from artray.train.longclip import LongClipTrainer
+
+    base = {"corpus": "c", "output": "o"}
+    openai = ClipTrainer(TrainConfig(**base, family="clip", model=tiny_models["clip-77"]))
+    assert isinstance(openai.hooks, OpenAIClipTrainer) and openai.context_length == 77
+    assert openai.hooks.tokens(["x"]).shape == (1, 77)
+    hf = ClipTrainer(TrainConfig(**base, family="clip", model=tiny_models["hf-clip"]))
+    assert isinstance(hf.hooks, HFClipTrainer) and hf.context_length == 77
+    with pytest.raises(ValueError, match="Long-CLIP checkpoint .* train it with family: longclip"):
+        ClipTrainer(TrainConfig(**base, family="clip", model=tiny_models["longclip"]))
+    with pytest.raises(ValueError, match="77-token CLIP, not Long-CLIP.*family: clip"):
+        LongClipTrainer(TrainConfig(**base, family="longclip", model=tiny_models["clip-77"]))
+    with pytest.raises(ValueError, match="family clip trains with loss: infonce"):
+        TrainConfig(**base, family="clip", model="m.safetensors", loss="longclip")
+    with pytest.raises(ValueError, match="stretch: true is for family: longclip"):
+        TrainConfig(**base, family="clip", model="m.safetensors", stretch=True)
+    with pytest.raises(ValueError, match="alpha: 0 trains on the real images only"):
+        TrainConfig(**base, family="clip", model="m.safetensors", preset="cioni2023")

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from artray.train.config import TrainConfig
 from artray.train.run import run_train
 
-COMMON = {"warmup_steps": 0, "timeout_s": 180, "max_failures": 0, "keep_checkpoints": 1}
+# grad_clip 1.0: the tiny models train at learning rates far above the presets' (which do not clip, as their
+# sources do not); clipping keeps those runs as they were measured.
+COMMON = {"warmup_steps": 0, "timeout_s": 180, "max_failures": 0, "keep_checkpoints": 1, "grad_clip": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +142,69 @@ def test_evaluation_embedding_and_serving_tokenise_as_training_did(ray_local, ti
     assert torch.allclose(torch.from_numpy(encoder.encode_texts([long_text])), expected.float(), atol=1e-5)
     assert load_encoder("blip", tiny["blip-retrieval"], device="cpu").max_length == 35
     assert load_encoder("cnclip", tiny["cnclip"], device="cpu").max_length == 52
+
+
+def test_clip_trains_77_tokens_with_variants_and_its_export_embeds_and_evaluates(ray_local, tiny, corpora, tmp_path):
+    """Family clip from the tiny 77-token OpenAI-layout CLIP, alpha 0.5 over diffusion variants, InfoNCE: the
+    export keeps 77 positions (not stretched), every one trained, records 77 tokens and the image
+    preprocessing, and embeds, indexes, evaluates and configures Serve under family clip."""
+    from test_train_longclip import _derived
+
+    from artray.corpus import read_texts
+    from artray.encoders import check_same_encoder, load_encoder
+    from artray.evaluate.retrieval import RetrievalEvalConfig, run_retrieval_eval
+    from artray.index.build import IndexConfig, build_index
+    from artray.models.longclip import default_preprocessing
+    from artray.models.pretrained import EXPORT_RECORD
+    from artray.models.weights import load_state_dict
+    from artray.outputs import read_embeddings
+    from artray.serve.app import build_app, read_index_manifest
+    from artray.stages.embed import EmbedConfig, run_embed
+
+    variants, _ = _derived(corpora["artpedia"], tmp_path)
+    cfg = TrainConfig(**COMMON, family="clip", model=tiny["clip-77"], corpus=corpora["artpedia"], variants=variants,
+                      alpha=0.5, loss="infonce", output=str(tmp_path / "runs"), epochs=1, max_steps=3, batch_size=8,
+                      lr=1e-4)
+    out = run_train(cfg)
+    assert out["metrics"]["step"] == 3 and out["metrics"]["variants_seen"] > 0
+    export = out["export"]
+    assert export == str(tmp_path / "runs" / "train" / "export" / "clip.safetensors")
+    base, trained = load_state_dict(tiny["clip-77"]), load_state_dict(export)
+    assert set(trained) == set(base) and trained["positional_embedding"].shape[0] == 77  # OpenAI layout, 77 kept
+    assert not torch.equal(trained["positional_embedding"][:20], base["positional_embedding"][:20])  # none frozen
+    record = json.loads((tmp_path / "runs" / "train" / "export" / EXPORT_RECORD).read_text())
+    assert (record["family"], record["text_length"], record["weights"]) == ("clip", 77, "clip.safetensors")
+    assert record["image_preprocessing"] == default_preprocessing(base)
+
+    encoder = load_encoder("clip", export, device="cpu")
+    assert encoder.family == "clip" and encoder.tokenizer.context_length == 77
+    emb = str(tmp_path / "emb")
+    run_embed(EmbedConfig(input=corpora["artpedia"], output=emb, family="clip", checkpoint=export, device="cpu"))
+    texts = {t["text_id"]: t["text"] for t in read_texts(corpora["artpedia"]).to_pylist()}
+    row = next(r for r in read_embeddings(emb).to_pylist() if r["kind"] == "text")
+    assert row["model"] == "clip" and np.allclose(row["vector"], encoder.encode_texts([texts[row["id"]]])[0], atol=1e-5)
+    index = str(tmp_path / "index")
+    build_index(IndexConfig(embeddings=emb, output=index))
+    # Serve: the app builds for family clip over that index, and the encoder a replica loads is the index's.
+    build_app({"models": [{"name": "ft", "index": index, "family": "clip", "checkpoint": export}]})
+    check_same_encoder(read_index_manifest(index)["encoder"], encoder.identity(), "the index")
+    summary = run_retrieval_eval(RetrievalEvalConfig(
+        corpus=corpora["artpedia"], output=str(tmp_path / "eval"), split="val", device="cpu", cpus_per_actor=0.5,
+        models=[{"name": "ft", "family": "clip", "checkpoint": export}]))
+    assert 0 <= summary["metrics"]["corpus"]["ft"]["t2i"]["R@1"] <= 1
+
+
+def test_clip_trains_a_transformers_clip_folder(ray_local, tiny, corpora, tmp_path):
+    """Family clip also trains a transformers CLIPModel; the export is a save_pretrained folder with its record."""
+    from artray.encoders import load_encoder
+    from artray.models.pretrained import EXPORT_RECORD
+
+    cfg = TrainConfig(**COMMON, preset="cioni2023", family="clip", model=tiny["hf-clip"], corpus=corpora["artpedia"],
+                      alpha=0.0, output=str(tmp_path / "runs"), epochs=1, max_steps=2, lr=1e-4)
+    assert (cfg.lr, cfg.warmup_steps, cfg.grad_clip) == (1e-4, 0, 1.0)  # the test's settings over the preset's
+    out = run_train(cfg)
+    record = json.loads((tmp_path / "runs" / "train" / "export" / EXPORT_RECORD).read_text())
+    assert (record["family"], record["text_length"], record["preset"]) == ("clip", 77, "cioni2023")
+    assert record["image_preprocessing"]["library"] == "transformers"
+    encoder = load_encoder("clip", out["export"], device="cpu")
+    assert encoder.max_length == 77 and encoder.preprocessing == record["image_preprocessing"]

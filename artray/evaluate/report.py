@@ -25,6 +25,7 @@ from artray.config import JobConfig
 from artray.errors import UserError
 from artray.evaluate import report_html as h
 from artray.evaluate.retrieval import load_summary
+from artray.families.base import STATE_DICT_SUFFIXES
 from artray.images import to_rgb
 from artray.manifest import build_manifest
 from artray.stages.caption_flags import tokens
@@ -84,7 +85,7 @@ def _caption_sources(cfg: ReportConfig, opts) -> dict[str, list[dict]]:
 
 def _token_counter(family: str, checkpoint: str, opts):
     """texts → token counts (special tokens included) with the family's tokenizer."""
-    if family in ("longclip", "open_clip"):
+    if family in ("longclip", "open_clip") or checkpoint.rstrip("/").endswith(STATE_DICT_SUFFIXES):  # clip files
         from open_clip.tokenizer import SimpleTokenizer
 
         tok = SimpleTokenizer()

@@ -30,6 +30,7 @@ from artray.errors import UserError
 # the order is the order of CLI choices and help text.
 REGISTRY: dict[str, Any] = {
     "longclip": "artray.families.longclip:LONGCLIP",
+    "clip": "artray.families.clip:CLIP",
     "cnclip": "artray.families.cnclip:CNCLIP",
     "blip": "artray.families.blip:BLIP",
     "blip-captioner": "artray.families.blip_captioner:BLIP_CAPTIONER",

@@ -16,7 +16,7 @@ PRESETS: dict[str, dict] = {
     # AdamW 5e-6, wd 0.05, cosine to 0, 6 epochs, batch 16/GPU, text cut to 35 tokens.
     "blip": {"loss": "itc_itm", "optimizer": "adamw", "lr": 5e-6, "weight_decay": 0.05,
              "schedule": "cosine", "warmup_steps": 0, "epochs": 6, "batch_size": 16, "max_length": 35,
-             "select_metric": "val_r1"},
+             "grad_clip": None, "select_metric": "val_r1"},
 }
 
 

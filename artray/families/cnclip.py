@@ -10,9 +10,10 @@ from artray.families.base import config_json
 
 PRESETS: dict[str, dict] = {
     # Chinese-CLIP fine-tuning scripts (OFA-Sys run_scripts/*_finetune_*.sh): lr 5e-5, wd 0.001,
-    # warmup 100, 3 epochs, contrastive; context 52 there, longer allowed here.
+    # warmup 100, 3 epochs, batch 128 per GPU, contrastive; context 52 there, longer allowed here.
     "cnclip": {"loss": "infonce", "optimizer": "adamw", "lr": 5e-5, "weight_decay": 1e-3,
-               "schedule": "cosine", "warmup_steps": 100, "epochs": 3, "context_length": 52, "select_metric": "val_r1"},
+               "schedule": "cosine", "warmup_steps": 100, "epochs": 3, "batch_size": 128, "context_length": 52,
+               "grad_clip": None, "select_metric": "val_r1"},
 }
 
 

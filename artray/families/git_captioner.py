@@ -12,7 +12,7 @@ PRESETS: dict[str, dict] = {
     # 500 warm-up steps, batch 8, 10 epochs, beams 4, keep the best CIDEr. Set family: blip-captioner for BLIP.
     "captioner": {"loss": "lm", "optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.0,
                   "schedule": "cosine", "warmup_steps": 500, "epochs": 10, "batch_size": 8, "num_beams": 4,
-                  "max_new_tokens": 100, "select_metric": "cider"},
+                  "max_new_tokens": 100, "grad_clip": None, "select_metric": "cider"},
 }
 
 

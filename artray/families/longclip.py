@@ -10,15 +10,16 @@ from artray.families.base import is_state_dict_file
 
 PRESETS: dict[str, dict] = {
     # Long-CLIP's own fine-tuning (beichenzbc/Long-CLIP train.md): PCM loss, AdamW 1e-6, wd 1e-2,
-    # 200 warm-up iterations then cosine, 6 epochs, logit scale reset to ln(100).
+    # 200 warm-up iterations then cosine, 6 epochs, 128 per GPU, logit scale reset to ln(100), no clipping.
     "longclip": {"loss": "longclip", "label_smoothing": 0.1, "pca_dim": 32, "optimizer": "adamw",
                  "lr": 1e-6, "weight_decay": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8, "schedule": "cosine",
-                 "warmup_steps": 200, "epochs": 6, "reset_logit_scale": True, "select_metric": "val_r1"},
+                 "warmup_steps": 200, "epochs": 6, "batch_size": 128, "reset_logit_scale": True, "grad_clip": None,
+                 "select_metric": "val_r1"},
     # SIGIR 2025 (jcgohr/artwork-caption-gen finetuner.py): plain symmetric InfoNCE, AdaBelief 5e-7,
     # eps 1e-16, betas (0.9, 0.995), wd 1e-3, one-cycle (10 % warm-up, linear), early stop on rising val loss.
     "infonce": {"loss": "infonce", "label_smoothing": 0.0, "optimizer": "adabelief", "lr": 5e-7,
                 "weight_decay": 1e-3, "betas": (0.9, 0.995), "eps": 1e-16, "schedule": "onecycle", "pct_start": 0.1,
-                "epochs": 6, "batch_size": 40, "early_stop": True, "select_metric": "val_r1"},
+                "epochs": 6, "batch_size": 40, "early_stop": True, "grad_clip": None, "select_metric": "val_r1"},
 }
 
 

@@ -10,6 +10,10 @@ computes — and the model is built with open_clip's OpenAI builder (QuickGELU).
 A 77-token CLIP state dict can be turned into the Long-CLIP starting point with
 knowledge-preserved stretching (:func:`stretch_positional_embedding`); open_clip's own
 ``resize_text_pos_embed`` interpolates every position and must not be used for this.
+
+Images are prepared by open_clip's ``image_transform`` from an *image preprocessing record*
+(:func:`default_preprocessing`: the OpenAI recipe at the checkpoint's image size); an artray export
+records the one it was trained with beside its weights, and :func:`load_longclip` uses that.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from artray.models.pretrained import EXPORT_RECORD, file_export_record
 from artray.models.resolve import resolve_model_path
 from artray.models.weights import load_state_dict
 from artray.storage import StorageOptions
@@ -76,6 +81,40 @@ def merge_longclip_state_dict(sd: dict[str, torch.Tensor], keep: int = KEEP) -> 
     return sd
 
 
+def default_preprocessing(sd: dict[str, torch.Tensor]) -> dict:
+    """The OpenAI CLIP image preprocessing at the image size of the state dict `sd` (grid × patch): shortest side
+    resized (bicubic) and centre-cropped, OpenAI mean/std; the form an export records (``library: open_clip``)."""
+    import math
+
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    size = round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1)) * sd["visual.conv1.weight"].shape[-1]
+    return {"library": "open_clip", "image_size": int(size), "resize_mode": "shortest", "interpolation": "bicubic",
+            "mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)}
+
+
+def preprocessing_of(record: dict, sd: dict[str, torch.Tensor], where: str) -> dict:
+    """The image preprocessing of a checkpoint: its export `record`'s if it has one, else the default."""
+    spec = record.get("image_preprocessing")
+    if not spec:
+        return default_preprocessing(sd)
+    if spec.get("library") != "open_clip":
+        raise ValueError(f"{where}: image_preprocessing is for {spec.get('library')!r}, not open_clip: the record "
+                         "does not belong to this checkpoint; fix or remove it")
+    return spec
+
+
+def image_transform(spec: dict) -> Callable:
+    """PIL image → normalised tensor as `spec` (an open_clip image preprocessing record) says, by open_clip."""
+    import open_clip
+
+    size = spec["image_size"]
+    return open_clip.image_transform(tuple(size) if isinstance(size, list) else size, is_train=False,
+                                     mean=tuple(spec["mean"]), std=tuple(spec["std"]),
+                                     resize_mode=spec.get("resize_mode", "shortest"),
+                                     interpolation=spec.get("interpolation", "bicubic"))
+
+
 @dataclass
 class LongClipBundle:
     """An open_clip CLIP in eval mode with its image transform and a tokenizer at its context length."""
@@ -86,6 +125,7 @@ class LongClipBundle:
     context_length: int
     device: str
     dtype: torch.dtype
+    preprocessing: dict | None = None  # the image preprocessing record `preprocess` follows
 
 
 def _unwrap(obj: object) -> dict[str, torch.Tensor]:
@@ -109,10 +149,9 @@ def load_longclip(
     to-safetensors``); the published pickle ``.pt`` loads only with ``ARTRAY_ALLOW_PICKLE=1``
     (``artray.models.weights``). The context length comes from the checkpoint (248 for
     Long-CLIP). A plain 77-token OpenAI-layout CLIP file loads as is, or stretched to 248
-    with ``stretch=True``.
+    with ``stretch=True``. Images are prepared as the ``artray_export.json`` beside an artray
+    export says it was trained (``image_preprocessing``), else by OpenAI's recipe.
     """
-    import open_clip
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from open_clip.model import (
         build_model_from_openai_state_dict,
         convert_weights_to_lp,
@@ -120,12 +159,17 @@ def load_longclip(
     from open_clip.tokenizer import SimpleTokenizer
 
     path = resolve_model_path(path_or_uri, storage_options)
+    record = file_export_record(path_or_uri, path, storage_options)
     sd = _unwrap(load_state_dict(path))
     if "positional_embedding_res" in sd:
         sd = merge_longclip_state_dict(sd)
     elif stretch:
         sd["positional_embedding"] = stretch_positional_embedding(sd["positional_embedding"])
     context_length = int(sd["positional_embedding"].shape[0])
+    if record.get("text_length") not in (None, context_length) and not stretch:
+        raise ValueError(f"{path_or_uri}: its {EXPORT_RECORD} says text_length {record['text_length']}, but "
+                         f"the weights have {context_length} positions: the record belongs to other weights")
+    spec = preprocessing_of(record, sd, path_or_uri)
 
     dtype = dtype or torch.float32
     low_precision = dtype in (torch.float16, torch.bfloat16)
@@ -134,13 +178,9 @@ def load_longclip(
     if low_precision:
         convert_weights_to_lp(model, dtype=dtype)
     model = model.to(device).eval()
-    model.visual.image_mean = OPENAI_DATASET_MEAN
-    model.visual.image_std = OPENAI_DATASET_STD
-    preprocess = open_clip.image_transform(
-        model.visual.image_size, is_train=False, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD
-    )
+    model.visual.image_mean, model.visual.image_std = tuple(spec["mean"]), tuple(spec["std"])
     tokenizer = SimpleTokenizer(context_length=context_length)
     return LongClipBundle(
-        model=model, preprocess=preprocess, tokenizer=tokenizer,
-        context_length=context_length, device=device, dtype=dtype,
+        model=model, preprocess=image_transform(spec), tokenizer=tokenizer,
+        context_length=context_length, device=device, dtype=dtype, preprocessing=spec,
     )

@@ -55,8 +55,14 @@ def load_pretrained(model_cls, processor_cls, name_or_path: str, device: str = "
                             path=str(path))
 
 
-# What an artray export records about how it was trained, beside its weights (`save_pretrained_export`).
+# What an artray export records about how it was trained, beside its weights (`artray.train.export`):
+# family, text_length, image_preprocessing, base model, preset; for a single weights file also `weights`
+# (its file name: the record speaks for that file only).
 EXPORT_RECORD = "artray_export.json"
+# The transformers image-processor settings an export records (`image_processor_record`); the encoder passes
+# them back to the same image processor, so images are resized, cropped and normalised as in training.
+IMAGE_PROCESSOR_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
+                        "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb")
 
 
 def export_record(path: str) -> dict:
@@ -69,6 +75,54 @@ def export_record(path: str) -> dict:
             return json.load(f)
     except (OSError, ValueError):
         return {}
+
+
+def file_export_record(uri: str, local_path: str, storage_options: StorageOptions | None = None) -> dict:
+    """The training record of a single weights file (`uri`, at `local_path` once resolved): the
+    ``artray_export.json`` beside it when that record names this file ({} otherwise)."""
+    import os
+
+    from artray import storage
+
+    if storage.is_s3(uri):
+        try:
+            record = storage.read_json(storage.join(storage.dirname(uri), EXPORT_RECORD),
+                                       storage_options or storage.DEFAULT_OPTIONS) or {}
+        except (storage.StorageError, ValueError):
+            record = {}
+    else:
+        record = export_record(os.path.dirname(os.path.abspath(local_path)))
+    return record if record.get("weights") == os.path.basename(local_path) else {}
+
+
+def image_processor_record(image_processor) -> dict:
+    """How a transformers image processor prepares images, as an export records it (``library: transformers``
+    + its settings; JSON-able)."""
+    settings = image_processor.to_dict()
+    out = {"library": "transformers"}
+    for key in IMAGE_PROCESSOR_KEYS:
+        value = settings.get(key)
+        if value is not None:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def image_processor_kwargs(preprocessing: dict | None, where: str) -> dict:
+    """The keyword arguments that make a transformers image processor prepare images as `preprocessing`
+    (an export's ``image_preprocessing``) says; {} for None (the processor's own settings)."""
+    if not preprocessing:
+        return {}
+    if preprocessing.get("library") != "transformers":
+        raise ValueError(f"{where}: image_preprocessing is for {preprocessing.get('library')!r}, not a transformers "
+                         "image processor: the record does not belong to this checkpoint; fix or remove it")
+    return {k: v for k, v in preprocessing.items() if k in IMAGE_PROCESSOR_KEYS}
+
+
+def image_preprocessing(bundle: PretrainedBundle) -> dict:
+    """The image preprocessing a transformers checkpoint was trained with: its export record's, else its
+    processor's own (what an untrained checkpoint was published with)."""
+    return export_record(bundle.path).get("image_preprocessing") or image_processor_record(
+        bundle.processor.image_processor)
 
 
 def text_length(bundle: PretrainedBundle, default: int | None) -> int:

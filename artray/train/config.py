@@ -126,7 +126,8 @@ class TrainConfig(JobConfig):
             raise ValueError(f"caption_source={self.caption_source} needs captions (caption output URI) "
                              "and captioner (its name in that table)")
         if self.alpha > 0 and not self.variants:
-            raise ValueError("alpha > 0 needs variants: the augment output URI")
+            raise ValueError("alpha > 0 needs variants: the augment output URI (alpha: 0 trains on the real "
+                             "images only)")
         if self.checkpoint_every == 0 and self.export:
             raise ValueError("checkpoint_every: 0 writes no checkpoint, so there is nothing to export: "
                              "set export: false, or checkpoint_every: 1")

@@ -18,7 +18,7 @@ import torch
 
 from artray import storage
 from artray.jsonio import dumps_strict
-from artray.models.pretrained import EXPORT_RECORD, from_pretrained
+from artray.models.pretrained import EXPORT_RECORD, from_pretrained, image_processor_record
 from artray.models.resolve import resolve_model_path
 from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
@@ -49,12 +49,26 @@ def consolidated_state_dict(ckpt_dir: str, zero_stage: int) -> dict[str, torch.T
     return unshape_0dim(sd, reshaped)
 
 
+def write_export_record(cfg, out_dir: str, text_length: int | None, image_preprocessing: dict,
+                        weights: str | None = None) -> None:
+    """``artray_export.json`` in `out_dir`: how the export was trained (family, the text length and image
+    preprocessing its inputs were prepared with, base model, preset). Evaluation, embedding, indexing and
+    serving read it and prepare inputs the same way. `weights`: the file it speaks for (single-file exports)."""
+    record = {"family": cfg.family, "text_length": text_length, "image_preprocessing": image_preprocessing,
+              "base_model": cfg.model, "preset": cfg.preset, "name": cfg.name, "epochs": cfg.epochs}
+    if weights:
+        record["weights"] = weights
+    with open(os.path.join(out_dir, EXPORT_RECORD), "w", encoding="utf-8") as f:
+        f.write(dumps_strict(record, indent=2) + "\n")
+
+
 def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, torch.Tensor], out_dir: str,
-                           extra: dict[str, torch.Tensor] | None = None, text_length: int | None = None) -> str:
+                           extra: dict[str, torch.Tensor] | None = None, text_length: int | None = None,
+                           image_preprocessing: dict | None = None) -> str:
     """The trained ``model.*`` weights (+ `extra`) in the run's base checkpoint, saved with its processor as a
     ``save_pretrained`` folder (safetensors) at `out_dir`: what the family's artray loader reads. Beside them,
-    ``artray_export.json`` records how it was trained (family, text length): evaluation, embedding and
-    serving tokenise as training did."""
+    ``artray_export.json`` records how it was trained (:func:`write_export_record`); `image_preprocessing`
+    defaults to the base processor's own settings (what a trainer that calls the processor as is used)."""
     path = resolve_model_path(cfg.model, cfg.storage_options())
     model = from_pretrained(model_cls, path)
     sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
@@ -62,11 +76,10 @@ def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, 
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit {path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.save_pretrained(out_dir, safe_serialization=True)
-    processor_cls.from_pretrained(path).save_pretrained(out_dir)
-    record = {"family": cfg.family, "text_length": text_length, "base_model": cfg.model, "preset": cfg.preset,
-              "name": cfg.name, "epochs": cfg.epochs}
-    with open(os.path.join(out_dir, EXPORT_RECORD), "w", encoding="utf-8") as f:
-        f.write(dumps_strict(record, indent=2) + "\n")
+    processor = processor_cls.from_pretrained(path)
+    processor.save_pretrained(out_dir)
+    write_export_record(cfg, out_dir, text_length,
+                        image_preprocessing or image_processor_record(processor.image_processor))
     return out_dir
 
 

@@ -8,24 +8,35 @@ positional tensors: ``positional_embedding`` (a frozen buffer) and the trainable
 trainable one, exactly as Long-CLIP's ``encode_text``. Its ``state_dict()`` therefore *is*
 the ``longclip-L.pt`` layout. Everything runs through ``forward`` so ZeRO-3 gathers the
 direct parameters.
+
+The plain ``clip`` family reuses these hooks with no frozen positions (``keep = 0``, see
+:mod:`artray.train.clip`). Every export writes ``artray_export.json`` beside its weights file:
+the text length and the image preprocessing it was trained with (the base checkpoint's own record
+when it is an artray export, else OpenAI's recipe at its image size).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from artray.models.longclip import (
     KEEP,
+    _unwrap,
+    image_transform,
     longclip_state_dict_from_clip,
     merge_longclip_state_dict,
+    preprocessing_of,
 )
+from artray.models.pretrained import file_export_record
 from artray.models.resolve import resolve_model_path
 from artray.models.weights import load_state_dict, save_state_dict
 from artray.train.config import TrainConfig
+from artray.train.export import write_export_record
 from artray.train.losses import first_sentence, pca_reconstruct, symmetric_infonce
 
 EXPORT_NAME = "longclip.safetensors"  # longclip-L.pt's keys, as safetensors
@@ -67,35 +78,49 @@ class LongClipModule(nn.Module):
         return out
 
 
-def _load_state_dict(cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    from artray.models.longclip import _unwrap
+def base_checkpoint(cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """(OpenAI-layout state dict, its export record or {}) of the run's base checkpoint `cfg.model`."""
+    return _unwrap(load_state_dict(resolve_model_path(cfg.model, cfg.storage_options()))), base_record(cfg)
 
-    path = resolve_model_path(cfg.model, cfg.storage_options())
-    sd = _unwrap(load_state_dict(path))
-    if "positional_embedding_res" in sd:
-        return sd
-    if not cfg.stretch:
-        raise ValueError(f"{cfg.model} is a {sd['positional_embedding'].shape[0]}-token CLIP, not Long-CLIP: "
-                         "set stretch: true to stretch it to 248 positions (knowledge-preserved stretching)")
-    return longclip_state_dict_from_clip(sd)
+
+def base_record(cfg: TrainConfig) -> dict:
+    """The export record of the run's base checkpoint ({} unless it is an artray export)."""
+    return file_export_record(cfg.model, resolve_model_path(cfg.model, cfg.storage_options()), cfg.storage_options())
 
 
 class LongClipTrainer:
     """Long-CLIP's training hooks: 248-token open_clip CLIP; `longclip` (long + PCM short) or `infonce` loss."""
 
+    keep: ClassVar[int] = KEEP  # leading text positions that read the frozen positional embedding
+    export_name: ClassVar[str] = EXPORT_NAME
+
     def __init__(self, cfg: TrainConfig):
-        import open_clip
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
         from open_clip.tokenizer import SimpleTokenizer
 
         self.cfg = cfg
-        self.sd = _load_state_dict(cfg)
+        self.sd, self.preprocessing = self.starting_point(cfg)
         self.context_length = int(self.sd["positional_embedding"].shape[0])
         self.tokenizer = SimpleTokenizer(context_length=self.context_length)
-        size = round(math.sqrt(self.sd["visual.positional_embedding"].shape[0] - 1)) \
-            * self.sd["visual.conv1.weight"].shape[-1]
-        self.transform = open_clip.image_transform(size, is_train=False, mean=OPENAI_DATASET_MEAN,
-                                                   std=OPENAI_DATASET_STD)
+        self.transform = image_transform(self.preprocessing)
+
+    @classmethod
+    def starting_point(cls, cfg: TrainConfig) -> tuple[dict[str, torch.Tensor], dict]:
+        """(the ``longclip-L.pt``-layout state dict training starts from, the image preprocessing it trains
+        with); a 77-token CLIP is refused unless ``stretch: true``."""
+        sd, record = base_checkpoint(cfg)
+        spec = preprocessing_of(record, sd, cfg.model)
+        if "positional_embedding_res" in sd:
+            return sd, spec
+        if not cfg.stretch:
+            raise ValueError(f"{cfg.model} is a {sd['positional_embedding'].shape[0]}-token CLIP, not Long-CLIP: "
+                             "set stretch: true to stretch it to 248 positions (knowledge-preserved stretching), "
+                             "or train it as it is with family: clip")
+        return longclip_state_dict_from_clip(sd), spec
+
+    @classmethod
+    def published_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The trained module's weights in the family's published layout (``longclip-L.pt``'s keys)."""
+        return state_dict
 
     def build_module(self) -> nn.Module:
         from open_clip.model import build_model_from_openai_state_dict
@@ -105,7 +130,7 @@ class LongClipTrainer:
         clip = build_model_from_openai_state_dict(merge_longclip_state_dict(self.sd), quick_gelu=True,
                                                   cast_dtype=None).float()
         module = LongClipModule(clip, self.sd["positional_embedding"].float(),
-                                self.sd["positional_embedding_res"].float())
+                                self.sd["positional_embedding_res"].float(), keep=self.keep)
         if self.cfg.reset_logit_scale:
             with torch.no_grad():
                 module.logit_scale.fill_(math.log(100.0))
@@ -141,10 +166,15 @@ class LongClipTrainer:
 
     @classmethod
     def export(cls, cfg: TrainConfig, state_dict: dict[str, torch.Tensor], out_dir: str) -> str:
-        """Write ``longclip.safetensors`` (``longclip-L.pt`` layout, fp32, 0-dim ``logit_scale``); return its path."""
+        """Write the weights file (fp32, 0-dim ``logit_scale``) and ``artray_export.json`` beside it (text length,
+        image preprocessing); return the file's path."""
         sd = {k: v.float().contiguous() for k, v in state_dict.items() if k not in ("attn_mask", "res_mask")}
         sd["logit_scale"] = sd["logit_scale"].reshape(())
+        sd = cls.published_state_dict(sd)
         os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, EXPORT_NAME)
+        path = os.path.join(out_dir, cls.export_name)
         save_state_dict(sd, path)
+        preprocessing = preprocessing_of(base_record(cfg), sd, cfg.model)  # what __init__ trained with
+        write_export_record(cfg, out_dir, int(sd["positional_embedding"].shape[0]), preprocessing,
+                            weights=cls.export_name)
         return path
