@@ -47,6 +47,8 @@ class TrainConfig(JobConfig):
     caption_preset: str = Field("caption", description="caption-table preset used for training captions")
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="probability of swapping a sample's image for a variant")
     only_passed_filter: bool = Field(True, description="drop variants whose passed_filter is false")
+    auto_augment: bool = Field(False, description="torchvision AutoAugment (ImageNet policy) on train images, "
+                               "seeded per sample (the ICCV captioner recipe; never on val/test)")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
                                   description="refuse train/val images with more pixels (decompression bombs)")
     # objective
