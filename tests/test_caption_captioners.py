@@ -66,8 +66,9 @@ def _direct_captions(family: str, model: str, sample: str, ids: list[str], gen: 
     for aid in ids:
         image = Image.open(io.BytesIO(arts[aid]["image"])).convert("RGB")
         pixels = bundle.processor(images=[image], return_tensors="pt")["pixel_values"]
-        ids_ = bundle.model.generate(pixel_values=pixels, num_beams=gen["num_beams"], length_penalty=gen["length_penalty"],
-                                     max_new_tokens=gen["max_new_tokens"], do_sample=False)
+        ids_ = bundle.model.generate(pixel_values=pixels, num_beams=gen["num_beams"],
+                                     length_penalty=gen["length_penalty"], max_new_tokens=gen["max_new_tokens"],
+                                     do_sample=False)
         out[aid] = bundle.processor.tokenizer.decode(ids_[0], skip_special_tokens=True).strip()
     return out
 

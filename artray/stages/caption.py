@@ -100,7 +100,8 @@ def captioner_prompts(cfg: CaptionConfig, kind: str) -> dict[str, str]:
                            f"preset 'caption' can run (asked: {list(cfg.prompt_texts())}); drop presets/prompts "
                            "or use an MLLM for queries and custom prompts")
     if cfg.backend == "vllm":
-        raise CaptionError(f"{cfg.model} is a {kind} checkpoint: backend vllm runs MLLMs only; use backend: transformers")
+        raise CaptionError(f"{cfg.model} is a {kind} checkpoint: backend vllm runs MLLMs only; "
+                           "use backend: transformers")
     return {"caption": ""}
 
 

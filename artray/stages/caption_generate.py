@@ -1,8 +1,8 @@
 """The transformers backend of `artray caption`: one model per Ray Data actor, batched generation.
 
 Each actor loads the model once — an MLLM (`load_mllm`: generic image-text-to-text classes, chat
-template, left padding), or a GIT/BLIP captioner through its family
-(`artray.stages.caption_captioner`, unconditional) — and turns batches of work rows — one per (artwork, preset) — into
+template, left padding), or a GIT/BLIP captioner through its family (`artray.stages.caption_captioner`,
+unconditional) — and turns batches of work rows — one per (artwork, preset) — into
 result rows (`RESULT_SCHEMA`): a caption row with flags and provenance, or a failure.
 Images that cannot be used fail alone; a batch whose `generate` raises is retried one row
 at a time so that one bad input never costs its neighbours their captions.
