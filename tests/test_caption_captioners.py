@@ -83,6 +83,18 @@ def test_model_kind_from_export_record_or_config(tiny_models, exports, tmp_path)
     assert model_kind(str(tmp_path / "nothing"), opts) == "mllm"
 
 
+def test_model_kind_of_an_s3_export_reads_only_its_json(exports, s3_endpoint, s3_bucket):
+    from pathlib import Path
+
+    opts = StorageOptions(endpoint_url=s3_endpoint)
+    for family in FAMILIES:
+        uri = f"{s3_bucket}/{family}/export"
+        for f in ("config.json", "artray_export.json"):  # no weights uploaded: detection never needs them
+            storage.write_bytes_atomic(f"{uri}/{f}", (Path(exports[family]) / f).read_bytes(), opts)
+        assert model_kind(uri, opts) == family
+    assert model_kind(f"{s3_bucket}/nothing-here", opts) == "mllm"
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_captioner_export_captions_test_split_resumes_and_is_scored(ray_local, exports, sample, family, tmp_path):
     out, ids = str(tmp_path / "captions"), _test_ids(sample)
