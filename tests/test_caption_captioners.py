@@ -151,6 +151,8 @@ def test_generation_presets_fill_only_unset_keys():
     assert (mine.max_new_tokens, mine.num_beams, mine.length_penalty) == (64, 2, 0.6)
     sigir = CaptionConfig(**base, generation_preset="sigir2025").generation()
     assert (sigir["num_beams"], sigir["max_new_tokens"], "length_penalty" in sigir) == (1, 200, False)
+    assert CaptionConfig(**base, model="s3://b/runs/git-da05/export/").captioner_name() == "git-da05"
+    assert CaptionConfig(**base, model="microsoft/git-base").captioner_name() == "git-base"
     assert set(GENERATION_PRESETS) == {"cioni2023-artpedia", "cioni2023-artcap", "sigir2025"}
     with pytest.raises(ValueError, match="generation_preset"):
         CaptionConfig(**base, generation_preset="cioni")

@@ -50,7 +50,8 @@ class CaptionConfig(ModelStageConfig):
     output: str = Field(description="captions URI to write; running again resumes it")
     model: str = Field("llava-hf/llava-1.5-7b-hf", description="MLLM, or a GIT/BLIP captioner (an `artray train` "
                        "export or any such checkpoint; detected): hub id, local folder or s3:// folder")
-    captioner: str | None = Field(None, description="name stored in each row (default: last part of model)")
+    captioner: str | None = Field(None, description="name stored in each row (default: last part of model; for "
+                                  "an `artray train` export <output>/<name>/export, the run name)")
     presets: list[str] | None = Field(None, description="presets to run: caption, query or names in prompts "
                                       "(default: caption + every user prompt)")
     prompts: dict[str, str] = Field(default_factory=dict, description="user-defined presets: name → prompt text")
@@ -111,7 +112,9 @@ class CaptionConfig(ModelStageConfig):
         return {n: known[n] for n in dict.fromkeys(names)}
 
     def captioner_name(self) -> str:
-        return self.captioner or PurePosixPath(self.model.rstrip("/")).name
+        """`captioner`, else the model's last path part (an `artray train` export folder: its run's name)."""
+        path = PurePosixPath(self.model.rstrip("/"))
+        return self.captioner or (path.parent.name if path.name == "export" and path.parent.name else path.name)
 
     def generation(self) -> dict:
         """The settings that shape the captions (recorded in every row, checked on resume)."""
