@@ -42,7 +42,7 @@ RAY_JOBS = [
     (("augment",), "artray.stages.augment:AugmentConfig", "artray.stages.augment:run_augment", (),
      "write M diffusion img2img variants of every train artwork on Ray Data"),
     (("caption",), "artray.stages.caption:CaptionConfig", "artray.stages.caption:run_caption", (),
-     "write MLLM captions / search queries for a corpus on Ray Data"),
+     "write MLLM (or GIT/BLIP captioner) captions / search queries for a corpus on Ray Data"),
     (("evaluate", "captions"), "artray.evaluate.caption_metrics:CaptionMetricsConfig",
      "artray.evaluate.caption_metrics:run_caption_metrics", (), "BLEU/METEOR/ROUGE-L/CIDEr/SPICE/BERTScore of two caption sources"),
     (("evaluate", "retrieval"), "artray.evaluate.retrieval:RetrievalEvalConfig",

@@ -372,6 +372,8 @@ def _command_for(stem: str) -> tuple[str, ...] | None:
         return None
     if stem.startswith("train-"):
         return ("train",)
+    if stem.startswith("caption-"):
+        return ("caption",)
     return {"ingest": ("corpus", "ingest"), "index": ("index", "build"),
             "evaluate-captions": ("evaluate", "captions"), "evaluate-retrieval": ("evaluate", "retrieval"),
             "evaluate-runs": ("evaluate", "runs")}.get(stem, (stem,))

@@ -9,10 +9,13 @@ from artray.families.base import config_json, not_an_encoder
 
 PRESETS: dict[str, dict] = {
     # ICCV 2023 workshop (ciodar/cultural-heritage-diffaug): LM loss, AdamW 5e-5, wd 0, cosine with
-    # 500 warm-up steps, batch 8, 10 epochs, beams 4, keep the best CIDEr. Set family: blip-captioner for BLIP.
+    # 500 warm-up steps, batch 8, 10 epochs, AutoAugment on train images, beams 4 with
+    # length_penalty 0.6, keep the best CIDEr.
+    # Set family: blip-captioner for BLIP.
     "captioner": {"loss": "lm", "optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.0,
-                  "schedule": "cosine", "warmup_steps": 500, "epochs": 10, "batch_size": 8, "num_beams": 4,
-                  "max_new_tokens": 100, "grad_clip": None, "select_metric": "cider"},
+                  "schedule": "cosine", "warmup_steps": 500, "epochs": 10, "batch_size": 8, "auto_augment": True,
+                  "num_beams": 4, "length_penalty": 0.6, "max_new_tokens": 100, "grad_clip": None,
+                  "select_metric": "cider"},
 }
 
 

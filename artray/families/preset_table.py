@@ -42,10 +42,9 @@ SOURCES: dict[str, dict[str, str]] = {
     "captioner": {
         "source": "ICCV 2023 (ciodar/cultural-heritage-diffaug configs/artpedia.yaml, artcap.yaml), "
                   "REFERENCE.md §1 (A) Training hyperparameters",
-        "text": "— (captions: max_new_tokens 100)",
+        "text": "— (validation captions: 4 beams, length_penalty 0.6, max_new_tokens 100)",
         "deviations": "betas and eps are not in REFERENCE.md (AdamW's defaults); validation on the whole val "
-                      "split (source: 30 % of its batches); AutoAugment (the source's train transform) is not "
-                      "part of the preset",
+                      "split (source: 30 % of its batches)",
     },
     "cioni2023": {
         "source": "ICCV 2023 (ciodar/cultural-heritage-diffaug), REFERENCE.md §1 (A): alpha (How alpha is applied) "
@@ -62,6 +61,7 @@ ROWS: list[tuple[str, str]] = [
     ("objective", "loss"), ("optimizer", "optimizer"), ("lr", "lr"), ("batch (per worker)", "batch_size"),
     ("epochs", "epochs"), ("schedule", "schedule"), ("warm-up", "warmup_steps"), ("weight decay", "weight_decay"),
     ("betas", "betas"), ("eps", "eps"), ("precision", "precision"), ("grad_clip", "grad_clip"),
+    ("AutoAugment (train images)", "auto_augment"),
     ("text length", ""), ("alpha", "alpha"), ("M", ""), ("best checkpoint by", "select_metric"),
 ]
 
@@ -69,6 +69,8 @@ ROWS: list[tuple[str, str]] = [
 def _cell(value) -> str:
     if value is None:
         return "null (off)"
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(_cell(v) for v in value) + ")"
     if isinstance(value, float):

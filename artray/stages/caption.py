@@ -15,6 +15,11 @@ records per captioner the model, prompts and generation settings, and a run that
 mix other settings under the same captioner name is refused. Several captioners (and
 presets) can share one output. Manifest last, as in every stage (`artray.stages.run`). Read the
 output with `artray.outputs.read_captions`.
+
+Method (A)'s captioners work the same way: a GIT or BLIP captioner checkpoint as `model` (an
+`artray train` export, or any such checkpoint; `artray.stages.caption_captioner` detects it)
+captions each image unconditionally under preset ``caption`` (empty prompt), with the same rows,
+resume and failures; ``generation_preset: cioni2023-artpedia | cioni2023-artcap`` decodes as (A) did.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from artray import storage
 from artray.corpus import ARTWORKS
 from artray.outputs import CAPTIONS
 from artray.schema import CAPTION_SCHEMA
+from artray.stages.caption_captioner import model_kind
 from artray.stages.caption_config import (
+    GENERATION_PRESETS,
+    MLLM,
     PRESETS,
     CaptionConfig,
     CaptionError,
@@ -45,7 +53,7 @@ from artray.stages.run import TASK_CPUS, ActorPool, Run, Stage, Todo, rate, run_
 from artray.stages.sink import BufferedStageSink, failed_phrase
 
 STAGE = "caption"
-__all__ = ["PRESETS", "CaptionConfig", "CaptionError", "run_caption", "summary_line"]
+__all__ = ["GENERATION_PRESETS", "PRESETS", "CaptionConfig", "CaptionError", "run_caption", "summary_line"]
 
 
 def _select(run: Run, captioner: str, presets: list[str]) -> tuple[list[dict], Counter, int]:
@@ -82,8 +90,23 @@ def _device(cfg: CaptionConfig) -> str:
     return "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and gpus and cfg.gpus_per_actor != 0) else "cpu"
 
 
-def _job(cfg: CaptionConfig, device: str) -> CaptionJob:
-    return CaptionJob(captioner=cfg.captioner_name(), model=cfg.model, prompts=cfg.prompt_texts(),
+def captioner_prompts(cfg: CaptionConfig, kind: str) -> dict[str, str]:
+    """preset → prompt text of this run: the config's for an MLLM; a captioner (unconditional) has one preset,
+    ``caption``, with no prompt."""
+    if kind == MLLM:
+        return cfg.prompt_texts()
+    if cfg.prompts or (cfg.presets is not None and cfg.presets != ["caption"]):
+        raise CaptionError(f"{cfg.model} is a {kind} checkpoint: it captions images without a prompt, so only "
+                           f"preset 'caption' can run (asked: {list(cfg.prompt_texts())}); drop presets/prompts "
+                           "or use an MLLM for queries and custom prompts")
+    if cfg.backend == "vllm":
+        raise CaptionError(f"{cfg.model} is a {kind} checkpoint: backend vllm runs MLLMs only; "
+                           "use backend: transformers")
+    return {"caption": ""}
+
+
+def _job(cfg: CaptionConfig, device: str, kind: str) -> CaptionJob:
+    return CaptionJob(captioner=cfg.captioner_name(), model=cfg.model, prompts=captioner_prompts(cfg, kind), kind=kind,
                       generation=cfg.generation(), device=device, dtype=cfg.dtype, batch_size=cfg.batch_size,
                       max_image_pixels=cfg.max_image_pixels, loop_repeats=cfg.loop_repeats, s3_endpoint=cfg.s3_endpoint,
                       torch_threads=cfg.torch_threads or (max(1, int(cfg.cpus_per_actor)) if device == "cpu" else None))
@@ -96,7 +119,11 @@ class CaptionStage(Stage):
     task_ops, udf, sink, sum_columns = 2, CaptionBatch, BufferedStageSink, ("_tokens",)
     final_columns = ("captioner", "flags")
 
+    kind = MLLM  # the model kind of this run (`check` finds it)
+
     def check(self, cfg: CaptionConfig, opts) -> None:
+        self.kind = model_kind(cfg.model, opts)
+        captioner_prompts(cfg, self.kind)  # a captioner refuses prompts and vllm
         if cfg.backend == "vllm":
             from artray.stages.caption_vllm import vllm_available
 
@@ -105,23 +132,25 @@ class CaptionStage(Stage):
                                    "or use backend: transformers")
 
     def pin(self, cfg: CaptionConfig, opts) -> None:
-        """Per captioner name: one model, prompt per preset and generation settings (presets may be added)."""
-        check_params(cfg, cfg.captioner_name(), cfg.prompt_texts(), cfg.generation(), opts)
+        """Per captioner name: one model (and kind), prompt per preset and generation settings (presets may be
+        added)."""
+        check_params(cfg, cfg.captioner_name(), captioner_prompts(cfg, self.kind), cfg.generation(), opts, self.kind)
 
     def device(self, cfg: CaptionConfig) -> str:
         return _device(cfg)
 
     def todo(self, run: Run) -> Todo:
-        cfg, prompts = run.cfg, run.cfg.prompt_texts()
+        cfg, prompts = run.cfg, captioner_prompts(run.cfg, self.kind)
         work, kinds, n_artworks = _select(run, cfg.captioner_name(), list(prompts))
         return Todo(pa.Table.from_pylist(work, schema=WORK_SCHEMA), len(work), counts={
             "input_artworks": n_artworks, "presets": list(prompts), "skipped_done": kinds["done"],
             "skipped_failed": kinds["failed"], "to_caption": kinds["todo"]}, meta={
-            "captioner": cfg.captioner_name(), "model": cfg.model, "prompts": prompts, "generation": cfg.generation(),
+            "captioner": cfg.captioner_name(), "model": cfg.model, "model_kind": self.kind, "prompts": prompts,
+            "generation": cfg.generation(),
             "device": _device(cfg)})
 
     def udf_kwargs(self, run: Run, pool: ActorPool) -> dict:
-        return {"job": _job(run.cfg, _device(run.cfg))}
+        return {"job": _job(run.cfg, _device(run.cfg), self.kind)}
 
     def transform(self, run: Run, todo: Todo, pool: ActorPool):
         """Blocks of about batch_size rows (at most 16 per actor) keep every actor busy, even on a one-shard corpus."""
@@ -130,7 +159,7 @@ class CaptionStage(Stage):
         if cfg.backend == "vllm":
             from artray.stages.caption_vllm import vllm_captions
 
-            return vllm_captions(ds, _job(cfg, _device(cfg)), cfg.vllm_engine_kwargs, pool.size, TASK_CPUS)
+            return vllm_captions(ds, _job(cfg, _device(cfg), self.kind), cfg.vllm_engine_kwargs, pool.size, TASK_CPUS)
         return self.map_udf(run, ds, pool)
 
     def finish(self, run: Run, todo: Todo, stats: dict, table: pa.Table, failures: list[dict]) -> dict:

@@ -1,8 +1,10 @@
-"""The config of `artray caption`: prompt presets, generation settings, and the resume guard on them.
+"""The config of `artray caption`: prompt presets, generation settings (and named decoding recipes), and
+the resume guard on them.
 
 A captioner name (default: the model's last path part) labels every row a run makes.
-`_caption_params.json` in the output records per captioner the model, prompts and
-generation settings, so a later run cannot add rows made differently under the same name.
+`_caption_params.json` in the output records per captioner the model, its kind (an MLLM, or a
+``git-captioner`` / ``blip-captioner`` checkpoint), prompts and generation settings, so a later run
+cannot add rows made differently under the same name.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ PRESETS = {
     "caption": "Caption this image",  # method (B), LLaVA-1.5
     "query": "Generate a query for this image, suitable for text-to-image retrieval",  # method (B), query generator
 }
+MLLM = "mllm"  # the model kind of a multimodal LLM (prompted); captioner checkpoints are their family's name
+# Decoding recipes of the source works (`generation_preset`); each fills only the keys a config leaves unset.
+GENERATION_PRESETS: dict[str, dict] = {
+    # Cioni et al., ICCV-W 2023 (ciodar/cultural-heritage-diffaug, configs/artpedia.yaml / artcap.yaml):
+    # GIT/BLIP captioners decode with 4 beams, length_penalty 0.6, 100 new tokens (Artpedia) or 40 (ArtCap).
+    "cioni2023-artpedia": {"num_beams": 4, "length_penalty": 0.6, "max_new_tokens": 100, "do_sample": False},
+    "cioni2023-artcap": {"num_beams": 4, "length_penalty": 0.6, "max_new_tokens": 40, "do_sample": False},
+    # SIGIR 2025 (jcgohr/artwork-caption-gen, LlavaCaptioner): greedy, 200 new tokens.
+    "sigir2025": {"num_beams": 1, "max_new_tokens": 200, "do_sample": False},
+}
 
 
 class CaptionError(StageError):
@@ -31,12 +43,15 @@ class CaptionError(StageError):
 
 
 class CaptionConfig(ModelStageConfig):
-    """Makes captions and search queries for a corpus's artworks with a multimodal LLM (method (B))."""
+    """Makes captions and search queries for a corpus's artworks with a multimodal LLM (method (B)), or
+    captions with a GIT / BLIP captioner checkpoint (method (A); unconditional, preset ``caption`` only)."""
 
     input: str = Field(description="corpus URI with images (written by `artray corpus import` or `ingest`)")
     output: str = Field(description="captions URI to write; running again resumes it")
-    model: str = Field("llava-hf/llava-1.5-7b-hf", description="MLLM: hub id, local folder or s3:// folder")
-    captioner: str | None = Field(None, description="name stored in each row (default: last part of model)")
+    model: str = Field("llava-hf/llava-1.5-7b-hf", description="MLLM, or a GIT/BLIP captioner (an `artray train` "
+                       "export or any such checkpoint; detected): hub id, local folder or s3:// folder")
+    captioner: str | None = Field(None, description="name stored in each row (default: last part of model; for "
+                                  "an `artray train` export <output>/<name>/export, the run name)")
     presets: list[str] | None = Field(None, description="presets to run: caption, query or names in prompts "
                                       "(default: caption + every user prompt)")
     prompts: dict[str, str] = Field(default_factory=dict, description="user-defined presets: name → prompt text")
@@ -47,6 +62,11 @@ class CaptionConfig(ModelStageConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="sampling only")
     top_k: int | None = Field(None, ge=1, description="sampling only")
     num_beams: int = Field(1, ge=1, description="beams of beam search (1: greedy, as the SIGIR work)")
+    length_penalty: float = Field(1.0, description="beam search: exponent of the length normalisation of a beam's "
+                                  "score (<1 favours shorter captions; the ICCV work: 0.6)")
+    generation_preset: Literal["cioni2023-artpedia", "cioni2023-artcap", "sigir2025"] | None = Field(
+        None, description="decoding recipe filling the generation keys you leave unset: cioni2023-artpedia (4 beams, "
+        "length_penalty 0.6, 100 tokens), cioni2023-artcap (the same, 40 tokens), sigir2025 (greedy, 200 tokens)")
     repetition_penalty: float = Field(1.0, gt=0, description="penalty on repeated tokens (1.0: none)")
     seed: int = Field(0, description="sampling seed (per batch)")
     ignore_eos: bool = Field(False, description="always generate max_new_tokens (throughput benchmarks)")
@@ -60,6 +80,17 @@ class CaptionConfig(ModelStageConfig):
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse images with more pixels")
     loop_repeats: int = Field(3, ge=2, description="repeats of a phrase or sentence that flag a loop")
     vllm_engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm backend: engine kwargs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_generation_preset(cls, data):
+        """A named decoding recipe fills the keys the config does not set (like TrainConfig.preset)."""
+        if isinstance(data, dict) and data.get("generation_preset") is not None:
+            name = data["generation_preset"]
+            if name not in GENERATION_PRESETS:
+                raise ValueError(f"unknown generation_preset {name!r}: use one of {', '.join(GENERATION_PRESETS)}")
+            data = {**GENERATION_PRESETS[name], **data}
+        return data
 
     @model_validator(mode="after")
     def _check_names(self):
@@ -81,25 +112,31 @@ class CaptionConfig(ModelStageConfig):
         return {n: known[n] for n in dict.fromkeys(names)}
 
     def captioner_name(self) -> str:
-        return self.captioner or PurePosixPath(self.model.rstrip("/")).name
+        """`captioner`, else the model's last path part (an `artray train` export folder: its run's name)."""
+        path = PurePosixPath(self.model.rstrip("/"))
+        return self.captioner or (path.parent.name if path.name == "export" and path.parent.name else path.name)
 
     def generation(self) -> dict:
         """The settings that shape the captions (recorded in every row, checked on resume)."""
         gen = {"backend": self.backend, "max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
                "num_beams": self.num_beams, "repetition_penalty": self.repetition_penalty, "ignore_eos": self.ignore_eos}
+        if self.num_beams > 1 or self.length_penalty != 1.0:  # it only shapes beam search
+            gen["length_penalty"] = self.length_penalty
         if self.do_sample:
             gen.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed)
         return gen
 
 
 def check_params(cfg: CaptionConfig, captioner: str, prompts: dict, generation: dict,
-                  opts: storage.StorageOptions) -> None:
-    """Refuse to add rows under `captioner` that another model, prompt or setting made before."""
+                  opts: storage.StorageOptions, kind: str = MLLM) -> None:
+    """Refuse to add rows under `captioner` that another model (or model kind), prompt or setting made before."""
     uri = storage.join(cfg.output, PARAMS)
     params = storage.read_json(uri, opts) or {}
     old = params.get(captioner)
     if old:
         problems = [f"model {old['model']!r} → {cfg.model!r}"] if old["model"] != cfg.model else []
+        if old.get("kind", MLLM) != kind:  # outputs written before kinds were recorded hold MLLM captions
+            problems.append(f"model kind {old.get('kind', MLLM)!r} → {kind!r}")
         if old["generation"] != generation:
             problems.append(f"generation {old['generation']} → {generation}")
         problems += [f"preset {p!r} prompt {old['prompts'][p]!r} → {t!r}" for p, t in prompts.items()
@@ -110,7 +147,7 @@ def check_params(cfg: CaptionConfig, captioner: str, prompts: dict, generation: 
                 + "; ".join(problems) + "); committed rows would mix both. Set another `captioner` name, "
                 "use a new output, or restore the old settings")
         prompts = {**old["prompts"], **prompts}
-    entry = {"model": cfg.model, "generation": generation, "prompts": prompts}
+    entry = {"model": cfg.model, "kind": kind, "generation": generation, "prompts": prompts}
     if old != entry:
         storage.write_json_atomic(uri, {**params, captioner: entry}, opts)
 

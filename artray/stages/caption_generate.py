@@ -1,7 +1,8 @@
-"""The transformers backend of `artray caption`: one MLLM per Ray Data actor, batched generation.
+"""The transformers backend of `artray caption`: one model per Ray Data actor, batched generation.
 
-Each actor loads the model once (`load_mllm`: generic image-text-to-text classes, chat
-template, left padding) and turns batches of work rows — one per (artwork, preset) — into
+Each actor loads the model once — an MLLM (`load_mllm`: generic image-text-to-text classes, chat
+template, left padding), or a GIT/BLIP captioner through its family (`artray.stages.caption_captioner`,
+unconditional) — and turns batches of work rows — one per (artwork, preset) — into
 result rows (`RESULT_SCHEMA`): a caption row with flags and provenance, or a failure.
 Images that cannot be used fail alone; a batch whose `generate` raises is retried one row
 at a time so that one bad input never costs its neighbours their captions.
@@ -21,6 +22,7 @@ import pyarrow as pa
 from artray import storage
 from artray.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb
 from artray.schema import CAPTION_SCHEMA
+from artray.stages.caption_config import MLLM
 from artray.stages.caption_flags import quality_flags
 from artray.stages.sink import failed_result, ok_result, result_schema
 
@@ -39,7 +41,7 @@ class CaptionJob:
 
     captioner: str
     model: str
-    prompts: dict[str, str]  # preset → user prompt text (before the chat template)
+    prompts: dict[str, str]  # preset → user prompt text (before the chat template; "" for a captioner)
     generation: dict  # the settings that shape captions (also checked on resume)
     device: str = "cpu"
     dtype: str = "auto"
@@ -48,6 +50,7 @@ class CaptionJob:
     loop_repeats: int = 3
     s3_endpoint: str | None = None
     torch_threads: int | None = None
+    kind: str = MLLM  # or the captioner family of `model` (git-captioner, blip-captioner)
 
 
 def caption_id(artwork_id: str, captioner: str, preset: str) -> str:
@@ -69,6 +72,8 @@ def generate_kwargs(gen: dict, pad_token_id: int | None) -> dict:
     """`generate` keyword arguments for the settings `gen` (greedy unless do_sample)."""
     kw = {"max_new_tokens": gen["max_new_tokens"], "do_sample": gen["do_sample"], "num_beams": gen["num_beams"],
           "repetition_penalty": gen["repetition_penalty"], "pad_token_id": pad_token_id}
+    if "length_penalty" in gen:
+        kw["length_penalty"] = gen["length_penalty"]
     if gen["do_sample"]:
         kw.update(temperature=gen["temperature"], top_p=gen["top_p"], top_k=gen["top_k"])
     else:  # the checkpoint's generation_config may carry sampling values; greedy ignores them
@@ -142,13 +147,29 @@ def failure(job: CaptionJob, row: dict, reason: str, detail: str, retryable: boo
     return {**failed_result(base, row["caption_id"], reason, detail, file=file, retryable=retryable), "_tokens": 0}
 
 
+class MLLMGenerator:
+    """An MLLM on one actor: (images, preset names) → (text, generated tokens, hit max_new_tokens) each."""
+
+    def __init__(self, job: CaptionJob, dtype, options: storage.StorageOptions):
+        from artray.models.mllm import load_mllm
+
+        self.bundle = load_mllm(job.model, job.device, dtype, options)
+        self.templated = {p: self.bundle.prompt(t) for p, t in job.prompts.items()}
+        self.revision = getattr(self.bundle.model.config, "_commit_hash", None)
+        tok = self.bundle.processor.tokenizer
+        self.kwargs = generate_kwargs(job.generation, tok.pad_token_id if tok.pad_token_id is not None
+                                      else tok.eos_token_id)
+        self.eos = eos_ids(self.bundle)
+
+    def __call__(self, images: list, presets: list[str]) -> list[tuple[str, int, bool]]:
+        return generate(self.bundle, images, [self.templated[p] for p in presets], self.kwargs, self.eos)
+
+
 class CaptionBatch:
-    """Ray Data actor UDF: load the MLLM once, caption batches of work rows."""
+    """Ray Data actor UDF: load the model once, caption batches of work rows."""
 
     def __init__(self, job: CaptionJob):
         import torch
-
-        from artray.models.mllm import load_mllm
 
         if job.torch_threads:
             torch.set_num_threads(job.torch_threads)
@@ -156,15 +177,16 @@ class CaptionBatch:
         self.options = storage.StorageOptions(endpoint_url=job.s3_endpoint)
         self.images = ShardImages(self.options)
         dtype = resolve_dtype(job.dtype, job.device)
-        self.bundle = load_mllm(job.model, job.device, dtype, self.options)
-        self.templated = {p: self.bundle.prompt(t) for p, t in job.prompts.items()}
-        self.revision = getattr(self.bundle.model.config, "_commit_hash", None)
+        if job.kind == MLLM:
+            self.generator = MLLMGenerator(job, dtype, self.options)
+        else:
+            from artray.stages.caption_captioner import CaptionerGenerator
+
+            self.generator = CaptionerGenerator(job.kind, job.model, job.device, dtype, self.options,
+                                                generate_kwargs(job.generation, None))
+        self.revision = self.generator.revision
         self.generation_json = json.dumps({**job.generation, "dtype": str(dtype).removeprefix("torch."),
                                            "device": job.device}, sort_keys=True)
-        tok = self.bundle.processor.tokenizer
-        self.kwargs = generate_kwargs(job.generation, tok.pad_token_id if tok.pad_token_id is not None
-                                      else tok.eos_token_id)
-        self.eos = eos_ids(self.bundle)
         self.done, self.started, self.reported = 0, time.monotonic(), time.monotonic()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -190,8 +212,7 @@ class CaptionBatch:
 
             torch.manual_seed(self.job.generation["seed"] + zlib.crc32(rows[chunk[0][0]]["caption_id"].encode()))
         try:
-            out = generate(self.bundle, [im for _, im in chunk],
-                           [self.templated[rows[i]["preset"]] for i, _ in chunk], self.kwargs, self.eos)
+            out = self.generator([im for _, im in chunk], [rows[i]["preset"] for i, _ in chunk])
         except Exception as exc:  # OOM, a processor error on an odd image, ...
             if len(chunk) > 1:
                 for one in chunk:

@@ -1,6 +1,6 @@
 """Captioner families (the ICCV work): GIT and BLIP captioning with the language-modelling loss.
 
-Validation decodes every val image with beam search (``num_beams``, ``max_new_tokens``) and
+Validation decodes every val image with beam search (``num_beams``, ``max_new_tokens``, ``length_penalty``) and
 scores the captions with CIDEr (pycocoevalcap's scorer, lower-cased whitespace tokens; the
 Java PTB tokenizer is not needed) against the artwork's captions, plus the val LM loss;
 ``select_metric`` keeps the best by ``cider`` or ``val_loss``.
@@ -93,7 +93,7 @@ class CaptionerTrainer:
             batch = to_device(self.train_batch(images, [a["captions"][0] for a in chunk]), engine.device, dtype)
             losses.append(float(engine(**batch)["loss"]))
             ids = model.generate(pixel_values=batch["pixel_values"], num_beams=self.cfg.num_beams,
-                                 max_new_tokens=self.cfg.max_new_tokens)
+                                 max_new_tokens=self.cfg.max_new_tokens, length_penalty=self.cfg.length_penalty)
             generated += self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
         refs = [a["captions"] for a in arts]
         return {"val_loss": sum(losses) / max(1, len(losses)), "cider": cider(generated, refs),

@@ -47,6 +47,8 @@ class TrainConfig(JobConfig):
     caption_preset: str = Field("caption", description="caption-table preset used for training captions")
     alpha: float = Field(0.0, ge=0.0, le=1.0, description="probability of swapping a sample's image for a variant")
     only_passed_filter: bool = Field(True, description="drop variants whose passed_filter is false")
+    auto_augment: bool = Field(False, description="torchvision AutoAugment (ImageNet policy) on train images, "
+                               "seeded per sample (the ICCV captioner recipe; never on val/test)")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
                                   description="refuse train/val images with more pixels (decompression bombs)")
     # objective
@@ -94,6 +96,8 @@ class TrainConfig(JobConfig):
                                   "0 = none at all: no resume, no export (benchmarks, smoke runs)")
     num_beams: int = Field(4, description="captioners: beams of the validation captions (CIDEr selection)")
     max_new_tokens: int = Field(40, description="captioners: longest validation caption in tokens")
+    length_penalty: float = Field(1.0, description="captioners: beam-search length penalty of the validation "
+                                  "captions (seed A: 0.6)")
     num_workers: int = Field(2, description="Ray Train workers (one per GPU on a GPU cluster)")
     gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0: CPU training; fractions share a GPU)")
     cpus_per_worker: float = Field(1.0, description="CPUs reserved per Ray Train worker")

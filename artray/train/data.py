@@ -3,12 +3,15 @@
 One training example per real train artwork (so an epoch is N real artworks, as in the
 ICCV work): its image, the captions it may be trained on, and the images of its augmented
 variants. Each time an example is drawn, :func:`draw_image` swaps the image for a variant
-chosen uniformly with probability ``alpha`` (``ArtpediaDataset._get_image``'s rule) and
-:func:`draw_caption` picks one caption uniformly.
+chosen uniformly with probability ``alpha`` (``ArtpediaDataset._get_image``'s rule),
+:func:`draw_caption` picks one caption uniformly, and with ``auto_augment`` the decoded train
+image goes through torchvision's AutoAugment (the ICCV work's train transform) before the
+family's processor. Validation images never pass through here.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 
@@ -168,9 +171,34 @@ def sample_rng(seed: int, epoch: int, artwork_id: str) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{artwork_id}")
 
 
+def _drawn_params(rng: random.Random, transform_num: int):
+    """``AutoAugment.get_params`` with its draws from `rng`: (sub-policy, apply-or-not per op, sign per op)."""
+    import torch
+
+    return (rng.randrange(transform_num), torch.tensor([rng.random(), rng.random()]),
+            torch.tensor([rng.randrange(2), rng.randrange(2)]))
+
+
+def auto_augment(image, rng: random.Random):
+    """torchvision's ``AutoAugment`` (ImageNet policy, its default, as the ICCV work used it) with its random
+    draws taken from `rng`, not torch's global RNG: the same sample in the same epoch is augmented the same
+    way on any worker or thread, and the training step's own RNG (dropout) is left alone."""
+    from torchvision.transforms import AutoAugment
+
+    transform = AutoAugment()
+    transform.get_params = functools.partial(_drawn_params, rng)  # its forward calls self.get_params
+    return transform(image.convert("RGB"))
+
+
+def augment_rng(seed: int, epoch: int, artwork_id: str) -> random.Random:
+    """The RNG of one sample's AutoAugment draws in one epoch (apart from `sample_rng`, so turning
+    auto_augment on does not change which variant or caption a sample draws)."""
+    return random.Random(f"{seed}:{epoch}:{artwork_id}:autoaugment")
+
+
 class PrepareBatch(ArrowBatchCollateFn):
     """Ray Data's collate step for training: draws each sample's image (alpha) and caption, decodes
-    (with the decompression-bomb limit) and runs the family's preprocessing.
+    (with the decompression-bomb limit), applies AutoAugment if asked and runs the family's preprocessing.
 
     `iter_torch_batches` runs it in a background thread, a batch ahead of the training step, so the
     CPU work overlaps the GPU's. Returns ``(model inputs, rows, variants drawn)``; the caller moves the
@@ -185,5 +213,8 @@ class PrepareBatch(ArrowBatchCollateFn):
         rngs = [sample_rng(self.cfg.seed, self.epoch, r["artwork_id"]) for r in rows]
         drawn = [draw_image(r, self.cfg.alpha, g) for r, g in zip(rows, rngs)]
         images = [decode(b, self.cfg.max_image_pixels) for b, _ in drawn]
+        if self.cfg.auto_augment:
+            images = [auto_augment(im, augment_rng(self.cfg.seed, self.epoch, r["artwork_id"]))
+                      for im, r in zip(images, rows)]
         inputs = self.family.train_batch(images, [draw_caption(r, g) for r, g in zip(rows, rngs)])
         return inputs, len(rows), sum(v for _, v in drawn)
