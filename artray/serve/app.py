@@ -80,8 +80,8 @@ RETRY_AFTER_S = "1"
 def _replica_died_under(exc: BaseException) -> bool:
     """True when `exc`, or what caused it, is a replica or node dying (see UNAVAILABLE).
 
-    Serve wraps one such death in a plain `RayServeException`: when the encoder replica dies while its
-    answer is passed on to the index (a chained call), the index call fails with "an upstream actor
+    Serve wraps one such death in a plain `RayServeException`: when a replica dies while its answer is
+    passed on to another deployment's call (a chained call), that call fails with "an upstream actor
     died", the ActorDiedError as its ``__cause__``. The request was fine; a retry works.
     """
     seen = 0
