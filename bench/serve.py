@@ -8,8 +8,9 @@ Builds the tiny demo indexes (sample corpus → embed → index, reused across r
 level sends the same text queries (a) to ``POST /search`` on 127.0.0.1 and (b) straight
 to ``encoder.encode_texts`` + ``index.search`` in this process. Each run stops at
 ``--requests`` requests or ``--duration-s`` seconds, whichever comes first. Prints QPS,
-p50 and p99 side by side, and the overhead ratios (HTTP / direct). Loopback only: the
-load never leaves this machine.
+p50 and p99 side by side, the p50 overhead in ms (HTTP - direct) and the ratios (HTTP / direct),
+and the floor of the path: ``GET /healthz`` over HTTP, which reaches the ingress replica and no
+model. Loopback only: the load never leaves this machine.
 
 ``--full-size`` (meant for a GPU): the encoder is a random-weight Long-CLIP ViT-L/14 at 248 tokens
 (the architecture of the published Long-CLIP-L, built offline like bench/train.py's), the index is its
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         for m in config["applications"][0]["args"]["models"]:
             m["device"] = "cuda"
         for d in config["applications"][0]["deployments"]:
-            if d["name"].startswith("encoder-"):
+            if d["name"].startswith("model-"):
                 d["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1}
     with (ServeProcess(config, ray.get_runtime_context().gcs_address) as app,
           httpx.Client(base_url=app.url, timeout=30, limits=httpx.Limits(max_connections=64)) as client):
@@ -154,13 +155,18 @@ def main(argv: list[str] | None = None) -> dict:
             return response.json()["results"]
 
         assert [h["id"] for h in http(texts[0])] == [h["id"] for h in direct(texts[0])], "HTTP and direct disagree"
+        def healthz(query: str) -> None:
+            client.get("/healthz").raise_for_status()
+
         for call in (http, direct):  # warm-up: first batches, connection pool, allocator
             run_load(call, texts, max(args.concurrency), 50, 10)
+        floor = run_load(healthz, texts, 1, args.requests, args.duration_s)
         for c in args.concurrency:
             row = {"concurrency": c}
             for name, call in (("http", http), ("direct", direct)):
                 row[name] = run_load(call, texts, c, args.requests, args.duration_s)
-            row["overhead"] = {"p50": round(row["http"]["p50_ms"] / row["direct"]["p50_ms"], 2),
+            row["overhead"] = {"p50_ms": round(row["http"]["p50_ms"] - row["direct"]["p50_ms"], 2),
+                               "p50": round(row["http"]["p50_ms"] / row["direct"]["p50_ms"], 2),
                                "p99": round(row["http"]["p99_ms"] / row["direct"]["p99_ms"], 2),
                                "qps": round(row["direct"]["qps"] / row["http"]["qps"], 2)}
             results.append(row)
@@ -169,13 +175,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[bench serve] {args.model} {size} ({recorded['family']}, dim {recorded['dim']}), text → image, k={args.k}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
     print(f"{'conc':>4} | {'HTTP qps':>8} {'p50 ms':>8} {'p99 ms':>8} | {'direct qps':>10} {'p50 ms':>8} {'p99 ms':>8} "
-          f"| {'p50 x':>6} {'p99 x':>6} {'qps x':>6}")
+          f"| {'p50 +ms':>7} {'p50 x':>6} {'p99 x':>6} {'qps x':>6}")
     for r in results:
         h, d, o = r["http"], r["direct"], r["overhead"]
         print(f"{r['concurrency']:>4} | {h['qps']:>8} {h['p50_ms']:>8} {h['p99_ms']:>8} | {d['qps']:>10} "
-              f"{d['p50_ms']:>8} {d['p99_ms']:>8} | {o['p50']:>6} {o['p99']:>6} {o['qps']:>6}")
-    print("overhead ratio = HTTP / direct for latency, direct / HTTP for QPS")
-    summary = {"model": args.model, "k": args.k, "cpus": os.cpu_count(), "results": results}
+              f"{d['p50_ms']:>8} {d['p99_ms']:>8} | {o['p50_ms']:>7} {o['p50']:>6} {o['p99']:>6} {o['qps']:>6}")
+    print("overhead = HTTP - direct (p50 +ms); ratios = HTTP / direct for latency, direct / HTTP for QPS")
+    print(f"floor: GET /healthz over HTTP (proxy + ingress, no model call) p50 {floor['p50_ms']} ms, "
+          f"p99 {floor['p99_ms']} ms, {floor['qps']} qps at concurrency 1")
+    summary = {"model": args.model, "k": args.k, "cpus": os.cpu_count(), "floor_healthz": floor, "results": results}
     print(json.dumps(summary))
     if args.json:
         import torch

@@ -204,6 +204,14 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_app_keeps_serving(client,
     assert status.status == "RUNNING" and all(d.status == "HEALTHY" for d in status.deployments.values())
 
 
+def test_serve_status_shows_the_ingress_and_one_deployment_per_model(app):
+    """A query is one call from the ingress to its model's deployment (encoder and index in one replica):
+    `serve status` lists exactly those, one running replica each with the tiny config."""
+    deployments = serve.status().applications["retrieval"].deployments
+    assert set(deployments) == {"ingress", "model-longclip", "model-cnclip"}
+    assert all(d.replica_states.get("RUNNING") == 1 for d in deployments.values()), deployments
+
+
 def test_builder_refuses_an_index_of_another_checkpoint(app, monkeypatch):
     _, indexes, root = app
     cnclip = read_index_manifest(indexes["cnclip"])["encoder"]["checkpoint"]
@@ -223,7 +231,7 @@ def test_builder_refuses_an_index_of_another_checkpoint(app, monkeypatch):
 
 def test_serve_build_makes_a_deployable_config_of_the_app(app, tmp_path):
     """`serve build artray.serve.app:app` (Serve's tool takes an application, not a builder): the config it
-    writes lists the ingress and each model's encoder and index deployments."""
+    writes lists the ingress and one deployment per model (its encoder and index together)."""
     import subprocess
     import sys
 
@@ -242,7 +250,7 @@ def test_serve_build_makes_a_deployable_config_of_the_app(app, tmp_path):
     (application,) = built["applications"]
     assert application["import_path"] == "artray.serve.app:app"
     names = {d["name"] for d in application["deployments"]}
-    assert names == {"ingress", *(f"encoder-{n}" for n in indexes), *(f"index-{n}" for n in indexes)}
+    assert names == {"ingress", *(f"model-{n}" for n in indexes)}  # one deployment per model: encoder + index
     env.pop("ARTRAY_SERVE_ARGS")
     refused = subprocess.run([serve_cli, "build", "artray.serve.app:app"], env=env, capture_output=True, text=True,
                              timeout=300)

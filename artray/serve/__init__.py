@@ -1,7 +1,7 @@
 """The search API on Ray Serve (see serve_configs/ and the README's "Search API").
 
 - ``artray.serve.app``          FastAPI ingress + ``build_app`` (the Serve config's import_path)
-- ``artray.serve.deployments``  per-model encoder (``@serve.batch``) and index deployments
+- ``artray.serve.deployments``  one deployment per model: encoder (``@serve.batch``) + FAISS index in one replica
 - ``artray.serve.config``       the app's ``args``: models, limits, auth, CORS
 - ``artray.serve.queries``      request parsing and validation (every bad request → 4xx)
 - ``artray.serve.client``       `artray search`

@@ -1,4 +1,4 @@
-"""The search API on Ray Serve: a FastAPI ingress composed with per-model encoder and index deployments.
+"""The search API on Ray Serve: a FastAPI ingress composed with one deployment per model.
 
     serve run serve_configs/retrieval.yaml        (or `serve deploy` it to a running cluster)
 
@@ -8,16 +8,21 @@ artworks or texts), ``POST /embed``, ``GET /models``, ``GET /healthz``. Errors a
 Prometheus metrics (``artray_http_*``, ``artray_encoder_*``, ``artray_index_*``) go through
 Ray's metrics export, which Prometheus scrapes on every node.
 
+A request takes two hops: Serve's HTTP proxy → the ingress (parsing, limits, auth, metrics,
+answer shape) → ``model-<name>`` (`ModelDeployment`: encoder and FAISS index in one replica,
+batched), one call per request. The ingress stays a deployment of its own so that a model
+replica dying under a request is its 503 to answer (the proxy would answer 500), and so that
+HTTP and models scale apart.
+
 `build_app(args)` is the ``import_path`` of the Serve config: it validates ``args``
 (`RetrievalAppConfig`), checks each index against the configured encoder, and binds
-``ingress`` → ``encoder-<model>`` + ``index-<model>`` handles. ``artray.serve.app:app`` is the
+``ingress`` → ``model-<name>`` handles. ``artray.serve.app:app`` is the
 same application built from the args in the file ``$ARTRAY_SERVE_ARGS``, for Serve's tools that
 take an application rather than a builder (``serve build artray.serve.app:app``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import os
@@ -50,11 +55,7 @@ from artray.errors import UserError
 from artray.index.retrieval import read_index_manifest
 from artray.serve.binding import pin_replica_grpc_to_node
 from artray.serve.config import RetrievalAppConfig
-from artray.serve.deployments import (
-    LATENCY_BOUNDARIES_MS,
-    EncoderDeployment,
-    IndexDeployment,
-)
+from artray.serve.deployments import LATENCY_BOUNDARIES_MS, ModelDeployment
 from artray.serve.queries import (
     ApiError,
     EmbedRequest,
@@ -79,8 +80,8 @@ RETRY_AFTER_S = "1"
 def _replica_died_under(exc: BaseException) -> bool:
     """True when `exc`, or what caused it, is a replica or node dying (see UNAVAILABLE).
 
-    Serve wraps one such death in a plain `RayServeException`: when the encoder replica dies while its
-    answer is passed on to the index (a chained call), the index call fails with "an upstream actor
+    Serve wraps one such death in a plain `RayServeException`: when a replica dies while its answer is
+    passed on to another deployment's call (a chained call), that call fails with "an upstream actor
     died", the ActorDiedError as its ``__cause__``. The request was fine; a retry works.
     """
     seen = 0
@@ -117,13 +118,13 @@ def _authorized(header: str | None, token: str) -> bool:
 @serve.deployment(name="ingress")
 @serve.ingress()
 class Ingress:
-    """HTTP front: checks requests, calls the model's encoder and index, shapes the answers."""
+    """HTTP front: checks requests, calls the model's deployment once, shapes the answers."""
 
-    def __init__(self, config: dict, encoders: dict[str, DeploymentHandle], indexes: dict[str, DeploymentHandle],
-                 models: list[dict]):
+    def __init__(self, config: dict, handles: dict[str, DeploymentHandle], models: list[dict]):
         pin_replica_grpc_to_node()
         self.cfg = RetrievalAppConfig.model_validate(config)
-        self.encoders, self.indexes, self.models = encoders, indexes, models
+        self.handles, self.models = handles, models
+        self.by_name = {m["name"]: m for m in models}
         self.token = self.cfg.auth.token()
         if self.token is None:
             logger.warning("artray search API: AUTH IS OFF — anyone who can reach this port can query it. "
@@ -136,64 +137,97 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_fastapi(self)
 
-    def _info(self, model: str) -> dict:
-        return next(m for m in self.models if m["name"] == model)
-
-    async def search(self, request: Request) -> dict:
+    async def search(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         q = await parse_search(request, self.cfg)
         request.state.model = q.model
-        if not self._info(q.model)["galleries"].get(q.target):
+        info = self.by_name[q.model]
+        if not info["galleries"].get(q.target):
             raise ApiError(400, "no_gallery", f"model {q.model!r} has no {q.target} gallery; search another target, "
                            f"or embed the corpus with {q.target}s and rebuild its index")
-        encoder, index = self.encoders[q.model], self.indexes[q.model]
+        model = self.handles[q.model]
         if q.rerank:
-            results = await self._reranked(q, encoder, index)
-        elif q.kind == "text":  # the encoder's answer goes straight to the index, not back through here first
-            results = await index.search.remote(encoder.embed_text.remote(q.value), q.k, q.target)
+            results = await self._reranked(q, model, info)
+        elif q.kind == "text":
+            results = await model.search_text.remote(q.value, q.k, q.target)
         elif q.kind == "image":
-            vector, problem = await encoder.embed_image.remote(q.value)
+            results, problem = await model.search_image.remote(q.value, q.k, q.target)
             if problem:
                 raise ApiError(415, "not_an_image", f"image is not a readable image: {problem}")
-            results = await index.search.remote(vector, q.k, q.target)
         else:
-            results = await index.search_artwork.remote(q.value, q.k, q.target)
+            results = await model.search_artwork.remote(q.value, q.k, q.target)
             if results is None:
-                raise ApiError(404, "unknown_artwork", f"artwork {q.value!r} is not in the image gallery of model {q.model!r}")
-        return {"model": q.model, "query": q.kind, "target": q.target, "k": q.k, "results": _public_hits(results),
-                "took_ms": round((time.perf_counter() - started) * 1000, 3)}
+                raise _unknown_artwork(q)
+        return JSONResponse({"model": q.model, "query": q.kind, "target": q.target, "k": q.k,
+                             "results": _public_hits(results),
+                             "took_ms": round((time.perf_counter() - started) * 1000, 3)})
 
-    async def _reranked(self, q: SearchQuery, encoder: DeploymentHandle, index: DeploymentHandle) -> list[dict]:
-        info = self._info(q.model)
+    async def _reranked(self, q: SearchQuery, model: DeploymentHandle, info: dict) -> list[dict]:
         problem = unsupported(q.rerank, info["family"])
         if problem:
             raise ApiError(400, "bad_rerank", f"model {q.model!r}: {problem}")
-        if q.kind == "text":
-            vector = await encoder.embed_text.remote(q.value)
-        elif q.kind == "image":
-            vector, problem = await encoder.embed_image.remote(q.value)
-            if problem:
-                raise ApiError(415, "not_an_image", f"image is not a readable image: {problem}")
-        else:
-            vector = await index.artwork_vector.remote(q.value)
-            if vector is None:
-                raise ApiError(404, "unknown_artwork", f"artwork {q.value!r} is not in the image gallery of model {q.model!r}")
-        hits, vectors = await index.candidates.remote(vector, max(q.k, info["rerank_candidates"]), q.target)
-        scores = await encoder.rerank.remote(q.rerank, q.target, q.kind, q.value, vector, hits, vectors)
+        hits, scores, problem = await model.rerank_search.remote(q.rerank, q.kind, q.value, q.k, q.target,
+                                                                 info["rerank_candidates"])
+        if problem == "unknown_artwork" and q.kind == "artwork_id":
+            raise _unknown_artwork(q)
+        if problem:
+            raise ApiError(415, "not_an_image", f"image is not a readable image: {problem}")
         return apply_scores(hits, scores, q.rerank, q.k)
 
-    async def embed(self, request: Request) -> dict:
+    async def embed(self, request: Request) -> JSONResponse:
         model, texts, images = await parse_embed(request, self.cfg)
         request.state.model = model
-        encoder = self.encoders[model]
-        text_vectors = await asyncio.gather(*(encoder.embed_text.remote(t) for t in texts))
-        image_results = await asyncio.gather(*(encoder.embed_image.remote(im) for im in images))
-        for i, (_, problem) in enumerate(image_results):
+        text_vectors, image_vectors, problems = await self.handles[model].embed.remote(texts, images)
+        for i, problem in enumerate(problems):
             if problem:
                 raise ApiError(415, "not_an_image", f"images[{i}] is not a readable image: {problem}")
-        info = self._info(model)
-        return {"model": model, "family": info["family"], "checkpoint": info["checkpoint"], "dim": info["dim"],
-                "texts": [v.tolist() for v in text_vectors], "images": [v.tolist() for v, _ in image_results]}
+        info = self.by_name[model]
+        return JSONResponse({"model": model, "family": info["family"], "checkpoint": info["checkpoint"],
+                             "dim": info["dim"], "texts": text_vectors, "images": image_vectors})
+
+
+def _unknown_artwork(q: SearchQuery) -> ApiError:
+    return ApiError(404, "unknown_artwork", f"artwork {q.value!r} is not in the image gallery of model {q.model!r}")
+
+
+class Guard:
+    """ASGI middleware of every route: the bearer token, and the request counter and latency metrics.
+
+    Plain ASGI rather than ``@app.middleware("http")`` (Starlette's BaseHTTPMiddleware runs each
+    request through an extra task group and memory streams: a fixed cost on every request)."""
+
+    def __init__(self, app, ingress):
+        self.app, self.ingress = app, ingress
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        token, status = self.ingress.token, [500]  # an exception escaping the app below is a 500
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if token and route not in OPEN_ROUTES and not _authorized(_header(scope, b"authorization"), token):
+                await error_response(401, "unauthorized", "send the API token as `Authorization: Bearer <token>`",
+                                     headers={"WWW-Authenticate": "Bearer"})(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            model = scope.get("state", {}).get("model", "-")
+            self.ingress.requests.inc(tags={"route": route, "status": str(status[0]), "model": model})
+            self.ingress.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
 def make_fastapi(ingress: Ingress) -> FastAPI:
@@ -231,19 +265,7 @@ def make_fastapi(ingress: Ingress) -> FastAPI:
         logger.exception("artray search API: internal error on %s", request.url.path)
         return error_response(500, "internal_error", f"{type(exc).__name__}: the server failed; see the ingress log")
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        route = request.url.path if request.url.path in ROUTES else "other"
-        if ingress.token and route not in OPEN_ROUTES and not _authorized(request.headers.get("authorization"), ingress.token):
-            response = error_response(401, "unauthorized", "send the API token as `Authorization: Bearer <token>`",
-                                      headers={"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-        model = getattr(request.state, "model", "-")
-        ingress.requests.inc(tags={"route": route, "status": str(response.status_code), "model": model})
-        ingress.latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
-        return response
+    app.add_middleware(Guard, ingress=ingress)  # wraps the exception handlers above: their answers are counted
 
     if ingress.cfg.cors.allow_origins:  # added last, so it is outermost: preflights never need the token
         cors = ingress.cfg.cors
@@ -275,7 +297,7 @@ def build_app(args: dict) -> serve.Application:
     `RetrievalAppConfig`). Refuses a model whose index was built by another encoder."""
     cfg = RetrievalAppConfig.model_validate(args)
     opts = cfg.storage_options()
-    encoders, indexes, models = {}, {}, []
+    handles, models = {}, []
     for m in cfg.models:
         manifest = read_index_manifest(m.index, opts)
         recorded = manifest["encoder"]
@@ -285,16 +307,15 @@ def build_app(args: dict) -> serve.Application:
                 f"model {m.name!r} is configured as {family}:{checkpoint}, but its index {m.index} was built from "
                 f"{recorded['family']}:{recorded['checkpoint']}; embed and index with this checkpoint, or drop "
                 "family/checkpoint from the model to use the index's")
-        encoders[m.name] = EncoderDeployment.options(name=f"encoder-{m.name}").bind(
-            m.name, family, checkpoint, m.device, m.dtype, recorded, cfg.limits.max_image_pixels, cfg.s3_endpoint,
-            manifest.get("corpus"), m.rerank.model_dump(mode="json"))
-        indexes[m.name] = IndexDeployment.options(name=f"index-{m.name}").bind(m.name, m.index, recorded, cfg.s3_endpoint)
+        handles[m.name] = ModelDeployment.options(name=f"model-{m.name}").bind(
+            m.name, family, checkpoint, m.device, m.dtype, m.index, recorded, cfg.limits.max_image_pixels,
+            cfg.s3_endpoint, manifest.get("corpus"), m.rerank.model_dump(mode="json"))
         models.append({"name": m.name, "family": family, "checkpoint": public_uri(checkpoint), "dim": recorded["dim"],
                        "index": public_uri(m.index), "galleries": {k: v["vectors"] for k, v in manifest["counts"].items()},
                        "faiss": manifest["faiss"], "built": manifest.get("finished"),
                        "rerank": [r for r in ("laclip", "itm") if not unsupported(r, family)],
                        "rerank_candidates": m.rerank.candidates})
-    return Ingress.bind(cfg.model_dump(mode="json"), encoders, indexes, models)
+    return Ingress.bind(cfg.model_dump(mode="json"), handles, models)
 
 
 ARGS_ENV = "ARTRAY_SERVE_ARGS"  # a YAML file: the app's args, or a Serve config whose artray app has them

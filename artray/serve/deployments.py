@@ -1,12 +1,21 @@
-"""The search app's back-end deployments: one encoder and one index per configured model.
+"""The search app's back end: one deployment per configured model, holding its encoder *and* its index.
 
-The classes hold no placement: replicas, ``num_gpus``, autoscaling and the encoder's
-batch size come from the Serve config file (``deployments:`` by name, ``encoder-<model>``
-/ ``index-<model>``; batch size and wait through ``user_config``).
+A query costs one call from the ingress: the replica embeds it and searches the FAISS
+gallery in the same process, so no vector crosses a process boundary and no second actor
+is on the path (bench/serve.py: each Serve hop costs a few ms on a small machine). Queries
+arriving together are batched (``@serve.batch``): one forward pass, then one FAISS search
+per (target, k) group of the batch, in one worker thread, so the replica's event loop keeps
+queueing the next batch meanwhile. Re-ranking (LACLIP, ITM) runs in the same replica too: the
+candidates' stored vectors and the gallery images never travel.
 
-An encoder replica refuses to start when its weights are not the ones the index was
-built with (family, checkpoint and fingerprint, see ``artray.encoders``), so a gallery
-is never searched with queries from another embedding space.
+The class holds no placement: replicas, ``num_gpus``, autoscaling and the batch size come from
+the Serve config file (``deployments:`` by name, ``model-<model>``; batch size and wait through
+``user_config``). Scaling a model means more replicas of its deployment, each with the encoder
+and a copy of the index in host memory (a flat index holds 3 KB per vector at dim 768).
+
+A replica refuses to start when the encoder's weights are not the ones the index was built with
+(family, checkpoint and fingerprint, see ``artray.encoders``), so a gallery is never searched with
+queries from another embedding space.
 """
 
 from __future__ import annotations
@@ -27,56 +36,142 @@ from artray.storage import StorageOptions
 
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128]
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
+DEFAULT_BATCH = {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}
 
 
-@serve.deployment(name="encoder")
-class EncoderDeployment:
-    """One model's encoder; single queries are batched (``@serve.batch``) into one forward pass."""
+@serve.deployment(name="model")
+class ModelDeployment:
+    """One model's encoder and galleries: embeds queries (batched) and searches them in-process."""
 
-    def __init__(self, model: str, family: str, checkpoint: str, device: str, dtype: str, expected: dict,
-                 max_image_pixels: int, s3_endpoint: str | None = None, corpus: str | None = None,
+    def __init__(self, model: str, family: str, checkpoint: str, device: str, dtype: str, index_uri: str,
+                 expected: dict, max_image_pixels: int, s3_endpoint: str | None = None, corpus: str | None = None,
                  rerank: dict | None = None):
         pin_replica_grpc_to_node()
         self.model, self.max_image_pixels = model, max_image_pixels
         options = StorageOptions(endpoint_url=s3_endpoint)
         self.encoder = load_encoder(family, checkpoint, device, dtype, options)
         check_same_encoder(expected, self.encoder.identity(), f"the index of model {model!r}")
+        self.index = load_index(index_uri, options)
+        if self.index.encoder != expected:
+            raise EncoderMismatchError(f"the index at {index_uri} was rebuilt with another encoder while model "
+                                       f"{model!r} was starting; deploy again")
         self.rerank_cfg = RerankConfig.model_validate(rerank or {})
         self.images = CorpusImages(corpus, options, max_image_pixels, self.rerank_cfg.image_cache) if corpus else None
         self.batch_size = Histogram("artray_encoder_batch_size", description="queries per encoder forward pass",
                                     boundaries=BATCH_BOUNDARIES, tag_keys=("model", "kind"))
         self.latency = Histogram("artray_encoder_batch_latency_ms", description="encoder forward pass latency",
                                  boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("model", "kind"))
+        self.search_latency = Histogram("artray_index_search_latency_ms", description="FAISS search latency",
+                                        boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("model", "target"))
 
     def reconfigure(self, config: dict) -> None:
-        """``user_config: {max_batch_size: 16, batch_wait_timeout_s: 0.005}`` from the Serve config."""
+        """``user_config: {max_batch_size: 16, batch_wait_timeout_s: 0.005}`` from the Serve config.
+        A wait of 0 batches what queued while the previous batch ran, and never delays a lone query."""
+        config = {**DEFAULT_BATCH, **(config or {})}
         for method in (self._texts, self._images):
-            method.set_max_batch_size(int(config.get("max_batch_size", 16)))
-            method.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
+            method.set_max_batch_size(int(config["max_batch_size"]))
+            method.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
 
     def info(self) -> dict:
         enc = self.encoder
         return {"family": enc.family, "checkpoint": enc.checkpoint, "dim": enc.dim, "device": enc.device,
-                "dtype": str(enc.dtype).removeprefix("torch.")}
+                "dtype": str(enc.dtype).removeprefix("torch."), "index": self.index.info()}
 
-    async def embed_text(self, text: str) -> np.ndarray:
-        return await self._texts(text)
+    # --- the routes' calls: one per request ---------------------------------------------------------
 
-    async def embed_image(self, data: bytes) -> tuple[np.ndarray | None, str | None]:
-        """(vector, None), or (None, why) when the image cannot be decoded."""
-        return await self._images(data)
+    async def search_text(self, text: str, k: int, target: str) -> list[dict]:
+        """The top-`k` hits of `target` for a text query."""
+        return (await self._texts(text, k, target))[1]
 
-    async def rerank(self, method: str, target: str, query_kind: str, query_value: str | bytes,
-                     query_vector: np.ndarray, hits: list[dict], hit_vectors: np.ndarray) -> list[float]:
-        """Re-ranking scores of `hits` for one query (see ``artray.serve.rerank``)."""
-        return await asyncio.to_thread(self._rerank, method, target, query_kind, query_value, query_vector,
-                                       hits, hit_vectors)
+    async def search_image(self, data: bytes, k: int, target: str) -> tuple[list[dict] | None, str | None]:
+        """(hits, None) for an image query, or (None, why) when the image cannot be decoded."""
+        vector_hits, problem = await self._images(data, k, target)
+        return (None, problem) if problem else (vector_hits[1], None)
 
-    def _rerank(self, method, target, query_kind, query_value, query_vector, hits, hit_vectors) -> list[float]:
+    async def search_artwork(self, artwork_id: str, k: int, target: str) -> list[dict] | None:
+        """Search with an artwork's stored image vector; None if it is not in the image gallery."""
+        vector = self.index.vector("image", artwork_id)
+        return None if vector is None else self._search(vector[None, :], k, target)[0]
+
+    async def embed(self, texts: list[str], images: list[bytes]) -> tuple[list, list, list[str | None]]:
+        """(text vectors, image vectors, why each image could not be decoded or None), as lists."""
+        text_vectors = await asyncio.gather(*(self._texts(t, 0, "") for t in texts))
+        image_results = await asyncio.gather(*(self._images(im, 0, "") for im in images))
+        return ([v.tolist() for v, _ in text_vectors],
+                [None if problem else vh[0].tolist() for vh, problem in image_results],
+                [problem for _, problem in image_results])
+
+    async def rerank_search(self, method: str, kind: str, value: str | bytes, k: int, target: str,
+                            candidates: int) -> tuple[list[dict] | None, list[float] | None, str | None]:
+        """(candidates' hits, their re-ranking scores, None), or (None, None, why) when the query image
+        is unreadable or the artwork unknown ("unknown_artwork"). The best `k` are the caller's to pick."""
+        if kind == "text":
+            vector = (await self._texts(value, 0, ""))[0]
+        elif kind == "image":
+            vector_hits, problem = await self._images(value, 0, "")
+            if problem:
+                return None, None, problem
+            vector = vector_hits[0]
+        else:
+            vector = self.index.vector("image", value)
+            if vector is None:
+                return None, None, "unknown_artwork"
+        hits, scores = await asyncio.to_thread(self._rerank, method, target, kind, value, vector, max(k, candidates))
+        return hits, scores, None
+
+    # --- batching and the work itself ---------------------------------------------------------------
+
+    @serve.batch(**DEFAULT_BATCH)
+    async def _texts(self, texts: list[str], ks: list[int], targets: list[str]) -> list[tuple]:
+        """(vector, hits) per query; k == 0 asks for the vector only."""
+        return await asyncio.to_thread(self._embed_and_search, "text", texts, ks, targets)
+
+    @serve.batch(**DEFAULT_BATCH)
+    async def _images(self, images: list[bytes], ks: list[int], targets: list[str]) -> list[tuple]:
+        """((vector, hits), None) per query, or (None, why) for an image that cannot be decoded."""
+        decoded: list = []
+        for data in images:  # one bad image must not fail the other requests of its batch
+            try:
+                decoded.append(to_rgb(data, self.max_image_pixels))
+            except ImageError as exc:
+                decoded.append(exc.detail)
+        good = [i for i, im in enumerate(decoded) if not isinstance(im, str)]
+        found = iter(await asyncio.to_thread(self._embed_and_search, "image", [decoded[i] for i in good],
+                                             [ks[i] for i in good], [targets[i] for i in good]) if good else [])
+        return [(None, d) if isinstance(d, str) else (next(found), None) for d in decoded]
+
+    def _embed_and_search(self, kind: str, items: list, ks: list[int], targets: list[str]) -> list[tuple]:
+        """One forward pass over `items`, then one FAISS search per (target, k) group of them."""
+        started = time.perf_counter()
+        vectors = self.encoder.encode_texts(items) if kind == "text" else self.encoder.encode_images(items)
+        tags = {"model": self.model, "kind": kind}
+        self.batch_size.observe(len(items), tags=tags)
+        self.latency.observe((time.perf_counter() - started) * 1000, tags=tags)
+        hits: list = [None] * len(items)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for i, (k, target) in enumerate(zip(ks, targets)):
+            if k:
+                groups.setdefault((target, k), []).append(i)
+        for (target, k), rows in groups.items():
+            for i, found in zip(rows, self._search(vectors[rows], k, target)):
+                hits[i] = found
+        return list(zip(vectors, hits))
+
+    def _search(self, vectors: np.ndarray, k: int, target: str) -> list[list[dict]]:
+        started = time.perf_counter()
+        hits = self.index.search(vectors, k, target)
+        self.search_latency.observe((time.perf_counter() - started) * 1000, tags={"model": self.model, "target": target})
+        return hits
+
+    def _rerank(self, method: str, target: str, query_kind: str, query_value: str | bytes, vector: np.ndarray,
+                n: int) -> tuple[list[dict], list[float]]:
+        """The top-`n` hits by cosine and their re-ranking scores (see ``artray.serve.rerank``)."""
+        hits = self._search(vector[None, :], n, target)[0]
         if not hits:
-            return []
+            return [], []
         if self.images is None:
             raise RuntimeError(f"model {self.model!r} has no corpus to read gallery images from; rebuild its index")
+        hit_vectors = np.stack([self.index.vector(target, h["id"]) for h in hits])
         kwargs = {"hit_vectors": hit_vectors}
         if target == "image":
             kwargs.update(query_text=query_value, gallery_images=self.images.get([h["artwork_id"] for h in hits]))
@@ -84,69 +179,4 @@ class EncoderDeployment:
             kwargs["query_image"] = to_rgb(query_value, self.max_image_pixels)
         else:
             kwargs["query_image"] = self.images.get([query_value])[0]
-        return rerank_scores(self.encoder, method, self.rerank_cfg, target, query_vector, hits, **kwargs).tolist()
-
-    def _observe(self, kind: str, n: int, started: float) -> None:
-        tags = {"model": self.model, "kind": kind}
-        self.batch_size.observe(n, tags=tags)
-        self.latency.observe((time.perf_counter() - started) * 1000, tags=tags)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _texts(self, texts: list[str]) -> list[np.ndarray]:
-        started = time.perf_counter()
-        vectors = await asyncio.to_thread(self.encoder.encode_texts, texts)  # the loop keeps queueing the next batch
-        self._observe("text", len(texts), started)
-        return list(vectors)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _images(self, images: list[bytes]) -> list[tuple[np.ndarray | None, str | None]]:
-        started = time.perf_counter()
-        decoded: list = []
-        for data in images:  # one bad image must not fail the other requests of its batch
-            try:
-                decoded.append(to_rgb(data, self.max_image_pixels))
-            except ImageError as exc:
-                decoded.append(exc.detail)
-        good = [im for im in decoded if not isinstance(im, str)]
-        vectors = iter(await asyncio.to_thread(self.encoder.encode_images, good))
-        self._observe("image", len(good), started)
-        return [(None, d) if isinstance(d, str) else (next(vectors), None) for d in decoded]
-
-
-@serve.deployment(name="index")
-class IndexDeployment:
-    """One model's galleries (images and texts) in FAISS, with their metadata."""
-
-    def __init__(self, model: str, uri: str, expected: dict, s3_endpoint: str | None = None):
-        pin_replica_grpc_to_node()
-        self.model = model
-        self.index = load_index(uri, StorageOptions(endpoint_url=s3_endpoint))
-        if self.index.encoder != expected:
-            raise EncoderMismatchError(f"the index at {uri} was rebuilt with another encoder while model {model!r} "
-                                       "was starting; deploy again")
-        self.latency = Histogram("artray_index_search_latency_ms", description="FAISS search latency",
-                                 boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("model", "target"))
-
-    def info(self) -> dict:
-        return self.index.info()
-
-    def artwork_vector(self, artwork_id: str) -> np.ndarray | None:
-        """The stored image vector of an artwork, None if it is not in the image gallery."""
-        return self.index.vector("image", artwork_id)
-
-    def candidates(self, vector: np.ndarray, n: int, target: str) -> tuple[list[dict], np.ndarray]:
-        """The top-`n` hits and their stored vectors (n, dim): what a re-ranker re-scores."""
-        hits = self.search(vector, n, target)
-        vectors = [self.index.vector(target, h["id"]) for h in hits]
-        return hits, np.stack(vectors) if vectors else np.zeros((0, self.index.dim), np.float32)
-
-    def search_artwork(self, artwork_id: str, k: int, target: str) -> list[dict] | None:
-        """Search with an artwork's stored image vector; None if it is not in the image gallery."""
-        vector = self.artwork_vector(artwork_id)
-        return None if vector is None else self.search(vector, k, target)
-
-    def search(self, vector: np.ndarray, k: int, target: str) -> list[dict]:
-        started = time.perf_counter()
-        hits = self.index.search(vector[None, :], k, target)[0]
-        self.latency.observe((time.perf_counter() - started) * 1000, tags={"model": self.model, "target": target})
-        return hits
+        return hits, rerank_scores(self.encoder, method, self.rerank_cfg, target, vector, hits, **kwargs).tolist()

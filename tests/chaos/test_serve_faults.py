@@ -1,12 +1,13 @@
-"""The search API under faults: a paced load on ``POST /search`` while an encoder replica and then the
-index replica are killed, once with the retrying client and once without retries.
+"""The search API under faults: a paced load on ``POST /search`` while one model replica and then every
+model replica are killed, once with the retrying client and once without retries.
 
 The app runs as users run it (`serve run` of the tiny config, 127.0.0.1 only) on a multi-node cluster
-(`ChaosCluster`: a head and 2 worker nodes) with 2 encoder replicas and 1 index replica. The load is
-paced (5 requests/s from 4 threads, at most 300 requests and 60 s per pass) and lasts until both
-replicas are back and at least 100 requests were answered. 5 s in, an encoder replica is killed
-through Ray (``ray.kill`` of its actor); once Serve has replaced it, the index replica's worker
-process gets a SIGKILL; each kill waits for a request to be in flight. What is proved: Serve
+(`ChaosCluster`: a head and 2 worker nodes) with 2 replicas of the model's deployment (encoder and index
+in one replica). The load is paced (5 requests/s from 4 threads, at most 300 requests and 60 s per pass)
+and lasts until the replicas are back and at least 100 requests were answered. 5 s in, one model
+replica is killed through Ray (``ray.kill`` of its actor: the other one keeps serving); once Serve has
+replaced it, the worker process of every model replica gets a SIGKILL (no replica left until Serve
+starts new ones); each kill waits for a request to be in flight. What is proved: Serve
 replaces each killed replica (the replica counts are back, with new replicas); a client that retries
 idempotent requests (`SearchClient`) sees no failed request; without retries the failures that do
 happen are 502/503/504 or dropped connections — answers a client may retry — never a 500. The
@@ -34,12 +35,13 @@ from artray.serve.local import ServeProcess, serve_config
 pytestmark = pytest.mark.chaos
 
 APP = "retrieval"
-TARGETS = {"encoder-longclip": 2, "index-longclip": 1}
+DEPLOYMENT = "model-longclip"
+TARGETS = {DEPLOYMENT: 2}
 # Load: one request every PACE_S from THREADS threads, until both replicas are back (+ SETTLE_S), at most
 # MAX_REQUESTS requests and MAX_LOAD_S seconds per pass.
 PACE_S, THREADS, MAX_REQUESTS, MAX_LOAD_S = 0.2, 4, 300, 60.0
 MIN_SENT = 100  # the load goes on (within MAX_LOAD_S) until at least this many requests were answered
-KILL_ENCODER_AT_S, SETTLE_S = 5.0, 3.0  # the index replica is killed SETTLE_S after the encoder is back
+KILL_ONE_AT_S, SETTLE_S = 5.0, 3.0  # every replica is killed SETTLE_S after the first killed one is replaced
 RECOVER_TIMEOUT_S = 120.0
 
 
@@ -56,33 +58,34 @@ def _running(deployment: str) -> int:
     return d.replica_states.get("RUNNING", 0) if status.status == "RUNNING" and d.status == "HEALTHY" else 0
 
 
-def _wait_recovered(deployment: str, killed: str, started: float) -> float:
-    """Seconds from the kill until Serve runs the target replica count again, without the killed one."""
+def _wait_recovered(deployment: str, killed: list[str], started: float) -> float:
+    """Seconds from the kill until Serve runs the target replica count again, without the killed ones."""
     while time.monotonic() - started < RECOVER_TIMEOUT_S:
         live = _replicas(deployment)
-        if killed not in live and len(live) == TARGETS[deployment] and _running(deployment) == TARGETS[deployment]:
+        if not set(killed) & set(live) and len(live) == TARGETS[deployment] and _running(deployment) == TARGETS[deployment]:
             return time.monotonic() - started
         time.sleep(0.25)
     raise AssertionError(f"{deployment}: not back to {TARGETS[deployment]} running replicas {RECOVER_TIMEOUT_S:.0f}s "
                          f"after killing {killed}: {serve.status().applications[APP].deployments[deployment]}")
 
 
-def _kill_encoder():
-    """(name, kill): `ray.kill` one encoder replica actor (no restart by Ray: Serve must replace it)."""
-    name = _replicas("encoder-longclip")[0]
+def _kill_one():
+    """(names, kill): `ray.kill` one model replica actor (no restart by Ray: Serve must replace it)."""
+    name = _replicas(DEPLOYMENT)[0]
     actor = ray.get_actor(name, namespace="serve")
-    return name, lambda: ray.kill(actor, no_restart=True)
+    return [name], lambda: ray.kill(actor, no_restart=True)
 
 
-def _kill_index():
-    """(name, kill): SIGKILL the index replica's worker process, as the OOM killer or a crash would."""
-    name = _replicas("index-longclip")[0]
-    pid = ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda self: os.getpid()), timeout=30)
-    return name, lambda: os.kill(pid, signal.SIGKILL)
+def _kill_all():
+    """(names, kill): SIGKILL the worker process of every model replica, as the OOM killer or a crash would."""
+    names = _replicas(DEPLOYMENT)
+    pids = [ray.get(ray.get_actor(n, namespace="serve").__ray_call__.remote(lambda self: os.getpid()), timeout=30)
+            for n in names]
+    return names, lambda: [os.kill(pid, signal.SIGKILL) for pid in pids]
 
 
 def _load_with_kills(url: str, retries: int) -> dict:
-    """Paced load from THREADS threads while the encoder, then the index replica is killed."""
+    """Paced load from THREADS threads while one model replica, then every model replica is killed."""
     client = SearchClient(url, retries=retries, backoff=0.2, max_backoff=2.0, retry_deadline_s=60, timeout_s=30)
     t0, stop = time.monotonic(), threading.Event()
     outcomes: list[tuple[float, str]] = []  # (start, seconds since t0; "ok" | HTTP status | "connection")
@@ -118,16 +121,16 @@ def _load_with_kills(url: str, retries: int) -> dict:
     with ThreadPoolExecutor(THREADS) as pool:
         futures = [pool.submit(one, i) for i in range(MAX_REQUESTS)]
         try:
-            time.sleep(KILL_ENCODER_AT_S)
-            for deployment, kill, how in (("encoder-longclip", _kill_encoder, "ray.kill of the replica actor"),
-                                          ("index-longclip", _kill_index, "SIGKILL of the replica process")):
-                name, fire = kill()
+            time.sleep(KILL_ONE_AT_S)
+            for fault, kill, how in (("one replica", _kill_one, "ray.kill of one replica actor"),
+                                     ("every replica", _kill_all, "SIGKILL of every replica process")):
+                names, fire = kill()
                 when_busy()
                 fire()
                 at = time.monotonic()
-                recover = _wait_recovered(deployment, name, at)
-                kills[deployment] = {"replica": name, "how": how, "at_s": round(at - t0, 2),
-                                     "recover_s": round(recover, 2)}
+                recover = _wait_recovered(DEPLOYMENT, names, at)
+                kills[fault] = {"replicas": names, "how": how, "at_s": round(at - t0, 2),
+                                "recover_s": round(recover, 2)}
                 time.sleep(SETTLE_S)
             while len(outcomes) < MIN_SENT and time.monotonic() - t0 < MAX_LOAD_S:  # fast recoveries: load on
                 time.sleep(0.1)
