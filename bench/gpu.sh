@@ -8,7 +8,7 @@
 #
 # Parts (each `python bench/<x>.py ... --json OUT/<part>.json` under its own time budget, so one part
 # that fails or runs long loses only its own figures): augment (steady img/s and image-steps/s, start-up
-# apart), train-longclip and train-cnclip (samples/s and MFU vs a plain loop), caption (captions/s and
+# apart), train-longclip and train-cnclip (samples/s and MFU vs a plain loop, DDP and DeepSpeed), caption (captions/s and
 # tokens/s vs a bare generate loop, transformers backend), embed (img/s vs a bare encoder loop), serve
 # (/search p50 over HTTP vs the same encoder + index in-process). Then bench/gpu_table.py prints one
 # Markdown table (artray, bare, ratio, unit, device, load before → after, date) and writes
@@ -52,7 +52,8 @@ fi
 if [[ $cpu -eq 1 ]]; then export CUDA_VISIBLE_DEVICES=""; fi
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
-# part name → time budget (s) and arguments. GPU budgets add up to 9 minutes (540 s); sizes are set so
+# part name → time budget (s) and arguments. GPU budgets add up to ~10 minutes (615 s; the train parts time
+# both strategies, DDP and DeepSpeed); sizes are set so
 # each part should end well inside its budget on one H100/H200 (model building included).
 declare -A budget args
 if [[ $tiny -eq 1 ]]; then
@@ -60,18 +61,18 @@ if [[ $tiny -eq 1 ]]; then
   budget=([augment]=150 [train-longclip]=150 [train-cnclip]=150 [caption]=150 [embed]=120 [serve]=180)
   args=(
     [augment]="augment.py --workdir $work/augment $flag --n 8 --startup-n 3 --variants 2 --steps 6 --long-side 64"
-    [train-longclip]="train.py --family longclip --epochs 2 --batch-size 4 --n 12 --workers 1"
-    [train-cnclip]="train.py --family cnclip --epochs 2 --batch-size 4 --n 12 --workers 1"
+    [train-longclip]="train.py --family longclip --strategy ddp,deepspeed --epochs 2 --batch-size 4 --n 12 --workers 1"
+    [train-cnclip]="train.py --family cnclip --strategy ddp,deepspeed --epochs 2 --batch-size 4 --n 12 --workers 1"
     [caption]="caption.py --workdir $work/caption --n 4 --presets caption --rounds 1 --max-new-tokens 8 --batch-size 2"
     [embed]="embed.py --workdir $work/embed $flag --n 12 --startup-n 3 --batch-size 4"
     [serve]="serve.py --n 12 --duration-s 3 --requests 60 --concurrency 1 --port $port --workdir $work/serve"
   )
 else
-  budget=([augment]=190 [train-longclip]=75 [train-cnclip]=85 [caption]=100 [embed]=45 [serve]=45)
+  budget=([augment]=190 [train-longclip]=110 [train-cnclip]=125 [caption]=100 [embed]=45 [serve]=45)
   args=(
     [augment]="augment.py --workdir $work/augment --full-size --n 36 --startup-n 4 --rounds 1"
-    [train-longclip]="train.py --full-size --use-gpu --family longclip --workers 1 --batch-size 32 --n 300 --epochs 3"
-    [train-cnclip]="train.py --full-size --use-gpu --family cnclip --workers 1 --batch-size 32 --n 300 --epochs 3"
+    [train-longclip]="train.py --full-size --use-gpu --family longclip --strategy ddp,deepspeed --workers 1 --batch-size 32 --n 300 --epochs 3"
+    [train-cnclip]="train.py --full-size --use-gpu --family cnclip --strategy ddp,deepspeed --workers 1 --batch-size 32 --n 300 --epochs 3"
     [caption]="caption.py --workdir $work/caption --full-size --n 16 --presets caption --rounds 1"
     [embed]="embed.py --workdir $work/embed --full-size --n 500 --startup-n 4 --batch-size 64"
     [serve]="serve.py --full-size --device cuda --n 50 --duration-s 8 --requests 400 --concurrency 1 8 --port $port --workdir $work/serve"

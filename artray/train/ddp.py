@@ -41,9 +41,11 @@ class DDPEngine:
         self.device = ray.train.torch.get_device()
         self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         # buffers of these models are constants (no BatchNorm statistics): no broadcast before each forward
-        self.model = ray.train.torch.prepare_model(
+        self.model = self.ddp = ray.train.torch.prepare_model(
             module, parallel_strategy="ddp",
             parallel_strategy_kwargs={"broadcast_buffers": False, "gradient_as_bucket_view": True})
+        if self.ddp is module:  # one worker: nothing to synchronise, no wrapper
+            self.ddp = None
         if cfg.compile:
             if self.device.type == "cuda":
                 self.model = torch.compile(self.model)
@@ -52,15 +54,15 @@ class DDPEngine:
         self.optimizer = make_optimizer(cfg, module, fused=_fused_ok(self.device))
         self.schedule = make_schedule(cfg, self.optimizer, total_steps)
         self.micro = 0
-        self._wrapped = self.model is not module
 
     # the loop's calls ---------------------------------------------------------------------------
     def __call__(self, **inputs):
         training = self.module.training and torch.is_grad_enabled()
         model = self.model if training else self.module  # validation: no DDP hooks
-        if training and self._wrapped and hasattr(self.model, "require_backward_grad_sync"):
-            # gradient accumulation: all-reduce only on the micro-batch that ends an optimizer step
-            self.model.require_backward_grad_sync = self._boundary()
+        if training and self.ddp is not None:
+            # gradient accumulation: all-reduce only on the micro-batch that ends an optimizer step (DDP's
+            # `no_sync`, set per forward since the forward and its backward are separate calls here)
+            self.ddp.require_backward_grad_sync = self._boundary()
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else contextlib.nullcontext())
         with autocast:

@@ -30,7 +30,7 @@ from artray.train.batches import to_device
 from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
 
-def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: bool, dtype) -> float:
+def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: bool, dtype, progress=None) -> float:
     """One pass over this worker's shard; returns the mean micro-batch loss (0 when no batch came).
 
     Every random draw of an epoch is seeded from the seed and the epoch (alpha and caption draws per
@@ -63,8 +63,10 @@ def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: b
         state["step"] = state["micro_step"] // cfg.grad_accum
         if cfg.log_every and rank == 0 and state["micro_step"] % (cfg.log_every * cfg.grad_accum) == 0:
             total = float(loss_sum)  # the one read-back, every log_every steps
-            print(f"[train] step {state['step']}: train loss {(total - (logged[0] or 0.0)) / (n - logged[1]):.4g}"
-                  f" (mean of the last {n - logged[1]} micro-batches)", flush=True)
+            line = (f"[train] step {state['step']}: train loss {(total - (logged[0] or 0.0)) / (n - logged[1]):.4g}"
+                    f" (mean of the last {n - logged[1]} micro-batches)")
+            print(line, flush=True)
+            note(progress, line)
             logged = (total, n)
         if cfg.fail_at_step is not None and not restored and rank == 0 and state["step"] == cfg.fail_at_step:
             raise RuntimeError(f"fail_at_step={cfg.fail_at_step}: injected failure (test hook)")
@@ -134,7 +136,9 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
                                            strategies.of_state(saved) if saved else None,
                                            f"checkpoint {checkpoint.path}" if checkpoint else "")
         if rank == 0:
-            print(f"[train] strategy {strategy} ({why}; {n_params / 1e6:.1f}M parameters)", flush=True)
+            line = f"[train] strategy {strategy} ({why}; {n_params / 1e6:.1f}M parameters)"
+            print(line, flush=True)
+            note(loop_config.get("progress"), line)
         engine, dtype, described = strategies.build(cfg, strategy, module, world, total_steps, rank)
         state.update(described)
         if saved is not None:
@@ -163,7 +167,8 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
         t0 = time.time()
         engine.train()
         samples_before = state.get("samples", 0)
-        train_loss = _train_epoch(cfg, family, engine, shard, state, rank, checkpoint is not None, dtype)
+        train_loss = _train_epoch(cfg, family, engine, shard, state, rank, checkpoint is not None, dtype,
+                                  loop_config.get("progress"))
         train_s, samples = time.time() - t0, state.get("samples", 0) - samples_before
         engine.eval()
         metrics = validate(cfg, family, engine, val_arts, val_texts, dtype)
