@@ -40,10 +40,11 @@ class DDPEngine:
         self.cfg, self.rank, self.module = cfg, rank, module
         self.device = ray.train.torch.get_device()
         self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
-        # buffers of these models are constants (no BatchNorm statistics): no broadcast before each forward
+        # buffers of these models are constants (no BatchNorm statistics): synced once at wrap time, not
+        # before every forward
         self.model = self.ddp = ray.train.torch.prepare_model(
             module, parallel_strategy="ddp",
-            parallel_strategy_kwargs={"broadcast_buffers": False, "gradient_as_bucket_view": True})
+            parallel_strategy_kwargs={"forward_sync_buffers": False, "gradient_as_bucket_view": True})
         if self.ddp is module:  # one worker: nothing to synchronise, no wrapper
             self.ddp = None
         if cfg.compile:

@@ -136,7 +136,7 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
                                            strategies.of_state(saved) if saved else None,
                                            f"checkpoint {checkpoint.path}" if checkpoint else "")
         if rank == 0:
-            line = f"[train] strategy {strategy} ({why}; {n_params / 1e6:.1f}M parameters)"
+            line = f"[train] strategy {strategy} ({why})"
             print(line, flush=True)
             note(loop_config.get("progress"), line)
         engine, dtype, described = strategies.build(cfg, strategy, module, world, total_steps, rank)

@@ -9,8 +9,6 @@ differ); asking for the other one explicitly is refused with the way out.
 
 from __future__ import annotations
 
-import json
-
 import torch
 from torch import nn
 
@@ -28,10 +26,11 @@ def resolve(requested: str, n_params: int, previous: str | None, checkpoint: str
                 f"model: <the run's export>")
         return previous, "the checkpoint being resumed was written with it"
     if requested != "auto":
-        return requested, "set in the config"
+        return requested, "asked for by the config (strategy, or a zero_stage / fp16 under auto)"
+    size = f"{n_params / 1e6:.1f}M parameters"
     if n_params >= DDP_MAX_PARAMS:
-        return "deepspeed", f"auto: {n_params / 1e6:.0f}M parameters ≥ {DDP_MAX_PARAMS / 1e9:.0f}B"
-    return "ddp", f"auto: {n_params / 1e6:.0f}M parameters < {DDP_MAX_PARAMS / 1e9:.0f}B"
+        return "deepspeed", f"auto: {size}, at least {DDP_MAX_PARAMS / 1e9:.0f}B"
+    return "ddp", f"auto: {size}, under {DDP_MAX_PARAMS / 1e9:.0f}B"
 
 
 def build(cfg, strategy: str, module: nn.Module, world: int, total_steps: int, rank: int):
@@ -59,6 +58,3 @@ def of_state(state: dict) -> str:
     """The strategy a checkpoint's loop state was written with (runs before the choice existed: deepspeed)."""
     return state.get("strategy", "deepspeed")
 
-
-def describe(strategy: str, why: str) -> str:
-    return json.dumps({"strategy": strategy, "why": why}, ensure_ascii=False)
