@@ -85,12 +85,15 @@ def init_ray(address: str | None = None) -> None:
     quiet_ray_console()
 
 
-def running_local_clusters() -> list[str]:
+LOCAL_CLUSTER_ENVS = "/tmp/artray-ray-*/client.env"  # cluster/start-local.sh's default ARTRAY_CLUSTER_DIR
+
+
+def running_local_clusters(pattern: str | None = None) -> list[str]:
     """client.env files of clusters cluster/start-local.sh started on this machine whose head still listens."""
     import glob
 
     found = []
-    for env_file in sorted(glob.glob("/tmp/artray-ray-*/client.env")):
+    for env_file in sorted(glob.glob(pattern or LOCAL_CLUSTER_ENVS)):
         try:
             with open(env_file, encoding="utf-8") as f:
                 line = next((ln for ln in f if ln.startswith("export RAY_ADDRESS=")), "")
