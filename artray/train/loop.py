@@ -198,6 +198,11 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
                              checkpoint_dir_name=f"checkpoint_epoch{state['epoch']:04d}")
             if path:
                 shutil.rmtree(path, ignore_errors=True)
+            # DDP: only rank 0 uploads a checkpoint, so the others would start the next epoch's split of the
+            # train set while it still copies; started apart, the ranks were seen to get unequal batches (a
+            # collective size mismatch in the chaos suite). All ranks start each epoch together.
+            if world > 1 and torch.distributed.is_initialized():
+                torch.distributed.barrier()
         if stop:
             break
     return state["history"]  # rank 0's: Ray Train hands it back as Result.return_value
