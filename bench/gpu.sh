@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of artray side by side with its bare baseline, in one run, one table.
 #
-#   bash bench/gpu.sh                      # on one H100/H200: full-size random-weight models, ~9 min
+#   bash bench/gpu.sh                      # on one H100/H200: full-size random-weight models, ~10 min
 #   bash bench/gpu.sh --cpu --tiny         # anywhere: tiny checkpoints on the CPU, a smoke run (~4 min on 2 cores)
 #   bash bench/gpu.sh --out /tmp/gpu-run   # where the JSON, logs and gpu_table.md go (default: a temp dir)
 #   bash bench/gpu.sh --only embed,serve   # a subset of the parts
