@@ -42,8 +42,7 @@ def init_ray(address: str | None = None) -> None:
     A local cluster started here opens no dashboard and binds every Ray port to loopback, so
     nothing listens beyond this machine; ``ARTRAY_BIND=<address of this machine>`` makes it
     listen there instead (Ray then binds its gRPC ports on every interface: a trusted network
-    only, token auth stays on). Joining a cluster, `worker_env` travels to the workers as the job's
-    runtime_env; a cluster started here hands it down through the environment its processes inherit.
+    only, token auth stays on). `worker_env` travels to the workers as the job's runtime_env.
     A stage joins a running cluster only when told (RAY_ADDRESS, `--address`); one that
     cluster/start-local.sh started is named in a hint, never joined by surprise.
     """
@@ -55,15 +54,13 @@ def init_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"logging_level": "WARNING", **ray_init_kwargs()}
+    env = worker_env()
+    if env and _IN_RAY_JOB_ENV not in os.environ:  # a submitted job has it in its runtime_env already
+        # (also without an address: a plain ray.init() joins a `ray start` cluster when there is one)
+        kwargs["runtime_env"] = {"env_vars": env}
     if address:
         address = _cluster_address(address)
-        env = worker_env()
-        if env and _IN_RAY_JOB_ENV not in os.environ:  # a submitted job has it in its runtime_env already
-            kwargs["runtime_env"] = {"env_vars": env}
     else:
-        # A cluster started here: its raylet, and so every worker, inherits this process's environment, so
-        # the settings of `worker_env` need no runtime_env (with one, no prestarted worker could be reused:
-        # each task's first worker would start anew).
         bind = os.environ.get(BIND_ENV, "").strip() or "127.0.0.1"
         if is_loopback(bind):
             _loopback_only()
