@@ -9,8 +9,8 @@ works), save a checkpoint (DeepSpeed: every rank; DDP: rank 0) every ``checkpoin
 last, and ``ray.train.report`` it with the metrics.
 
 The per-step path reads nothing back from the device: losses add up on the device and are read once
-per epoch (or every ``log_every`` steps when asked), batches are prepared ``prefetch_batches`` ahead in
-Ray Data's collate thread and copied to the GPU from pinned memory without blocking.
+per epoch (or every ``log_every`` steps when asked), batches are prepared one ahead in Ray Data's
+collate thread and copied to the GPU from pinned memory without blocking.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: b
     loss_sum, n, variants_seen, logged = None, 0, 0, (None, 0)
     batches = shard.iter_torch_batches(batch_size=cfg.batch_size,
                                        collate_fn=PrepareBatch(cfg, family, state["epoch"], pin_memory=pin),
-                                       prefetch_batches=cfg.prefetch_batches,
+                                       prefetch_batches=1,  # one collate thread (see TrainConfig)
                                        local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
                                        local_shuffle_seed=cfg.seed + state["epoch"])
     for inputs, rows, variants in batches:
@@ -198,11 +198,6 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
                              checkpoint_dir_name=f"checkpoint_epoch{state['epoch']:04d}")
             if path:
                 shutil.rmtree(path, ignore_errors=True)
-            # DDP: only rank 0 uploads a checkpoint, so the others would start the next epoch's split of the
-            # train set while it still copies; started apart, the ranks were seen to get unequal batches (a
-            # collective size mismatch in the chaos suite). All ranks start each epoch together.
-            if world > 1 and torch.distributed.is_initialized():
-                torch.distributed.barrier()
         if stop:
             break
     return state["history"]  # rank 0's: Ray Train hands it back as Result.return_value
