@@ -48,7 +48,7 @@ def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: b
     loss_sum, n, variants_seen, logged = None, 0, 0, (None, 0)
     batches = shard.iter_torch_batches(batch_size=cfg.batch_size,
                                        collate_fn=PrepareBatch(cfg, family, state["epoch"], pin_memory=pin),
-                                       prefetch_batches=1,  # one collate thread (see TrainConfig)
+                                       prefetch_batches=1,  # one collate thread: two gave ranks unequal batches (chaos suite)
                                        local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
                                        local_shuffle_seed=cfg.seed + state["epoch"])
     for inputs, rows, variants in batches:
