@@ -43,6 +43,8 @@ def init_ray(address: str | None = None) -> None:
     nothing listens beyond this machine; ``ARTRAY_BIND=<address of this machine>`` makes it
     listen there instead (Ray then binds its gRPC ports on every interface: a trusted network
     only, token auth stays on). `worker_env` travels to the workers as the job's runtime_env.
+    A stage joins a running cluster only when told (RAY_ADDRESS, `--address`); one that
+    cluster/start-local.sh started is named in a hint, never joined by surprise.
     """
     import ray
 
@@ -54,6 +56,7 @@ def init_ray(address: str | None = None) -> None:
     kwargs: dict = {"logging_level": "WARNING", **ray_init_kwargs()}
     env = worker_env()
     if env and _IN_RAY_JOB_ENV not in os.environ:  # a submitted job has it in its runtime_env already
+        # (also without an address: a plain ray.init() joins a `ray start` cluster when there is one)
         kwargs["runtime_env"] = {"env_vars": env}
     if address:
         address = _cluster_address(address)
@@ -64,6 +67,7 @@ def init_ray(address: str | None = None) -> None:
         else:
             kwargs["_node_ip_address"] = bind
         kwargs["include_dashboard"] = False
+        _hint_running_cluster()
     try:
         with quiet_ray_init():
             ray.init(address=address, **kwargs)
@@ -76,6 +80,42 @@ def init_ray(address: str | None = None) -> None:
                             "(`source <cluster dir>/client.env` after cluster/start-local.sh does both)") from exc
         raise
     quiet_ray_console()
+
+
+LOCAL_CLUSTER_ENVS = "/tmp/artray-ray-*/client.env"  # cluster/start-local.sh's default ARTRAY_CLUSTER_DIR
+
+
+def running_local_clusters(pattern: str | None = None) -> list[str]:
+    """client.env files of clusters cluster/start-local.sh started on this machine whose head still listens."""
+    import glob
+
+    found = []
+    for env_file in sorted(glob.glob(pattern or LOCAL_CLUSTER_ENVS)):
+        try:
+            with open(env_file, encoding="utf-8") as f:
+                line = next((ln for ln in f if ln.startswith("export RAY_ADDRESS=")), "")
+        except OSError:
+            continue
+        host, _, port = line.split("=", 1)[-1].split("#", 1)[0].strip().rpartition(":")
+        if not port.isdigit():
+            continue
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.2):
+                found.append(env_file)
+        except OSError:
+            continue
+    return found
+
+
+def _hint_running_cluster() -> None:
+    """Say so when a local cluster (cluster/start-local.sh) is running but this shell is not pointed at it:
+    joining it skips Ray's start-up (seconds per stage) instead of starting a private cluster beside it."""
+    running = running_local_clusters()
+    if running:
+        import sys
+
+        sys.stderr.write(f"[artray] a local Ray cluster is running: `source {running[0]}` to run on it and skip "
+                         "Ray's start-up; starting a private one for this run\n")
 
 
 def _cluster_address(address: str) -> str:

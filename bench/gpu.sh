@@ -11,7 +11,8 @@
 # that fails or runs long loses only its own figures): augment (steady img/s and image-steps/s, start-up
 # apart; the published recipe, batch 4), augment-fast (the GPU fast path: batch 8, fp16, SDPA, channels_last,
 # plus 8 images per pipeline call vs one per call), augment-compile (the same with torch.compile of the
-# UNet; only with --only, its compiles take minutes), train-longclip and train-cnclip (samples/s and MFU vs a plain loop), caption (captions/s and
+# UNet; only with --only, its compiles take minutes), train-longclip and train-cnclip (samples/s and MFU vs a
+# plain loop, DDP and DeepSpeed), caption (captions/s and
 # tokens/s vs a bare generate loop, transformers backend), embed (img/s vs a bare encoder loop), serve
 # (/search p50 over HTTP vs the same encoder + index in-process). Then bench/gpu_table.py prints one
 # Markdown table (artray, bare, ratio, unit, device, load before → after, date) and writes
@@ -55,8 +56,8 @@ fi
 if [[ $cpu -eq 1 ]]; then export CUDA_VISIBLE_DEVICES=""; fi
 port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
-# part name → time budget (s) and arguments. GPU budgets of the default parts add up to 10 minutes (620 s;
-# parts end well inside them); sizes are set so
+# part name → time budget (s) and arguments. GPU budgets of the default parts add up to under 10 minutes
+# (580 s; the train parts time both strategies, DDP and DeepSpeed; parts end well inside them); sizes are set so
 # each part should end well inside its budget on one H100/H200 (model building included).
 declare -A budget args
 if [[ $tiny -eq 1 ]]; then
@@ -67,22 +68,22 @@ if [[ $tiny -eq 1 ]]; then
     [augment]="augment.py --workdir $work/augment $flag --n 8 --startup-n 3 --variants 2 --steps 6 --long-side 64"
     [augment-fast]="augment.py --workdir $work/augment-fast $flag --n 8 --startup-n 3 --variants 2 --steps 6 --long-side 64 --batch-size 4 --batching 4"
     [augment-compile]="augment.py --workdir $work/augment-compile $flag --n 8 --variants 2 --steps 6 --long-side 64 --batch-size 4 --compile"
-    [train-longclip]="train.py --family longclip --epochs 2 --batch-size 4 --n 12 --workers 1"
-    [train-cnclip]="train.py --family cnclip --epochs 2 --batch-size 4 --n 12 --workers 1"
+    [train-longclip]="train.py --family longclip --strategy ddp,deepspeed --epochs 2 --batch-size 4 --n 12 --workers 1"
+    [train-cnclip]="train.py --family cnclip --strategy ddp,deepspeed --epochs 2 --batch-size 4 --n 12 --workers 1"
     [caption]="caption.py --workdir $work/caption --n 4 --presets caption --rounds 1 --max-new-tokens 8 --batch-size 2"
     [embed]="embed.py --workdir $work/embed $flag --n 12 --startup-n 3 --batch-size 4"
     [serve]="serve.py --n 12 --duration-s 3 --requests 60 --concurrency 1 --port $port --workdir $work/serve"
   )
 else
-  budget=([augment]=150 [augment-fast]=120 [augment-compile]=420 [train-longclip]=75 [train-cnclip]=85 [caption]=100
-          [embed]=45 [serve]=45)
+  budget=([augment]=120 [augment-fast]=100 [augment-compile]=420 [train-longclip]=95 [train-cnclip]=105 [caption]=80
+          [embed]=40 [serve]=40)
   # the augment parts share one random-weight SD-1.5 folder (built once, by the first that runs)
   args=(
     [augment]="augment.py --workdir $work/augment --model-cache $work/sd15 --full-size --n 24 --startup-n 4 --rounds 1"
     [augment-fast]="augment.py --workdir $work/augment-fast --model-cache $work/sd15 --full-size --n 24 --startup-n 4 --batch-size 8 --batching 8 --batching-images 16"
     [augment-compile]="augment.py --workdir $work/augment-compile --model-cache $work/sd15 --full-size --n 48 --startup-n 4 --batch-size 8 --compile --batching 8 --batching-images 32"
-    [train-longclip]="train.py --full-size --use-gpu --family longclip --workers 1 --batch-size 32 --n 300 --epochs 3"
-    [train-cnclip]="train.py --full-size --use-gpu --family cnclip --workers 1 --batch-size 32 --n 300 --epochs 3"
+    [train-longclip]="train.py --full-size --use-gpu --family longclip --strategy ddp,deepspeed --workers 1 --batch-size 32 --n 300 --epochs 3"
+    [train-cnclip]="train.py --full-size --use-gpu --family cnclip --strategy ddp,deepspeed --workers 1 --batch-size 32 --n 300 --epochs 3"
     [caption]="caption.py --workdir $work/caption --full-size --n 16 --presets caption --rounds 1"
     [embed]="embed.py --workdir $work/embed --full-size --n 500 --startup-n 4 --batch-size 64"
     [serve]="serve.py --full-size --device cuda --n 50 --duration-s 8 --requests 400 --concurrency 1 8 --port $port --workdir $work/serve"

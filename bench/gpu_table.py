@@ -45,10 +45,15 @@ def figures(part: str, r: dict) -> list[tuple[str, float | None, float | None, s
                 ("start-up (two-size estimate)", r["artray_startup_s"], r["bare_startup_s"], "s (lower is better)"),
                 ("wall img/s, start-up included", r["artray_img_per_s"], r["bare_img_per_s"], "img/s"), *extra]
     if part.startswith("train"):
-        rows = [("samples/s", r["artray_samples_per_s"], r["plain_samples_per_s"], "samples/s (bare = plain loop)")]
+        # one row per artray strategy timed (bench/train.py --strategy ddp,deepspeed), against the same plain loop
+        runs = r.get("by_strategy") or {r.get("strategy", "deepspeed"): {"samples_per_s": r["artray_samples_per_s"],
+                                                                         "mfu": r.get("artray_mfu")}}
+        rows = [(f"samples/s, {s}", v["samples_per_s"], r["plain_samples_per_s"], "samples/s (bare = plain loop)")
+                for s, v in runs.items()]
         if "artray_mfu" in r:
-            rows.append(("MFU", 100 * r["artray_mfu"], 100 * r["plain_mfu"],
-                         f"% of {r['peak_tflops']:g} TFLOP/s ({r['gflops_per_sample']:g} GFLOP/sample)"))
+            rows += [(f"MFU, {s}", 100 * v["mfu"], 100 * r["plain_mfu"],
+                      f"% of {r['peak_tflops']:g} TFLOP/s ({r['gflops_per_sample']:g} GFLOP/sample)")
+                     for s, v in runs.items()]
             rows.append(("step only (no data), samples/s", None, r["step_only_samples_per_s"], "samples/s"))
         return rows
     if part == "caption":

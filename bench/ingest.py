@@ -11,7 +11,8 @@ One run, side by side, same URLs, same server, same resize target:
 3. runs, each as a fresh process (start-up included, like a user running the tool), in an
    order that rotates every round:
    * **artray**: ``run_ingest`` with its defaults except ``max_long_side=576``, on a new
-     local Ray (``ray.init()`` inside the timed process), input corpus written with
+     local Ray (``artray.runtime.init_ray()`` inside the timed process, as ``artray ingest``
+     does), input corpus written with
      ``ShardWriter`` + ``artwork_row`` (``img_url`` set), output in a temp dir;
    * **img2dataset** (if found): ``--resize_mode keep_ratio_largest
      --resize_only_if_bigger True --image_size 576 --output_format parquet
@@ -192,10 +193,11 @@ def worker_artray(input_uri: str, output_uri: str, extra: dict) -> dict:
     t0 = time.perf_counter()
     import ray
 
+    from artray.runtime import init_ray
     from artray.stages.ingest import IngestConfig, run_ingest
 
     t_import = time.perf_counter()
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    init_ray()  # what `artray ingest` does: a new local cluster, or the one RAY_ADDRESS names
     t_ray = time.perf_counter()
     manifest = run_ingest(IngestConfig(input=input_uri, output=output_uri, max_long_side=TARGET, contact=CONTACT, **extra))
     t_done = time.perf_counter()

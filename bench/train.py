@@ -1,22 +1,25 @@
-"""Training throughput: artray's Ray Train + DeepSpeed loop vs a plain single-process PyTorch loop.
+"""Training throughput: artray's Ray Train loop (DDP and/or DeepSpeed) vs a plain single-process PyTorch loop.
 
-    .venv/bin/python bench/train.py [--family longclip] [--epochs 2] [--batch-size 8] [--n 60]
+    .venv/bin/python bench/train.py [--family longclip] [--epochs 2] [--batch-size 8] [--n 60] [--workers 1]
+    .venv/bin/python bench/train.py --strategy ddp,deepspeed       # both engines, one after the other
     .venv/bin/python bench/train.py --full-size --use-gpu [--family cnclip]    # on a GPU machine only
 
 Same model, same data, same batch size per step, one run, side by side:
 
-* **artray**: ``run_train`` with ``num_workers`` Ray Train workers, DeepSpeed (ZeRO stage
-  ``--zero``), the family's objective; samples/s = all workers' train samples / train time
-  per epoch as reported by the loop (validation and checkpointing excluded), the median of
-  the epochs after the first (the first includes warm-up; one short epoch on a noisy machine
-  can be far off, so not the best one);
+* **artray**: ``run_train`` with ``num_workers`` Ray Train workers, once per ``--strategy``
+  (``ddp``: torch DDP, fused AdamW and bf16 autocast on CUDA; ``deepspeed``: ZeRO stage ``--zero``),
+  the family's objective; samples/s = all workers' train samples / train time per epoch as
+  reported by the loop (validation and checkpointing excluded), the median of the epochs after
+  the first (the first includes warm-up; one short epoch on a noisy machine can be far off, so
+  not the best one);
 * **plain**: one process, the same family module and objective (no gathering across
-  workers), ``torch.optim.AdamW``, the same number of samples per epoch; the same median,
-  with 1 and with 2 torch threads on CPU (the faster one is compared);
+  workers), ``torch.optim.AdamW`` (fused on CUDA), the same number of samples per epoch; the
+  same median, with 1 and with 2 torch threads on CPU (the faster one is compared);
 * **step only** (``--use-gpu``): the plain loop's forward + backward + optimizer step repeated on
   one batch already on the GPU, no data loading: the ceiling both loops approach.
 
-Prints one JSON line with both samples/s and the ratio (artray / plain). On 2 CPU cores two
+Prints one JSON line with both samples/s and the ratio (artray / plain) of the first strategy, and every
+strategy's figures under ``by_strategy``. On 2 CPU cores two
 workers share the cores with Ray itself, so the ratio there measures overhead, not scaling.
 Model FLOPs per sample are counted once (``torch.utils.flop_counter`` over one forward +
 backward) and turned into model FLOPs utilisation against ``--peak-tflops`` (default: 989,
@@ -24,7 +27,7 @@ dense bf16 of an H100/H200 SXM).
 
 ``--full-size`` swaps the tiny checkpoint for a randomly initialised full-size architecture
 (Long-CLIP ViT-L/14 at 248 tokens, or Chinese-CLIP ViT-H/14 with a RoBERTa-large text tower)
-written to a temp folder, in bf16 with ZeRO-2, no checkpoints (``checkpoint_every: 0``): the
+written to a temp folder, in bf16, no checkpoints (``checkpoint_every: 0``): the
 compute of the real models, meant for a GPU machine.
 """
 
@@ -145,7 +148,8 @@ def plain_loop(cfg, epochs: int) -> dict:
     module = family.build_module().train()
     device = "cuda" if cfg.uses_gpu else "cpu"
     module.to(device)
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr)
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.lr,
+                            **({"fused": True} if device == "cuda" else {}))
     rows = build_train_table(cfg).to_pylist()
     rng, rates = random.Random(0), []
 
@@ -179,7 +183,10 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--n", type=int, default=60, help="sample corpus size")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--zero", type=int, default=2)
+    p.add_argument("--strategy", default="ddp,deepspeed",
+                   help="artray engines to time, comma-separated: ddp, deepspeed (the first one gives `ratio`)")
+    p.add_argument("--zero", type=int, default=2, help="ZeRO stage of the deepspeed runs")
+    p.add_argument("--compile", action="store_true", help="ddp runs: torch.compile (CUDA only)")
     p.add_argument("--full-size", action="store_true")
     p.add_argument("--use-gpu", action="store_true")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="default: bf16 with --full-size, else fp32")
@@ -212,17 +219,23 @@ def main() -> int:
         from artray import families
 
         model = make_tiny(os.path.join(root, "tiny"))[next(iter(families.get(args.family).tiny))]
+    strategies = [x.strip() for x in args.strategy.split(",") if x.strip()]
+    if not strategies or set(strategies) - {"ddp", "deepspeed"}:
+        p.error("--strategy: ddp, deepspeed or both (comma-separated)")
     # full size: no checkpoints (ZeRO-2 state of ViT-H is ~14 GB an epoch, not what is measured here)
-    cfg = TrainConfig(family=args.family, model=model, corpus=os.path.join(root, name), output=os.path.join(root, "runs"),
-                      epochs=args.epochs, batch_size=args.batch_size, num_workers=args.workers, zero_stage=args.zero,
-                      gpus_per_worker=1 if args.use_gpu else 0, precision=precision, lr=1e-4, warmup_steps=0, max_failures=0,
-                      export=False, keep_checkpoints=args.epochs, checkpoint_every=0 if args.full_size else 1,
-                      cpus_per_worker=args.cpus_per_worker or (8.0 if args.use_gpu else 1.0))
+    base = dict(family=args.family, model=model, corpus=os.path.join(root, name), epochs=args.epochs,
+                batch_size=args.batch_size, num_workers=args.workers, gpus_per_worker=1 if args.use_gpu else 0,
+                precision=precision, lr=1e-4, warmup_steps=0, max_failures=0, export=False,
+                keep_checkpoints=args.epochs, checkpoint_every=0 if args.full_size else 1,
+                cpus_per_worker=args.cpus_per_worker or (8.0 if args.use_gpu else 1.0))
+    configs = {s: TrainConfig(**base, output=os.path.join(root, f"runs-{s}"), strategy=s, compile=args.compile,
+                              **({"zero_stage": args.zero} if s == "deepspeed" else {})) for s in strategies}
+    cfg = configs[strategies[0]]
     ray.init(num_cpus=None if args.use_gpu else 2, include_dashboard=False, logging_level="ERROR")
-    out = run_train(cfg)
+    histories = {s: run_train(c)["history"] for s, c in configs.items()}
     ray.shutdown()
-    history = out["history"]
-    artray_sps = statistics.median(h["samples_per_s"] for h in (history[1:] or history))
+    rates = {s: statistics.median(h["samples_per_s"] for h in (hist[1:] or hist)) for s, hist in histories.items()}
+    artray_sps, history = rates[strategies[0]], histories[strategies[0]]
     import torch
 
     # Ray runs each worker with OMP_NUM_THREADS=1; on CPU the plain loop is timed with 1 and with 2 torch
@@ -238,7 +251,11 @@ def main() -> int:
     def mfu(sps: float) -> float:
         return round(sps * flops / (args.peak_tflops * 1e12), 4)
 
+    by_strategy = {s: {"samples_per_s": round(r, 2), "ratio": round(r / plain_sps, 3),
+                       "epochs_samples_per_s": [h["samples_per_s"] for h in histories[s]],
+                       **({"mfu": mfu(r)} if args.use_gpu else {})} for s, r in rates.items()}
     report = {"family": args.family, "full_size": args.full_size, "use_gpu": args.use_gpu, "precision": precision,
+              "strategy": strategies[0], "by_strategy": by_strategy,
               "workers": args.workers, "cpus_per_worker": cfg.cpus_per_worker, "zero": args.zero,
               "batch_size": args.batch_size, "n": args.n, "epochs": args.epochs, "artray_epochs_samples_per_s": [h["samples_per_s"] for h in history],
               "artray_samples_per_s": round(artray_sps, 2), "plain_samples_per_s": round(plain_sps, 2),

@@ -1,10 +1,12 @@
-"""Long-CLIP fine-tuning end to end: 2 Ray Train workers on CPU, DeepSpeed ZeRO-2, the tiny Long-CLIP
-checkpoint and the sample Artpedia corpus (200 artworks: 140 train, 30 val).
+"""Long-CLIP fine-tuning end to end: 2 Ray Train workers on CPU (DeepSpeed ZeRO-2, or plain DDP, the default
+strategy for a model this size), the tiny Long-CLIP checkpoint and the sample Artpedia corpus (200
+artworks: 140 train, 30 val).
 
-Default run: one training run whose loss falls and whose validation recall rises by a wide margin
-(several more hits of 30, and the mean of R@1/5/10 both ways), and a worker failure mid-run that
-resumes from the last checkpoint. Slow: Long-CLIP's PCM loss with variants (alpha 0.5) and generated
-captions plus the export; resume by re-running the same name; checkpoints on S3; ZeRO-3 and bf16.
+Default run: one DeepSpeed training run whose loss falls and whose validation recall rises by a wide margin
+(several more hits of 30, and the mean of R@1/5/10 both ways), and a DDP run with a worker failure mid-run
+that resumes from the last checkpoint and exports. Slow: Long-CLIP's PCM loss with variants (alpha 0.5)
+and generated captions plus the export; resume by re-running the same name (and a resume with the other
+strategy refused); checkpoints on S3; ZeRO-3 and bf16; DDP with bf16 autocast and compile on CPU.
 
 Learning rates here are for the tiny model and the sample corpus (the presets keep the papers' values).
 """
@@ -89,7 +91,7 @@ def _derived(artpedia: str, root) -> tuple[str, str]:
 
 def test_longclip_two_workers_deepspeed_loss_falls_and_recall_rises(ray_local, tiny, artpedia, tmp_path):
     cfg = TrainConfig(**FAST, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="learn",
-                      loss="infonce", epochs=5, max_failures=0, export=False, checkpoint_every=2)
+                      loss="infonce", epochs=5, max_failures=0, export=False, checkpoint_every=2, strategy="deepspeed")
     out = run_train(cfg)
     assert out["metrics"]["epoch"] == 5 and out["metrics"]["step"] == 5 * 18 and out["metrics"]["restored"] == 0
     assert_learns(out)
@@ -106,15 +108,24 @@ def test_longclip_two_workers_deepspeed_loss_falls_and_recall_rises(ray_local, t
 
 def test_worker_failure_resumes_from_last_checkpoint(ray_local, tiny, artpedia, tmp_path):
     # 5 steps per epoch: rank 0 raises at step 7 (epoch 2, after the epoch-1 checkpoint); the group restarts
-    # from that checkpoint, finishes epoch 2 and exports.
+    # from that checkpoint, finishes epoch 2 and exports. The default strategy for a model this size: DDP.
     cfg = TrainConfig(**SMOKE, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="fail",
                       epochs=2, fail_at_step=7, max_failures=1)
     out = run_train(cfg)
     assert out["metrics"]["epoch"] == 2 and out["metrics"]["step"] == 10 and out["metrics"]["restored"] == 1
     assert [h["epoch"] for h in out["history"]] == [1, 2]  # epoch 1 came back with its checkpoint
+    assert out["history"][0]["train_loss"] > out["history"][1]["train_loss"]  # it trains
     with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
-        assert [h["epoch"] for h in json.load(f)["history"]][-2:] == [1, 2]
-    assert os.path.exists(out["export"])
+        state = json.load(f)
+    assert [h["epoch"] for h in state["history"]][-2:] == [1, 2]
+    assert state["strategy"] == "ddp" and "deepspeed" not in state and state["world_size"] == 2
+    # the export is the same file a DeepSpeed run writes: longclip-L.pt's keys, 0-dim logit scale, trained
+    sd, src = load_state_dict(out["export"]), load_state_dict(tiny["longclip"])
+    assert set(sd) == set(src) and all(sd[k].shape == src[k].shape and sd[k].dtype == torch.float32 for k in sd)
+    assert not torch.equal(sd["text_projection"], src["text_projection"])
+    from artray.models.longclip import load_longclip
+
+    assert load_longclip(out["export"]).context_length == 248
 
 
 @pytest.mark.slow
@@ -148,6 +159,9 @@ def test_rerun_with_same_name_resumes_from_latest_checkpoint(ray_local, tiny, ar
                 max_failures=0, export=False)
     first = run_train(TrainConfig(**base, epochs=1))
     assert first["metrics"]["epoch"] == 1 and first["metrics"]["restored"] == 0
+    # its checkpoints are DDP's (auto): resuming them with DeepSpeed is refused, naming the way out
+    with pytest.raises(Exception, match="written with strategy ddp, this run asks for deepspeed"):
+        run_train(TrainConfig(**base, epochs=2, strategy="deepspeed"))
     second = run_train(TrainConfig(**base, epochs=2))  # a stopped run, started again with the same name
     assert second["metrics"]["epoch"] == 2 and second["metrics"]["step"] == 10
     assert second["metrics"]["restored"] == 1  # continued from epoch 1's checkpoint, not from scratch
@@ -185,3 +199,18 @@ def test_zero3_and_bf16_on_cpu(ray_local, tiny, artpedia, tmp_path, zero_stage, 
     with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
         assert json.load(f)["deepspeed"]["zero_optimization"] == {"stage": zero_stage}
     assert load_state_dict(out["export"])["logit_scale"].shape == ()
+
+
+@pytest.mark.slow
+def test_ddp_bf16_autocast_and_compile_on_cpu(ray_local, tiny, artpedia, tmp_path):
+    # bf16 under DDP is torch.autocast over fp32 weights (CPU has it too); compile is for CUDA workers and is
+    # skipped on CPU with a message, so the run trains, checkpoints and exports as without it.
+    cfg = TrainConfig(**SMOKE, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"), name="ddp-bf16",
+                      epochs=1, max_steps=3, strategy="ddp", precision="bf16", compile=True, max_failures=0,
+                      log_every=1)
+    out = run_train(cfg)
+    assert out["metrics"]["step"] == 3 and out["metrics"]["train_loss"] == out["metrics"]["train_loss"]  # not NaN
+    with open(os.path.join(out["best_checkpoint"], "train_state.json"), encoding="utf-8") as f:
+        assert json.load(f)["strategy"] == "ddp"
+    sd = load_state_dict(out["export"])
+    assert sd["logit_scale"].shape == () and sd["text_projection"].dtype == torch.float32  # fp32 master weights

@@ -81,10 +81,18 @@ class TrainConfig(JobConfig):
     batch_size: int = Field(8, description="samples per worker per micro-batch")
     grad_accum: int = Field(1, description="micro-batches per optimizer step")
     grad_clip: float | None = Field(1.0, description="clip the gradient norm to this (null: no clipping)")
+    strategy: Literal["auto", "ddp", "deepspeed"] = Field("auto",
+        description="data parallelism: ddp (torch DDP: fused AdamW, bf16 autocast), deepspeed (ZeRO), or auto: ddp "
+                    "for models under 1B parameters unless zero_stage or fp16 is set (then deepspeed)")
     zero_stage: int = Field(2, ge=0, le=3,
-                            description="DeepSpeed ZeRO stage (0: plain data parallel; 2: optimizer + gradient sharding; 3: + parameters)")
+                            description="DeepSpeed ZeRO stage (0: plain data parallel; 2: optimizer + gradient sharding; "
+                                        "3: + parameters); setting it picks deepspeed under strategy auto")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32",
-        description="training precision: fp32, bf16 or fp16 (mixed precision on GPUs)")
+        description="training precision: fp32, bf16 or fp16 (ddp: bf16 autocast over fp32 weights; deepspeed: "
+                    "weights in that type; fp16 only with deepspeed)")
+    compile: bool = Field(False, description="ddp on CUDA: torch.compile the model (a no-op with a message on CPU)")
+    log_every: int = Field(0, ge=0, description="print the running train loss every N optimizer steps (each print "
+                           "reads the loss back from the device; 0: once per epoch)")
     early_stop: bool = Field(False, description="stop at the first epoch whose val loss rises")
     seed: int = Field(42, description="seed of initialisation, shuffling and alpha mixing")
     # evaluation, checkpoints, cluster
@@ -132,6 +140,9 @@ class TrainConfig(JobConfig):
         if self.alpha > 0 and not self.variants:
             raise ValueError("alpha > 0 needs variants: the augment output URI (alpha: 0 trains on the real "
                              "images only)")
+        if self.strategy == "ddp" and self.precision == "fp16":
+            raise ValueError("precision fp16 needs strategy: deepspeed (its loss scaling); with ddp use bf16 "
+                             "(or fp32)")
         if self.checkpoint_every == 0 and self.export:
             raise ValueError("checkpoint_every: 0 writes no checkpoint, so there is nothing to export: "
                              "set export: false, or checkpoint_every: 1")
@@ -143,6 +154,15 @@ class TrainConfig(JobConfig):
     @property
     def is_retrieval(self) -> bool:
         return families.get(self.family).kind == "retrieval"
+
+    def requested_strategy(self) -> str:
+        """`strategy`, with what the config itself decides under auto: a ZeRO stage named in it (or in its
+        preset) or fp16 mean deepspeed; otherwise still "auto" (the worker decides by model size)."""
+        if self.strategy != "auto":
+            return self.strategy
+        if "zero_stage" in self.model_fields_set or self.precision == "fp16":
+            return "deepspeed"
+        return "auto"
 
     @property
     def uses_gpu(self) -> bool:

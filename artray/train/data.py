@@ -202,11 +202,11 @@ class PrepareBatch(ArrowBatchCollateFn):
 
     `iter_torch_batches` runs it in a background thread, a batch ahead of the training step, so the
     CPU work overlaps the GPU's. Returns ``(model inputs, rows, variants drawn)``; the caller moves the
-    inputs to its device.
+    inputs to its device (`pin_memory`: in page-locked memory, for an asynchronous copy to a GPU).
     """
 
-    def __init__(self, cfg: TrainConfig, family, epoch: int):
-        self.cfg, self.family, self.epoch = cfg, family, epoch
+    def __init__(self, cfg: TrainConfig, family, epoch: int, pin_memory: bool = False):
+        self.cfg, self.family, self.epoch, self.pin_memory = cfg, family, epoch, pin_memory
 
     def __call__(self, batch: pa.Table) -> tuple[dict, int, int]:
         rows = batch.to_pylist()
@@ -217,4 +217,8 @@ class PrepareBatch(ArrowBatchCollateFn):
             images = [auto_augment(im, augment_rng(self.cfg.seed, self.epoch, r["artwork_id"]))
                       for im, r in zip(images, rows)]
         inputs = self.family.train_batch(images, [draw_caption(r, g) for r, g in zip(rows, rngs)])
+        if self.pin_memory:
+            from artray.train.batches import pin
+
+            inputs = pin(inputs)
         return inputs, len(rows), sum(v for _, v in drawn)

@@ -50,8 +50,9 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     return ds
 
 
-def make_optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or AdaBelief over trainable parameters; weight decay on matrices only (open_clip's rule)."""
+def make_optimizer(cfg: TrainConfig, module: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW or AdaBelief over trainable parameters; weight decay on matrices only (open_clip's rule).
+    `fused`: torch's fused AdamW kernel (CUDA parameters, the DDP strategy)."""
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:
@@ -65,7 +66,7 @@ def make_optimizer(cfg: TrainConfig, module: nn.Module) -> torch.optim.Optimizer
                               "pip install adabelief-pytorch==0.2.1 (or set optimizer: adamw)") from exc
         return AdaBelief(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decouple=False,
                          rectify=True, print_change_log=False)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **({"fused": True} if fused else {}))
 
 
 def make_schedule(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int):

@@ -24,10 +24,16 @@ from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
 
 def consolidated_state_dict(ckpt_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
-    """fp32 weights of a local DeepSpeed checkpoint folder (any ZeRO stage), 0-dim parameters restored."""
+    """fp32 weights of a local checkpoint folder: DeepSpeed (any ZeRO stage; 0-dim parameters restored) or
+    DDP (the loop state says which)."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     with open(os.path.join(ckpt_dir, STATE_FILE), encoding="utf-8") as f:
-        reshaped = json.load(f).get("reshaped", [])
+        state = json.load(f)
+    reshaped = state.get("reshaped", [])
+    if state.get("strategy") == "ddp":  # one full replica, written by rank 0 (artray.train.ddp)
+        from artray.train.ddp import module_state_dict
+
+        return module_state_dict(ckpt_dir, CKPT_TAG)
     if zero_stage == 0:
         # DeepSpeed's own pickle, written by this run's workers into its Ray Train checkpoint (not user
         # weights, so artray.models.weights' opt-in does not apply); it holds non-tensor objects

@@ -1,20 +1,22 @@
-"""`train_loop_per_worker`: the one Ray Train loop every family runs, with DeepSpeed as the engine.
+"""`train_loop_per_worker`: the one Ray Train loop every family runs, on plain DDP or DeepSpeed.
 
-Per worker: build the family's module from the checkpoint, ``deepspeed.initialize`` it,
-restore the latest Ray Train checkpoint if there is one (after a worker failure or a
-rerun of a stopped job), then per epoch: stream this worker's shard of the train set
-(``ray.train.get_dataset_shard``), draw each sample's image (alpha) and caption, step,
-validate on the full validation set (every rank, in lockstep, so ZeRO-3 works), save a
-DeepSpeed checkpoint on every rank (every ``checkpoint_every`` epochs and the last) and
-``ray.train.report`` it with the metrics.
+Per worker: build the family's module from the checkpoint, pick the engine (:mod:`artray.train.strategy`:
+torch DDP with fused AdamW and bf16 autocast, or ``deepspeed.initialize``), restore the latest Ray
+Train checkpoint if there is one (after a worker failure or a rerun of a stopped job), then per epoch:
+stream this worker's shard of the train set (``ray.train.get_dataset_shard``), draw each sample's image
+(alpha) and caption, step, validate on the full validation set (every rank, in lockstep, so ZeRO-3
+works), save a checkpoint (DeepSpeed: every rank; DDP: rank 0) every ``checkpoint_every`` epochs and the
+last, and ``ray.train.report`` it with the metrics.
+
+The per-step path reads nothing back from the device: losses add up on the device and are read once
+per epoch (or every ``log_every`` steps when asked), batches are prepared one ahead in Ray Data's
+collate thread and copied to the GPU from pinned memory without blocking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-
-from artray.console import note, report
-from artray.jsonio import dumps_strict
 import os
 import random
 import tempfile
@@ -22,45 +24,63 @@ import time
 
 import torch
 
+from artray.console import note, report
+from artray.jsonio import dumps_strict
 from artray.train.batches import to_device
 from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
 
-def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: bool, dtype) -> list[float]:
-    """One pass over this worker's shard; returns the micro-batch losses.
+def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: bool, dtype, progress=None) -> float:
+    """One pass over this worker's shard; returns the mean micro-batch loss (0 when no batch came).
 
     Every random draw of an epoch is seeded from the seed and the epoch (alpha and caption draws per
     sample, `sample_rng`; the local shuffle) or also the rank (torch's RNG), so an epoch re-run after a
     restore from the previous epoch's checkpoint draws exactly what the uninterrupted run drew.
-    Batches are prepared one ahead in Ray Data's collate thread (`PrepareBatch`) and losses are read
-    back once per epoch, so on a GPU the next batch's decoding overlaps the current step.
+    Batches are prepared ahead in Ray Data's collate thread (`PrepareBatch`) and the loss is summed on
+    the device, so on a GPU the next batch's decoding overlaps the current step and nothing waits for it.
     """
     # torch draws too (BLIP's ITM negatives): reseeded per epoch, not carried over from earlier epochs
     torch.manual_seed(random.Random(f"torch:{cfg.seed}:{state['epoch']}:{rank}").getrandbits(63))
     from artray.train.data import PrepareBatch
 
-    losses, variants_seen = [], 0
-    batches = shard.iter_torch_batches(batch_size=cfg.batch_size, collate_fn=PrepareBatch(cfg, family, state["epoch"]),
-                                       prefetch_batches=1, local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
+    device = engine.device
+    pin = torch.device(device).type == "cuda"
+    loss_sum, n, variants_seen, logged = None, 0, 0, (None, 0)
+    batches = shard.iter_torch_batches(batch_size=cfg.batch_size,
+                                       collate_fn=PrepareBatch(cfg, family, state["epoch"], pin_memory=pin),
+                                       prefetch_batches=1,  # one collate thread: two gave ranks unequal batches (chaos suite)
+                                       local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
                                        local_shuffle_seed=cfg.seed + state["epoch"])
     for inputs, rows, variants in batches:
         variants_seen += variants
-        loss = family.loss(engine(**to_device(inputs, engine.device, dtype)))
+        loss = family.loss(engine(**to_device(inputs, device, dtype)))
         engine.backward(loss)
         engine.step()
-        losses.append(loss.detach())
+        loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
+        n += 1
         state["samples"] = state.get("samples", 0) + rows
         state["micro_step"] += 1
         state["step"] = state["micro_step"] // cfg.grad_accum
+        if cfg.log_every and rank == 0 and state["micro_step"] % (cfg.log_every * cfg.grad_accum) == 0:
+            total = float(loss_sum)  # the one read-back, every log_every steps
+            line = (f"[train] step {state['step']}: train loss {(total - (logged[0] or 0.0)) / (n - logged[1]):.4g}"
+                    f" (mean of the last {n - logged[1]} micro-batches)")
+            print(line, flush=True)
+            note(progress, line)
+            logged = (total, n)
         if cfg.fail_at_step is not None and not restored and rank == 0 and state["step"] == cfg.fail_at_step:
             raise RuntimeError(f"fail_at_step={cfg.fail_at_step}: injected failure (test hook)")
         if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
             break
     state["variants_seen"] = state.get("variants_seen", 0) + variants_seen
-    return torch.stack(losses).float().tolist() if losses else []
+    return float(loss_sum) / n if n else 0.0
 
 
-def _save(engine, state: dict, rank: int) -> str:
+def _save(engine, state: dict, rank: int) -> str | None:
+    """A local folder with this rank's part of the checkpoint (None: this rank has nothing to add, DDP's
+    ranks other than 0)."""
+    if state["strategy"] == "ddp" and rank != 0:
+        return None
     path = tempfile.mkdtemp(prefix=f"artray-ckpt-r{rank}-")
     engine.save_checkpoint(path, tag=CKPT_TAG)
     if rank == 0:
@@ -91,8 +111,8 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
     import ray.train
 
     from artray.families import trainer_class
+    from artray.train import strategy as strategies
     from artray.train.config import TrainConfig
-    from artray.train.engine import deepspeed_config, initialize
     from artray.train.validate import validate
 
     cfg = TrainConfig.model_validate(loop_config["cfg"])
@@ -103,25 +123,37 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
     module = family.build_module()
     epochs_total = cfg.epochs * loop_config["steps_per_epoch"]
     total_steps = min(epochs_total, cfg.max_steps) if cfg.max_steps else epochs_total
-    engine, _, _, reshaped = initialize(cfg, module, world, total_steps, rank)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    n_params = sum(p.numel() for p in module.parameters())
 
-    state = {"epoch": 0, "micro_step": 0, "step": 0, "history": [], "initial": None, "reshaped": reshaped,
-             "restored": 0, "deepspeed": deepspeed_config(cfg, world), "world_size": world}
+    state = {"epoch": 0, "micro_step": 0, "step": 0, "history": [], "initial": None, "restored": 0, "world_size": world}
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
+    with (checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext()) as d:
+        saved = None
+        if checkpoint is not None:
             with open(os.path.join(d, STATE_FILE), encoding="utf-8") as f:
-                state = json.load(f)
+                saved = json.load(f)
+        strategy, why = strategies.resolve(loop_config.get("strategy", cfg.requested_strategy()), n_params,
+                                           strategies.of_state(saved) if saved else None,
+                                           f"checkpoint {checkpoint.path}" if checkpoint else "")
+        if rank == 0:
+            line = f"[train] strategy {strategy} ({why})"
+            print(line, flush=True)
+            note(loop_config.get("progress"), line)
+        engine, dtype, described = strategies.build(cfg, strategy, module, world, total_steps, rank)
+        state.update(described)
+        if saved is not None:
+            state = {"strategy": strategy, **saved}  # runs before the choice existed were DeepSpeed runs
             if state["world_size"] != world:
+                why = ("ZeRO partitions per worker" if strategy == "deepspeed" else
+                       "its data shards and steps per epoch")
                 raise RuntimeError(
-                    f"checkpoint {checkpoint.path} was written by {state['world_size']} workers (ZeRO partitions "
-                    f"per worker); resume with num_workers={state['world_size']}, or start a new run (new name) "
-                    f"from the consolidated export as model")
+                    f"checkpoint {checkpoint.path} was written by {state['world_size']} workers ({why}); resume "
+                    f"with num_workers={state['world_size']}, or start a new run (new name) from the consolidated "
+                    f"export as model")
             engine.load_checkpoint(d, tag=CKPT_TAG)
-        state["restored"] += 1
-        print(f"[train] rank {rank}: resumed from {checkpoint.path} at epoch {state['epoch']}, "
-              f"step {state['step']}", flush=True)
+            state["restored"] += 1
+            print(f"[train] rank {rank}: resumed from {checkpoint.path} at epoch {state['epoch']}, "
+                  f"step {state['step']}", flush=True)
 
     val_arts = list(ray.train.get_dataset_shard("val_images").iter_rows())
     val_texts = list(ray.train.get_dataset_shard("val_texts").iter_rows())
@@ -135,12 +167,13 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
         t0 = time.time()
         engine.train()
         samples_before = state.get("samples", 0)
-        losses = _train_epoch(cfg, family, engine, shard, state, rank, checkpoint is not None, dtype)
+        train_loss = _train_epoch(cfg, family, engine, shard, state, rank, checkpoint is not None, dtype,
+                                  loop_config.get("progress"))
         train_s, samples = time.time() - t0, state.get("samples", 0) - samples_before
         engine.eval()
         metrics = validate(cfg, family, engine, val_arts, val_texts, dtype)
         state["epoch"] += 1
-        metrics.update(epoch=state["epoch"], step=state["step"], train_loss=sum(losses) / max(1, len(losses)),
+        metrics.update(epoch=state["epoch"], step=state["step"], train_loss=train_loss,
                        epoch_s=round(time.time() - t0, 2), train_s=round(train_s, 3),
                        samples_per_s=round(samples * world / max(train_s, 1e-9), 3), variants_seen=state.get("variants_seen", 0),
                        restored=state["restored"],
@@ -161,9 +194,10 @@ def train_loop_per_worker(loop_config: dict) -> list[dict]:
             ray.train.report(metrics)
         else:
             path = _save(engine, state, rank)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path),
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(path) if path else None,
                              checkpoint_dir_name=f"checkpoint_epoch{state['epoch']:04d}")
-            shutil.rmtree(path, ignore_errors=True)
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
         if stop:
             break
     return state["history"]  # rank 0's: Ray Train hands it back as Result.return_value

@@ -1,4 +1,4 @@
-"""`run_train(cfg)`: Ray Data inputs → `TorchTrainer` (DeepSpeed inside) → keep-best checkpoints → export.
+"""`run_train(cfg)`: Ray Data inputs → `TorchTrainer` (DDP or DeepSpeed inside) → keep-best checkpoints → export.
 
 Checkpoints go to ``<output>/<name>/`` (local or ``s3://``). Running the same config again
 with the same ``name`` resumes from the latest checkpoint there (Ray Train restores the run);
@@ -79,7 +79,7 @@ def run_train(cfg: TrainConfig) -> dict:
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
-                               "progress": progress.counter},
+                               "strategy": cfg.requested_strategy(), "progress": progress.counter},
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.uses_gpu,
                 resources_per_worker={"CPU": cfg.cpus_per_worker,

@@ -1,8 +1,8 @@
 """Training under faults: a worker failure injected at a chosen step, and a whole job that dies and is
 started again with the same run name, both end with the weights of a run that was never interrupted.
 
-2 Ray Train workers on CPU on a multi-node cluster (`ChaosCluster`: a head and 2 worker nodes),
-DeepSpeed ZeRO-2, the tiny Long-CLIP checkpoint and the sample Artpedia corpus (70 train artworks: 3
+2 Ray Train workers on CPU on a multi-node cluster (`ChaosCluster`: a head and 2 worker nodes), with
+each strategy (plain DDP, the default for this size, and DeepSpeed ZeRO-2), the tiny Long-CLIP checkpoint and the sample Artpedia corpus (70 train artworks: 3
 steps per epoch, 2 epochs), with variant (alpha) and caption draws on, so every source of randomness in
 an epoch is exercised. A restore goes back to the last epoch checkpoint and re-runs the epoch; that
 only reproduces the uninterrupted run if every draw of an epoch is seeded from (seed, epoch, rank)
@@ -63,10 +63,15 @@ def corpus_and_variants(tmp_path_factory) -> tuple[str, str]:
     return dest, variants
 
 
-def _config(tiny_models, data, tmp_path, name: str, **kw) -> TrainConfig:
+@pytest.fixture(scope="module", params=["ddp", "deepspeed"])
+def strategy(request) -> str:
+    return request.param
+
+
+def _config(tiny_models, data, tmp_path, name: str, strategy: str, **kw) -> TrainConfig:
     corpus, variants = data
     return TrainConfig(**{**BASE, **kw}, model=tiny_models["longclip"], corpus=corpus, variants=variants,
-                       output=str(tmp_path / "runs"), name=name)
+                       output=str(tmp_path / "runs"), name=name, strategy=strategy)
 
 
 def _final_weights(out: dict) -> dict[str, torch.Tensor]:
@@ -92,10 +97,10 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def clean(cluster, tiny_models, corpus_and_variants, tmp_path_factory) -> dict:
-    """The uninterrupted run every faulted run is compared with."""
+def clean(cluster, tiny_models, corpus_and_variants, tmp_path_factory, strategy) -> dict:
+    """The uninterrupted run every faulted run (of the same strategy) is compared with."""
     started = time.time()
-    out = run_train(_config(tiny_models, corpus_and_variants, tmp_path_factory.mktemp("clean"), "clean",
+    out = run_train(_config(tiny_models, corpus_and_variants, tmp_path_factory.mktemp("clean"), "clean", strategy,
                             max_failures=0))
     out["wall_s"] = round(time.time() - started, 1)
     assert out["metrics"]["step"] == EPOCHS * STEPS_PER_EPOCH and out["metrics"]["restored"] == 0
@@ -107,9 +112,10 @@ def clean(cluster, tiny_models, corpus_and_variants, tmp_path_factory) -> dict:
 
 
 def test_worker_failure_at_a_step_resumes_and_matches_the_uninterrupted_run(clean, tiny_models, corpus_and_variants,
-                                                                           tmp_path, chaos_report):
+                                                                           tmp_path, chaos_report, strategy):
     started = time.time()
-    out = run_train(_config(tiny_models, corpus_and_variants, tmp_path, "fault", fail_at_step=FAIL_AT, max_failures=1))
+    out = run_train(_config(tiny_models, corpus_and_variants, tmp_path, "fault", strategy, fail_at_step=FAIL_AT,
+                            max_failures=1))
     wall = round(time.time() - started, 1)
     m = out["metrics"]
     assert m["restored"] == 1  # the worker group restarted once, from epoch 1's checkpoint
@@ -119,7 +125,8 @@ def test_worker_failure_at_a_step_resumes_and_matches_the_uninterrupted_run(clea
         history = json.load(f)["history"]
     assert [h["step"] for h in history] == [STEPS_PER_EPOCH, EPOCHS * STEPS_PER_EPOCH]
     diff = _max_diff(_final_weights(out), clean["weights"])
-    chaos_report({"suite": "train", "fault": f"worker exception at step {FAIL_AT} of {EPOCHS * STEPS_PER_EPOCH}",
+    chaos_report({"suite": "train", "strategy": strategy,
+             "fault": f"worker exception at step {FAIL_AT} of {EPOCHS * STEPS_PER_EPOCH}",
              "recovery": "FailureConfig(max_failures=1): restart from the last epoch checkpoint",
              "steps_expected": clean["metrics"]["step"], "steps_done": m["step"], "restores": m["restored"],
              "max_abs_weight_diff": diff, "wall_s": wall, "clean_wall_s": clean["wall_s"]})
@@ -128,8 +135,8 @@ def test_worker_failure_at_a_step_resumes_and_matches_the_uninterrupted_run(clea
 
 
 def test_whole_job_rerun_with_the_same_name_resumes_and_matches(clean, tiny_models, corpus_and_variants, tmp_path,
-                                                                chaos_report):
-    cfg = _config(tiny_models, corpus_and_variants, tmp_path, "rerun", fail_at_step=FAIL_AT, max_failures=0)
+                                                                chaos_report, strategy):
+    cfg = _config(tiny_models, corpus_and_variants, tmp_path, "rerun", strategy, fail_at_step=FAIL_AT, max_failures=0)
     started = time.time()
     with pytest.raises(Exception, match=f"fail_at_step={FAIL_AT}"):  # no restarts left: the job itself fails
         run_train(cfg)
@@ -140,7 +147,8 @@ def test_whole_job_rerun_with_the_same_name_resumes_and_matches(clean, tiny_mode
     assert m["restored"] == 1 and (m["epoch"], m["step"]) == (EPOCHS, EPOCHS * STEPS_PER_EPOCH)
     assert m["initial_val_r1"] == clean["metrics"]["initial_val_r1"]  # carried over, not re-measured from scratch
     diff = _max_diff(_final_weights(out), clean["weights"])
-    chaos_report({"suite": "train", "fault": f"whole job fails at step {FAIL_AT} of {EPOCHS * STEPS_PER_EPOCH}",
+    chaos_report({"suite": "train", "strategy": strategy,
+             "fault": f"whole job fails at step {FAIL_AT} of {EPOCHS * STEPS_PER_EPOCH}",
              "recovery": "rerun of the same config and run name", "steps_expected": clean["metrics"]["step"],
              "steps_done": m["step"], "restores": m["restored"], "max_abs_weight_diff": diff, "wall_s": wall,
              "clean_wall_s": clean["wall_s"]})
