@@ -182,11 +182,17 @@ class _Local:
 class _S3:
     def __init__(self, uri: str, options: StorageOptions):
         import boto3
+        from botocore.config import Config
 
         _, path = storage.filesystem(uri, options)
         self.bucket, self.key = path.split("/", 1)
         region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self.client = boto3.client("s3", endpoint_url=options.resolved_endpoint(), region_name=region)
+        endpoint = options.resolved_endpoint()
+        if endpoint and "://" not in endpoint:
+            endpoint = f"https://{endpoint}"
+        # bounded like artray.storage's pyarrow client: a dead endpoint fails a lease call in seconds, not minutes
+        config = Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 4, "mode": "standard"})
+        self.client = boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
     @staticmethod
     def _code(exc) -> str:

@@ -210,10 +210,8 @@ def _embed_cfg(tiny, images, out):
                        shard_rows=1, device="cpu", cpus_per_actor=0.5)
 
 
-def test_bad_inputs_lose_nothing_and_writers_do_not_race(inputs, tiny_models, chaos_cluster, chaos_report, tmp_path):
+def test_bad_inputs_lose_nothing(inputs, tiny_models, chaos_cluster, chaos_report, tmp_path):
     from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.errors import UserError
-    from artray.lease import LeaseHeld
     from artray.stages.embed import run_embed
     from artray.stages.ingest import IngestConfig, run_ingest
 
@@ -225,7 +223,6 @@ def test_bad_inputs_lose_nothing_and_writers_do_not_race(inputs, tiny_models, ch
     for cls, r in accounts.items():
         assert r["lost"] == 0 and r["duplicated"] == 0, (cls, r)
         assert r["committed"] == r["rows"] if "(valid)" in cls else r["failed"], (cls, r)
-    clean = Snapshot.read(clean_out, "embeddings", "embedding_id", ("vector",))
     chaos_cluster.wait_resources_free(120)
 
     # 2. URL ingest against a misbehaving server
@@ -254,24 +251,47 @@ def test_bad_inputs_lose_nothing_and_writers_do_not_race(inputs, tiny_models, ch
                   "refused_with": str(refused.value).splitlines()[0][:200], "partial_output": written})
     assert not written
 
-    # 4. racing writers: a second embed run on an output being written is refused, naming the holder
+
+SECOND_WRITER = """import sys, time
+from pathlib import Path
+from artray.stages.embed import EmbedConfig, run_embed
+cfg = EmbedConfig.model_validate_json(sys.argv[1])
+print("READY", flush=True)
+while not Path(cfg.output, "_lease.json").exists():
+    time.sleep(0.02)
+run_embed(cfg)
+"""
+
+
+def test_racing_writers_and_a_killed_driver_lose_nothing(inputs, tiny_models, chaos_cluster, chaos_report, tmp_path):
+    from artray.stages.embed import run_embed
+
+    clean_out = str(tmp_path / "emb-clean")
+    run_embed(_embed_cfg(tiny_models, inputs["images"], clean_out))
+    clean = Snapshot.read(clean_out, "embeddings", "embedding_id", ("vector",))
+    chaos_cluster.wait_resources_free(120)
+    # the chaos cluster runs without token auth: a driver process must not turn it on for itself because this
+    # machine has a ~/.ray/auth_token (artray.runtime.prepare_client_env would; its peers could not call it)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": chaos_cluster.address,
+           "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE") or "disabled"}
+
+    # 4. racing writers: a second embed run, started while the first writes, is refused naming the holder
     race_out = str(tmp_path / "emb-race")
-    first: dict = {}
-    thread = threading.Thread(target=lambda: first.update(m=run_embed(_embed_cfg(tiny_models, inputs["images"],
-                                                                                 race_out))))
-    thread.start()
-    deadline = time.time() + 60
-    while not Path(race_out, "_lease.json").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    with pytest.raises(LeaseHeld, match=f":{os.getpid()} \\[embed\\]") as second:
-        run_embed(_embed_cfg(tiny_models, inputs["images"], race_out))
-    thread.join(600)
+    cfg = _embed_cfg(tiny_models, inputs["images"], race_out)
+    second = subprocess.Popen([sys.executable, "-c", SECOND_WRITER, cfg.model_dump_json()], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert second.stdout.readline().strip() == "READY"
+    run_embed(cfg)
+    second_out = second.stdout.read()
+    second.wait(60)
     race = Snapshot.read(race_out, "embeddings", "embedding_id", ("vector",)).compare(clean)
     chaos_report({"suite": "bad-input", "stage": "embed", "bad_input": "racing writer (second run, same output)",
                   "rows": race["rows_expected"], "committed": race["rows_present"], "failed": {"refused": 1},
                   "lost": race["rows_lost"], "duplicated": race["rows_duplicated"],
-                  "refused_with": str(second.value)[:160]})
-    assert "m" in first and race["rows_lost"] == race["rows_duplicated"] == race["rows_differing"] == 0, race
+                  "refused_with": second_out.strip().splitlines()[-1][:160] if second_out.strip() else None})
+    assert second.returncode != 0 and f":{os.getpid()} [embed]" in second_out, second_out[-2000:]
+    assert "is being written by another run" in second_out
+    assert race["rows_lost"] == race["rows_duplicated"] == race["rows_differing"] == 0, race
     assert race["failures_consistent"]
     chaos_cluster.wait_resources_free(120)
 
@@ -281,12 +301,13 @@ def test_bad_inputs_lose_nothing_and_writers_do_not_race(inputs, tiny_models, ch
     script.write_text("import sys\nfrom artray.stages.embed import EmbedConfig, run_embed\n"
                       f"run_embed(EmbedConfig.model_validate_json(sys.argv[1]))\n", encoding="utf-8")
     cfg = _embed_cfg(tiny_models, inputs["images"], killed_out)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": chaos_cluster.address}
-    driver = subprocess.Popen([sys.executable, str(script), cfg.model_dump_json()], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        driver = subprocess.Popen([sys.executable, str(script), cfg.model_dump_json()], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while committed_rows(storage.join(killed_out, "embeddings")) < 2 and time.time() < deadline:
-        assert driver.poll() is None, "the driver ended before it could be killed"
+        assert driver.poll() is None, f"the driver ended before it could be killed:\n{log.read_text()[-3000:]}"
         time.sleep(0.2)
     before = committed_rows(storage.join(killed_out, "embeddings"))
     driver.send_signal(signal.SIGKILL)
