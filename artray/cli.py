@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import typing
 
@@ -34,6 +35,12 @@ def _cmd_import(args) -> int:
     return 0
 
 
+def _cmd_serve_run(args) -> int:
+    from artray.serve.local import serve_run
+
+    return serve_run(args.config, args.address, args.non_blocking)
+
+
 # Jobs driven by a typed config: (command path, "module:ConfigClass", "module:run_function", positionals, help).
 # Each run function writes its outputs + manifest and prints its own one-line summary.
 RAY_JOBS = [
@@ -52,19 +59,24 @@ RAY_JOBS = [
     (("report",), "artray.evaluate.report:ReportConfig", "artray.evaluate.report:run_report", (),
      "one self-contained HTML report of retrieval metrics, captions and augmentation"),
     (("train",), "artray.train.config:TrainConfig", "artray.train.run:run_train", (),
-     "fine-tune Long-CLIP / Chinese-CLIP / BLIP / captioners on Ray Train + DeepSpeed"),
+     "fine-tune CLIP / Long-CLIP / Chinese-CLIP / BLIP / captioners on Ray Train (DDP or DeepSpeed)"),
     (("embed",), "artray.stages.embed:EmbedConfig", "artray.stages.embed:run_embed", (),
      "embed a corpus's images and texts with a retrieval checkpoint on Ray Data"),
     (("index", "build"), "artray.index.build:IndexConfig", "artray.index.build:build_index", (),
      "build FAISS galleries + metadata from `artray embed` output"),
     (("search",), "artray.serve.client:SearchClientConfig", "artray.serve.client:run_search", (),
-     "query a running search API (serve run serve_configs/retrieval.yaml)"),
+     "query a running search API (artray serve run serve_configs/retrieval.yaml)"),
 ]
 
 
 # Jobs that run in one process and need no Ray cluster (so they have no --address).
 LOCAL_JOBS = {"artray.evaluate.caption_metrics:run_caption_metrics", "artray.index.build:build_index",
               "artray.serve.client:run_search", "artray.evaluate.report:run_report", "artray.evaluate.runs:run_runs_eval"}
+
+
+# Jobs that write an output under a run lease (`artray.lease`): they take --force-lease.
+LEASED_JOBS = {"artray.stages.ingest:run_ingest", "artray.stages.augment:run_augment", "artray.stages.caption:run_caption",
+               "artray.stages.embed:run_embed", "artray.index.build:build_index", "artray.train.run:run_train"}
 
 
 def _load(ref: str):
@@ -77,6 +89,10 @@ def _run_job(args) -> int:
 
     given = {name: getattr(args, name) for name in args.positionals}
     cfg = config_from_args(_load(args.config_ref), args, {k: v for k, v in given.items() if v not in (None, [])})
+    if getattr(args, "force_lease", False):
+        from artray.lease import FORCE_ENV
+
+        os.environ[FORCE_ENV] = "1"
     if args.runner not in LOCAL_JOBS:
         from artray.runtime import init_ray
 
@@ -127,6 +143,10 @@ def _job_arguments(config_ref: str, runner: str, positionals: tuple[str, ...]):
                            help=f"{name} URI{'s' if many else ''} (or set {'them' if many else 'it'} in --config)")
         if runner not in LOCAL_JOBS:
             p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+        if runner in LEASED_JOBS:
+            p.add_argument("--force-lease", action="store_true",
+                           help="take the output's run lease even if another run seems to hold it: only once you "
+                                "are sure that run is dead (same as ARTRAY_FORCE_LEASE=1)")
         add_config_arguments(p, config_cls, skip=positionals)
 
     return populate
@@ -301,6 +321,19 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job(groups[parent] if parent else sub, path, config_ref, runner, positionals, help_text)
 
     _add_recipe_parsers(sub)
+
+    serve_p = sub.add_parser("serve", help="the search API")
+    serve_sub = serve_p.add_subparsers(dest="serve_command", required=True)
+    p = serve_sub.add_parser(
+        "run", help="`serve run <config>` on a local Ray bound to 127.0.0.1 (or $RAY_ADDRESS / --address)",
+        description="Ray Serve's `serve run <config>`, on a Ray started the way every artray job starts it: "
+                    "$RAY_ADDRESS or --address joins that cluster; else a local cluster whose every port listens on "
+                    "127.0.0.1 (ARTRAY_BIND=<address> binds there instead). Ray's own `serve run` without a cluster "
+                    "starts one listening on every interface. Ctrl-C stops the app.")
+    p.add_argument("config", help="Serve config file (serve_configs/retrieval.yaml)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+    p.add_argument("--non-blocking", action="store_true", help="return once the app is deployed")
+    p.set_defaults(func=_cmd_serve_run)
 
     p = sub.add_parser("demo", help="run the chain on the sample corpora with tiny models")
     p.add_argument("--workdir", default="demo_out", help="where the demo writes everything (default: demo_out)")

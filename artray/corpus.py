@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from artray import storage
+from artray.dedup import first_per_key
 from artray.schema import ARTWORK_SCHEMA, FAILURE_SCHEMA, TEXT_SCHEMA
 from artray.storage import DEFAULT_OPTIONS, StorageOptions
 
@@ -83,7 +84,11 @@ def read_table(dir_uri: str, schema: pa.Schema, options: StorageOptions = DEFAUL
 
 
 def read_artworks(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: list[str] | None = None) -> pa.Table:
-    return read_table(storage.join(uri, ARTWORKS), ARTWORK_SCHEMA, options, columns)
+    """The artwork rows of a corpus, one per `artwork_id` (an ingest output written by two runs at once,
+    before run leases, reads as if written once; the next ingest run repairs it on storage)."""
+    wanted = None if columns is None else list(dict.fromkeys([*columns, "artwork_id"]))
+    table = first_per_key(read_table(storage.join(uri, ARTWORKS), ARTWORK_SCHEMA, options, wanted), "artwork_id")
+    return table if columns is None else table.select(columns)
 
 
 def read_texts(uri: str, options: StorageOptions = DEFAULT_OPTIONS) -> pa.Table:

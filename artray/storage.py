@@ -203,15 +203,21 @@ def read_parquet(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: l
         raise _wrap(uri, "read", exc) from exc
 
 
+SHARD_PATH = "__filename"  # the column `read_shards(with_path=True)` adds: each row's shard, as `filesystem` paths
+
+
 def read_shards(uris: list[str], schema: pa.Schema, options: StorageOptions = DEFAULT_OPTIONS,
-                columns: list[str] | None = None, filter=None) -> pa.Table:
+                columns: list[str] | None = None, filter=None, with_path: bool = False) -> pa.Table:
     """The Parquet shards `uris` (one directory's, as `list_files` gives them) as one table of `schema`.
 
     One `pyarrow.dataset` over the shards: columns and `filter` (a ``pyarrow.dataset`` expression) are
     pushed down into the reads, and shards written under an older schema are cast to `schema` (a
     column they lack reads as nulls). A shard that is not complete Parquet is refused by its URI.
+    `with_path` adds the column `SHARD_PATH`: the path of the shard each row came from.
     """
     wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+    if with_path:
+        wanted = wanted.append(pa.field(SHARD_PATH, pa.string()))
     if not uris:
         return wanted.empty_table()
     fs, _ = filesystem(uris[0], options)

@@ -8,7 +8,9 @@ One row per faulted run: what was hit, when (rows committed before each fault, s
 the run) and how often, how many attempts the stage needed, rows expected / present / lost /
 duplicated / with other content, and the time to recover (fault → next committed row; for
 lost progress and storage faults, the rerun's wall time). Records of other suites (training,
-Serve) that carry none of the row figures go to a second table of their own fields.
+Serve) that carry none of the row figures go to a second table of their own fields. Records of
+bad inputs (``bad_input``: tests/chaos/test_bad_inputs.py) go to a third: per class of bad input,
+rows given, committed, failed (by reason), lost, duplicated, and whether nothing was lost.
 """
 
 from __future__ import annotations
@@ -59,7 +61,24 @@ def _what(record: dict) -> str:
     return record.get("fault", "?") + (f" ({', '.join(hit)})" if hit else "")
 
 
+BAD_INPUT_COLUMNS = [("stage", "stage"), ("bad_input", "bad input (class)"), ("rows", "rows"),
+                     ("committed", "committed"), ("failed", "failed (reason)"), ("lost", "lost"),
+                     ("duplicated", "duplicated"), ("nothing_lost", "nothing lost")]
+
+
+def bad_input_table(records: list[dict]) -> list[str]:
+    """The bad-input classes tried: one line per (stage, class)."""
+    out = ["| " + " | ".join(title for _, title in BAD_INPUT_COLUMNS) + " |", "|" + "---|" * len(BAD_INPUT_COLUMNS)]
+    for r in records:
+        failed = ", ".join(f"{k}={v}" for k, v in sorted((r.get("failed") or {}).items())) or "0"
+        values = {**r, "failed": failed, "nothing_lost": r.get("lost") == 0 and r.get("duplicated") == 0}
+        out.append("| " + " | ".join(_cell(values.get(key)) for key, _ in BAD_INPUT_COLUMNS) + " |")
+    return out
+
+
 def table(records: list[dict]) -> str:
+    bad = [r for r in records if "bad_input" in r]
+    records = [r for r in records if "bad_input" not in r]
     rows = [r for r in records if "rows_expected" in r]
     others = [r for r in records if "rows_expected" not in r]
     out = []
@@ -77,6 +96,8 @@ def table(records: list[dict]) -> str:
             figures = ", ".join(f"{k}={_cell(v)}" for k, v in r.items() if k not in SKIP | {"test", "name"}
                                 and not isinstance(v, (dict, list)))
             out.append(f"| {_cell(r.get('suite'))} | {_cell(r.get('test') or r.get('name'))} | {figures} |")
+    if bad:
+        out += ([""] if out else []) + bad_input_table(bad)
     return "\n".join(out) + "\n"
 
 

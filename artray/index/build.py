@@ -25,6 +25,7 @@ from artray.index import faiss_types
 from artray.index.faiss_types import FaissParams, IndexBuildError
 from artray.index.retrieval import KINDS, META_SCHEMA
 from artray.manifest import build_manifest
+from artray.lease import Lease
 from artray.outputs import read_embeddings
 
 STAGE = "index"
@@ -80,7 +81,13 @@ def build_index(cfg: IndexConfig) -> dict:
     if not encoder:
         raise IndexBuildError(f"{cfg.embeddings} has no encoder record: it embedded nothing; check its corpus")
     corpus_uri = cfg.corpus or source["input"]
-    table = read_embeddings(cfg.embeddings, opts)
+    with Lease(cfg.output, "index build", opts):  # one build at a time per index output
+        return _build(cfg, opts, started, encoder, corpus_uri)
+
+
+def _build(cfg: IndexConfig, opts, started: float, encoder: dict, corpus_uri: str) -> dict:
+    """`build_index` once the output's lease is held."""
+    table = read_embeddings(cfg.embeddings, opts)  # one row per embedding_id, also from a duplicate-holding output
     pairs = set(zip(table["model"].to_pylist(), table["checkpoint"].to_pylist()))
     if pairs - {(encoder["family"], encoder["checkpoint"])}:
         raise IndexBuildError(f"{cfg.embeddings} mixes encoders {sorted(pairs)}; embed into a fresh output")

@@ -1,4 +1,9 @@
-"""The search app on this machine: `serve run` of a config with overrides.
+"""The search app on this machine: `artray serve run`, and `serve run` of a config with overrides.
+
+`serve_run` is `artray serve run <config>`: Ray Serve's own `serve run`, in this process, on a Ray
+started the artray way (`artray.runtime.init_ray`: $RAY_ADDRESS / --address, else a local cluster
+whose every port listens on 127.0.0.1). Ray's plain ``serve run <config>`` on a machine with no
+cluster starts one itself, with Ray's defaults: GCS, raylet, replicas and agents on every interface.
 
 `ServeProcess` starts
 ``serve run <config>`` as a subprocess attached to the current Ray cluster — exactly
@@ -41,6 +46,25 @@ def serve_config(indexes: dict[str, str], port: int, template: Path = TINY_CONFI
                           if d["name"] == "ingress" or d["name"].split("-", 1)[1] in indexes]
     app["args"].update(copy.deepcopy(args))
     return config
+
+
+def serve_run(config: str, address: str | None = None, non_blocking: bool = False) -> int:
+    """`artray serve run <config>`: start or join Ray as `init_ray` does, then run Serve's ``serve run`` on it
+    (Ctrl-C shuts the app down, and a local cluster with it)."""
+    from artray.errors import UserError
+    from artray.runtime import init_ray
+
+    if not Path(config).is_file():
+        raise UserError(f"{config} is not a file: give a Serve config (e.g. serve_configs/retrieval.yaml)")
+    init_ray(address)
+    from ray.serve.scripts import cli
+
+    args = ["run", config, *(["--non-blocking"] if non_blocking else [])]
+    try:
+        cli.main(args, prog_name="artray serve", standalone_mode=False)
+    except SystemExit as exc:  # serve run's own exit on Ctrl-C
+        return int(exc.code or 0)
+    return 0
 
 
 def _apps_running() -> bool:

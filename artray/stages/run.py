@@ -15,10 +15,15 @@
 8. consolidate ``_failures`` (one row per key, none for keys done by now), the stage's counts,
    ``_manifest.json`` last, and one summary line for people.
 
+Steps 2-8 run under the output's run lease (`artray.lease`, ``<output>/_lease.json``): a second run
+on the same output is refused before it writes anything. Step 5 also repairs an output that holds a
+key twice (written by two runs at once before leases existed): `artray.dedup.compact` rewrites the
+shards holding the extra rows, and the summary line says so.
+
 A stage is a `Stage` subclass that declares what is particular to it (its output table, schema,
 key, pinned settings, work, map UDF, counts and summary line) and overrides a hook where its
 pipeline differs (ingest commits inside its actors; augment plans whole batches). One run at a
-time per output URI.
+time per output URI (the lease).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ import ray
 
 from artray import corpus, storage
 from artray.corpus import MANIFEST
+from artray.dedup import compact, first_per_key
 from artray.errors import UserError
+from artray.lease import Lease
 from artray.manifest import build_manifest
 from artray.outputs import latest_failures, params_file
 from artray.console import StageProgress
@@ -246,12 +253,19 @@ def run_stage(stage: Stage, cfg: StageConfig) -> dict:
         raise stage.error(f"{cfg.input} has no {MANIFEST}: it is not a finished corpus "
                           "(run `artray corpus import` / `artray corpus ingest` first)")
     stage.check(cfg, opts)
+    with Lease(cfg.output, stage.name, opts):  # one run at a time per output; refused here, naming the holder
+        return _run_leased(stage, cfg, opts, started)
+
+
+def _run_leased(stage: Stage, cfg: StageConfig, opts: storage.StorageOptions, started: float) -> dict:
+    """`run_stage` once the output's lease is held: steps 2-8."""
     stage.pin(cfg, opts)
     storage.delete(storage.join(cfg.output, MANIFEST), opts)  # unfinished until the manifest is written again
     init_ray()
-    run = Run(cfg, opts, time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + corpus.new_run_id(), started,
-              corpus.committed_ids(storage.join(cfg.output, stage.table), stage.key, opts),
-              latest_failures(cfg.output, stage.name, opts))
+    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started)) + "-" + corpus.new_run_id()
+    # the committed keys; an output that holds a key twice (two runs before leases existed) is repaired here
+    committed = compact(storage.join(cfg.output, stage.table), stage.schema, stage.key, run_id, opts)
+    run = Run(cfg, opts, run_id, started, committed.keys, latest_failures(cfg.output, stage.name, opts))
 
     todo = stage.todo(run)
     logger.debug("%s: %d rows to make (%s)", stage.name, todo.rows, todo.counts)
@@ -267,15 +281,20 @@ def run_stage(stage: Stage, cfg: StageConfig) -> dict:
         actors = pool.size
     wall = time.time() - pipeline_started
 
-    table = corpus.read_table(storage.join(cfg.output, stage.table), stage.schema, opts,
-                              columns=[stage.key, *stage.final_columns])
+    table = first_per_key(corpus.read_table(storage.join(cfg.output, stage.table), stage.schema, opts,
+                                            columns=[stage.key, *stage.final_columns]), stage.key)
     failures = consolidate_failures(cfg.output, stage.name, stage.final_keys(run, table), run.run_id, opts)
     stats = {**stats, "failed": dict(sorted((Counter(stats["failed"]) + todo.failed).items()))}
     counts = {**todo.counts, **stage.finish(run, todo, stats, table, failures), "failed_this_run": stats["failed"],
-              **failure_counts(failures, stage.name)}
+              **failure_counts(failures, stage.name),
+              **({"duplicates_removed": committed.removed} if committed.removed else {})}
     manifest = build_manifest(stage.name, cfg.model_dump(mode="json"), counts, started, run_id=run.run_id,
                               input=cfg.input, output=cfg.output, actors=actors, **todo.meta,
                               **stage.manifest_fields(run, todo, stats, wall))
     corpus.write_manifest(cfg.output, manifest, opts)
-    print(stage.summary_line(manifest))
+    line = stage.summary_line(manifest)
+    if committed.removed:
+        line += (f"; repaired: removed {committed.removed} duplicate rows (a key committed twice, by two runs at once "
+                 f"before run leases), {committed.shards} shards rewritten")
+    print(line)
     return manifest

@@ -57,7 +57,17 @@ def best_checkpoint(result, metric: str):
 
 def run_train(cfg: TrainConfig) -> dict:
     """Train `cfg` on the current Ray cluster; returns the last and every epoch's metrics, the best
-    checkpoint and the export path."""
+    checkpoint and the export path. The run folder ``<output>/<name>/`` is leased for the run's life
+    (`artray.lease`): a second training with the same output and name is refused while this one runs."""
+    from artray.lease import Lease
+
+    # one training per run folder: two with the same output + name would write one checkpoint history
+    with Lease(storage.join(cfg.output, cfg.name), f"train {cfg.name}", cfg.storage_options()):
+        return _fit(cfg)
+
+
+def _fit(cfg: TrainConfig) -> dict:
+    """`run_train` once the run folder's lease is held."""
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
