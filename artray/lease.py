@@ -123,19 +123,30 @@ def describe(holder: dict, now: float | None = None) -> str:
 class _Local:
     def __init__(self, uri: str):
         self.path = Path(storage.filesystem(uri)[1])
+        self.made: list[Path] = []  # folders the lease created (removed again if the run wrote nothing)
 
     def create(self, body: bytes) -> object | None:
-        """Write `body` if no lease exists; returns a version handle, or None when one exists."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return None
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        return body
+        """Write `body` if no lease exists; returns a version handle, or None when one exists. The lease
+        appears whole (a hard link of a finished temp file), so a racing reader never sees it half written."""
+        for _ in range(3):  # a finishing run may remove the empty output folder between mkdir and link
+            missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.made = self.made or missing
+            tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(body)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, self.path)
+                return body
+            except FileExistsError:
+                return None
+            except FileNotFoundError:
+                continue
+            finally:
+                tmp.unlink(missing_ok=True)
+        raise OSError(f"could not create the run lease {self.path}: its folder keeps disappearing")
 
     def read(self) -> tuple[dict, object] | None:
         try:
@@ -176,7 +187,14 @@ class _Local:
             lock.unlink(missing_ok=True)
 
     def delete(self) -> None:
+        """Delete the lease, and the output folders it created if the run left them empty (a run refused
+        before it wrote anything leaves no trace)."""
         self.path.unlink(missing_ok=True)
+        for folder in self.made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote there) or gone: leave it
+                break
 
 
 class _S3:
