@@ -83,9 +83,13 @@ def read_table(dir_uri: str, schema: pa.Schema, options: StorageOptions = DEFAUL
     return storage.read_shards(storage.list_files(dir_uri, ".parquet", options), schema, options, columns)
 
 
-def read_artworks(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: list[str] | None = None) -> pa.Table:
+def read_artworks(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: list[str] | None = None,
+                  unique: bool = True) -> pa.Table:
     """The artwork rows of a corpus, one per `artwork_id` (an ingest output written by two runs at once,
-    before run leases, reads as if written once; the next ingest run repairs it on storage)."""
+    before run leases, reads as if written once; the next ingest run repairs it on storage). `unique=False`
+    reads every row as stored, for checks that must see duplicates (a corrupt input is refused, not thinned)."""
+    if not unique:
+        return read_table(storage.join(uri, ARTWORKS), ARTWORK_SCHEMA, options, columns)
     wanted = None if columns is None else list(dict.fromkeys([*columns, "artwork_id"]))
     table = first_per_key(read_table(storage.join(uri, ARTWORKS), ARTWORK_SCHEMA, options, wanted), "artwork_id")
     return table if columns is None else table.select(columns)

@@ -406,4 +406,7 @@ def test_every_stage_has_an_entrypoint_and_an_example_config():
         assert (REPO / script).exists(), script
         if stage == "evaluate-retrieval":
             continue  # its config comes with `artray evaluate retrieval`
+        if stage == "recipe":  # a recipe is itself the config: jobs/recipes/<name>.yaml
+            assert list((REPO / "jobs" / "recipes").glob("*.yaml")), "no recipes under jobs/recipes/"
+            continue
         assert any(s == stage or s.startswith(stage + "-") for s in stems), f"no jobs/configs/ example for {stage}"

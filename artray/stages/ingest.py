@@ -212,7 +212,7 @@ class IngestStage(Stage):
 
     def todo(self, run: Run) -> Todo:
         cfg = run.cfg
-        index = _wanted(cfg, corpus.read_artworks(cfg.input, run.opts, columns=["artwork_id", "split"]))
+        index = _wanted(cfg, corpus.read_artworks(cfg.input, run.opts, columns=["artwork_id", "split"], unique=False))
         if corpus.has_duplicates(index, "artwork_id"):
             raise IngestError(f"{cfg.input} has duplicate artwork_ids; re-import it")
         todo, kinds = _carry_over(run)
