@@ -63,7 +63,7 @@ def _ingest_demo(samples: dict, corpora: Path, root: Path) -> None:
 
 def _search_demo(indexes: dict[str, str], text: str, image: bytes, saved_config: Path) -> str:
     """Start the search API on the demo indexes, ask one text and one image query, stop it; the
-    config is kept at `saved_config` (port 8000) for `serve run`."""
+    config is kept at `saved_config` (port 8000) for `artray serve run`."""
     import base64
     import urllib.request
 
@@ -163,7 +163,7 @@ def run_demo(workdir: str = "demo_out") -> dict:
               f"with image {s['with_image']:>3}  failures {s['failures']}")
     print(f"[demo] report: {report}")
     print(f"[demo] the search API answered on {url} (stopped now); serve it again on "
-          f"http://127.0.0.1:8000 with: serve run {root / 'serve.yaml'}")
+          f"http://127.0.0.1:8000 with: artray serve run {root / 'serve.yaml'}")
     print(f"[demo] done in {time.time() - t0:.0f}s; outputs under {root}")
     return {"corpora": summaries, "report": report, "indexes": indexes, "evaluation": evaluation,
             "variants": steps["augment"]["output"], "captions": [steps["captions"]["output"],
