@@ -83,16 +83,22 @@ def read_table(dir_uri: str, schema: pa.Schema, options: StorageOptions = DEFAUL
     return storage.read_shards(storage.list_files(dir_uri, ".parquet", options), schema, options, columns)
 
 
+def read_keyed(dir_uri: str, schema: pa.Schema, key: str, options: StorageOptions = DEFAULT_OPTIONS,
+               columns: list[str] | None = None) -> pa.Table:
+    """The committed rows under `dir_uri`, one per `key` (the first): an output written by two runs at once
+    before run leases existed reads as if written once (its next stage run repairs it on storage)."""
+    wanted = None if columns is None else list(dict.fromkeys([*columns, key]))
+    table = first_per_key(read_table(dir_uri, schema, options, wanted), key)
+    return table if columns is None else table.select(columns)
+
+
 def read_artworks(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: list[str] | None = None,
                   unique: bool = True) -> pa.Table:
-    """The artwork rows of a corpus, one per `artwork_id` (an ingest output written by two runs at once,
-    before run leases, reads as if written once; the next ingest run repairs it on storage). `unique=False`
-    reads every row as stored, for checks that must see duplicates (a corrupt input is refused, not thinned)."""
+    """The artwork rows of a corpus, one per `artwork_id` (`read_keyed`). `unique=False` reads every row as
+    stored, for checks that must see duplicates (a corrupt input is refused, not thinned)."""
     if not unique:
         return read_table(storage.join(uri, ARTWORKS), ARTWORK_SCHEMA, options, columns)
-    wanted = None if columns is None else list(dict.fromkeys([*columns, "artwork_id"]))
-    table = first_per_key(read_table(storage.join(uri, ARTWORKS), ARTWORK_SCHEMA, options, wanted), "artwork_id")
-    return table if columns is None else table.select(columns)
+    return read_keyed(storage.join(uri, ARTWORKS), ARTWORK_SCHEMA, "artwork_id", options, columns)
 
 
 def read_texts(uri: str, options: StorageOptions = DEFAULT_OPTIONS) -> pa.Table:
@@ -109,13 +115,6 @@ def read_manifest(uri: str, options: StorageOptions = DEFAULT_OPTIONS) -> dict |
 
 def write_manifest(uri: str, manifest: dict, options: StorageOptions = DEFAULT_OPTIONS) -> None:
     storage.write_json_atomic(storage.join(uri, MANIFEST), manifest, options)
-
-
-def committed_ids(dir_uri: str, column: str, options: StorageOptions = DEFAULT_OPTIONS) -> set[str]:
-    """Ids already committed in the shards under `dir_uri` (for resume)."""
-    shards = storage.list_files(dir_uri, ".parquet", options)
-    schema = pa.schema([pa.field(column, pa.string())])
-    return set(storage.read_shards(shards, schema, options).column(column).to_pylist())
 
 
 def split_counts(table: pa.Table) -> dict[str, int]:

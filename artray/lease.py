@@ -5,8 +5,9 @@ first is still alive, two trainings with one run name) would each skip only what
 when they started and then commit the same keys twice. So every run that writes an output takes
 its lease first, and a second run is refused at start with the holder's name and age.
 
-- Taking it is one exclusive create: locally ``open(O_CREAT | O_EXCL)``; on ``s3://`` a conditional
-  put (``PutObject`` with ``If-None-Match: *``; AWS S3, MinIO and moto >= 5.0.x honour it).
+- Taking it is one exclusive create: locally a hard link of a finished temp file (fails if the lease
+  exists, and a reader never sees it half written); on ``s3://`` a conditional put (``PutObject``
+  with ``If-None-Match: *``; AWS S3, MinIO and moto >= 5.0.x honour it).
 - The lease names its holder (host, pid, Ray job submission id if any, start time) and a random
   token. A background thread renews it every TTL/4 (``renewed_at``); a run whose lease was taken
   from it (it stopped renewing for longer than the TTL) says so at release.
@@ -204,7 +205,7 @@ class _S3:
 
         _, path = storage.filesystem(uri, options)
         self.bucket, self.key = path.split("/", 1)
-        region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        region = options.resolved_region()
         endpoint = options.resolved_endpoint()
         if endpoint and "://" not in endpoint:
             endpoint = f"https://{endpoint}"

@@ -3,7 +3,7 @@
 The one public place for the readers of stage outputs (evaluate, index, train and serve use
 these, never a stage's internals). Every output is a folder of atomic Parquet shards per table
 plus ``_failures/``, ``_<stage>_params.json`` (the settings that shaped its rows) and
-``_manifest.json`` (written last). Every reader keeps one row per key (`read_keyed`). Importing this
+``_manifest.json`` (written last). Every reader keeps one row per key (`corpus.read_keyed`). Importing this
 module starts nothing (no Ray).
 """
 
@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from artray import corpus, storage
-from artray.dedup import first_per_key
 from artray.schema import CAPTION_SCHEMA, EMBEDDING_SCHEMA, VARIANT_SCHEMA
 from artray.stages.caption_flags import EXCLUDE_BY_DEFAULT, usable
 from artray.storage import DEFAULT_OPTIONS, StorageOptions
@@ -34,23 +33,14 @@ def read_params(uri: str, stage: str, options: StorageOptions = DEFAULT_OPTIONS)
     return storage.read_json(storage.join(uri, params_file(stage)), options)
 
 
-def read_keyed(dir_uri: str, schema: pa.Schema, key: str, options: StorageOptions = DEFAULT_OPTIONS,
-               columns: list[str] | None = None) -> pa.Table:
-    """The committed rows under `dir_uri`, one per `key` (the first): an output written by two runs at once
-    before run leases existed reads as if written once (its next stage run repairs it on storage)."""
-    wanted = None if columns is None else list(dict.fromkeys([*columns, key]))
-    table = first_per_key(corpus.read_table(dir_uri, schema, options, wanted), key)
-    return table if columns is None else table.select(columns)
-
-
 def read_embeddings(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: list[str] | None = None) -> pa.Table:
     """All committed embedding rows at `uri` (an embed job's output), one per `embedding_id`."""
-    return read_keyed(storage.join(uri, EMBEDDINGS), EMBEDDING_SCHEMA, "embedding_id", options, columns)
+    return corpus.read_keyed(storage.join(uri, EMBEDDINGS), EMBEDDING_SCHEMA, "embedding_id", options, columns)
 
 
 def read_variants(uri: str, options: StorageOptions = DEFAULT_OPTIONS, columns: list[str] | None = None) -> pa.Table:
     """All committed variant rows at `uri` (an augment job's output), one per `variant_id`."""
-    return read_keyed(storage.join(uri, VARIANTS), VARIANT_SCHEMA, "variant_id", options, columns)
+    return corpus.read_keyed(storage.join(uri, VARIANTS), VARIANT_SCHEMA, "variant_id", options, columns)
 
 
 def read_captions(uri: str, options: StorageOptions = DEFAULT_OPTIONS, captioner: str | None = None,
@@ -64,7 +54,7 @@ def read_captions(uri: str, options: StorageOptions = DEFAULT_OPTIONS, captioner
     wanted = None if columns is None else list(dict.fromkeys(
         [*columns, *(["captioner"] if captioner else []), *(["preset"] if preset else []),
          *(["flags"] if exclude_flags else [])]))
-    table = read_keyed(storage.join(uri, CAPTIONS), CAPTION_SCHEMA, "caption_id", options, wanted)
+    table = corpus.read_keyed(storage.join(uri, CAPTIONS), CAPTION_SCHEMA, "caption_id", options, wanted)
     if captioner is not None:
         table = table.filter(pc.equal(table["captioner"], captioner))
     if preset is not None:

@@ -53,6 +53,9 @@ class StorageOptions:
             or os.environ.get("AWS_ENDPOINT_URL")
         )
 
+    def resolved_region(self) -> str:
+        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
 
 DEFAULT_OPTIONS = StorageOptions()
 
@@ -75,7 +78,7 @@ def basename(uri: str) -> str:
 @lru_cache(maxsize=16)
 def _s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
     kwargs: dict = {
-        "region": region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "region": StorageOptions(region=region).resolved_region(),
         "connect_timeout": 5,
         "request_timeout": 60,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=4),

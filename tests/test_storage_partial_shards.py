@@ -6,8 +6,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from artray import corpus, storage
+from artray import storage
+from artray.dedup import compact  # what resume reads: the committed keys (and repairs duplicates)
 from artray.storage import StorageError, StorageOptions
+
+KEYS = pa.schema([pa.field("artwork_id", pa.string())])
 
 
 def _truncated_shard() -> bytes:
@@ -21,7 +24,7 @@ def test_truncated_local_shard_is_refused_by_name(tmp_path):
     bad = str(tmp_path / "artworks" / "part-00001.parquet")
     storage.write_bytes_atomic(bad, _truncated_shard())
     with pytest.raises(StorageError, match="not a complete Parquet file") as err:
-        corpus.committed_ids(str(tmp_path / "artworks"), "artwork_id")
+        compact(str(tmp_path / "artworks"), KEYS, "artwork_id", "t", storage.DEFAULT_OPTIONS)
     assert bad in str(err.value) and "delete it" in str(err.value)
 
 
@@ -30,7 +33,7 @@ def test_truncated_s3_shard_is_refused_by_name(s3_bucket, s3_endpoint):
     bad = f"{s3_bucket}/out/artworks/part-00000.parquet"
     storage.write_bytes_atomic(bad, _truncated_shard(), opts)
     with pytest.raises(StorageError, match="not a complete Parquet file") as err:
-        corpus.committed_ids(f"{s3_bucket}/out/artworks", "artwork_id", opts)
+        compact(f"{s3_bucket}/out/artworks", KEYS, "artwork_id", "t", opts)
     assert bad in str(err.value)
 
 

@@ -40,7 +40,7 @@ import ray
 
 from artray import corpus, storage
 from artray.corpus import MANIFEST
-from artray.dedup import compact, first_per_key
+from artray.dedup import compact
 from artray.errors import UserError
 from artray.lease import Lease
 from artray.manifest import build_manifest
@@ -281,8 +281,8 @@ def _run_leased(stage: Stage, cfg: StageConfig, opts: storage.StorageOptions, st
         actors = pool.size
     wall = time.time() - pipeline_started
 
-    table = first_per_key(corpus.read_table(storage.join(cfg.output, stage.table), stage.schema, opts,
-                                            columns=[stage.key, *stage.final_columns]), stage.key)
+    table = corpus.read_keyed(storage.join(cfg.output, stage.table), stage.schema, stage.key, opts,
+                              columns=[stage.key, *stage.final_columns])
     failures = consolidate_failures(cfg.output, stage.name, stage.final_keys(run, table), run.run_id, opts)
     stats = {**stats, "failed": dict(sorted((Counter(stats["failed"]) + todo.failed).items()))}
     counts = {**todo.counts, **stage.finish(run, todo, stats, table, failures), "failed_this_run": stats["failed"],
