@@ -3,6 +3,7 @@ injects faults while a stage runs (`Killer`), and where the report goes. Fixture
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import signal
@@ -226,6 +227,20 @@ class Killer:
                     self.events.append(event)
                     fired, last_rows, pending = fired + 1, rows, event
             self._stop.wait(self.poll_s)
+
+
+class LocalHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 for `handler` (its `url`), serving from a daemon thread until `close`."""
+
+    def __init__(self, handler):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def report_path(tmp_root: Path) -> Path:

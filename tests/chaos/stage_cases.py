@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+
+from chaoskit import LocalHTTPServer
 
 from artray import corpus, storage
 from artray.schema import ARTWORK_SCHEMA, TEXT_SCHEMA
@@ -38,7 +39,7 @@ class StageCase:
     float_cols: tuple[str, ...] = ()
 
 
-class SlowImageServer:
+class SlowImageServer(LocalHTTPServer):
     """An HTTP server on 127.0.0.1 that serves a folder, `delay` seconds per request (so an ingest
     runs long enough to be hurt), 404 for `missing` names and 503 for `broken` ones."""
 
@@ -61,14 +62,7 @@ class SlowImageServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=directory))
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(functools.partial(Handler, directory=directory))
 
 
 def make_inputs(root: Path) -> dict:

@@ -27,14 +27,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from chaoskit import Snapshot, committed_rows
+from chaoskit import LocalHTTPServer, Snapshot, committed_rows
 from PIL import Image
 
 from artray import corpus, storage
@@ -81,7 +80,7 @@ def odd_images() -> dict[str, tuple[str, bytes | None]]:
     }
 
 
-class BadServer:
+class BadServer(LocalHTTPServer):
     """127.0.0.1 HTTP server: /img/<name> an image (/slow/… after 1 s), /404, /503 (always), /drip (a
     Content-Length body, one byte every 0.3 s), /html (a web page), /robots (X-Robots-Tag: noai)."""
 
@@ -124,14 +123,7 @@ class BadServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 URL_CLASSES = {"404": "HTTP 404", "503": "HTTP 503, always", "drip": "Content-Length body dripped past the deadline",
@@ -299,7 +291,7 @@ def test_racing_writers_and_a_killed_driver_lose_nothing(inputs, tiny_models, ch
     killed_out = str(tmp_path / "emb-killed")
     script = tmp_path / "driver.py"
     script.write_text("import sys\nfrom artray.stages.embed import EmbedConfig, run_embed\n"
-                      f"run_embed(EmbedConfig.model_validate_json(sys.argv[1]))\n", encoding="utf-8")
+                      "run_embed(EmbedConfig.model_validate_json(sys.argv[1]))\n", encoding="utf-8")
     cfg = _embed_cfg(tiny_models, inputs["images"], killed_out)
     log = tmp_path / "driver.log"
     with open(log, "wb") as out:
