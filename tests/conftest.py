@@ -68,3 +68,23 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     from artray.scaffold.tiny import make_tiny
 
     return make_tiny(str(tmp_path_factory.getbasetemp() / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def imported_artpedia(tmp_path_factory):
+    """``make(n) -> URI``: the sample Artpedia of `n` artworks (``make_samples``) imported as an artray corpus,
+    made once per `n` per session. Read-only: tests write their outputs elsewhere."""
+    from artray.corpora.importer import ImportConfig, import_corpus
+    from artray.scaffold.sample_corpora import make_samples
+
+    made: dict[int, str] = {}
+
+    def make(n: int) -> str:
+        if n not in made:
+            root = tmp_path_factory.mktemp(f"artpedia-{n}")
+            paths = make_samples(str(root / "native"), n=n)
+            import_corpus(ImportConfig(format="artpedia", src=paths["artpedia"], dest=str(root / "artpedia")))
+            made[n] = str(root / "artpedia")
+        return made[n]
+
+    return make

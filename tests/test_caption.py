@@ -11,8 +11,6 @@ from PIL import Image
 
 from artray import corpus, storage
 from artray.config import ConfigError, load_config
-from artray.corpora.importer import ImportConfig, import_corpus
-from artray.scaffold.sample_corpora import make_samples
 from artray.scaffold.tiny import make_tiny
 from artray.schema import ARTWORK_SCHEMA, artwork_row
 from artray.outputs import read_captions
@@ -76,11 +74,8 @@ def tiny(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("caption-corpus")
-    paths = make_samples(str(root / "native"), n=12)
-    import_corpus(ImportConfig(format="artpedia", src=paths["artpedia"], dest=str(root / "artpedia")))
-    return str(root / "artpedia")
+def sample(imported_artpedia) -> str:
+    return imported_artpedia(12)
 
 
 def _cfg(inp: str, out: str, model: str, **kw) -> CaptionConfig:

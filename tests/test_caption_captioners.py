@@ -24,14 +24,8 @@ FAMILIES = ["git-captioner", "blip-captioner"]
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> str:
-    from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.scaffold.sample_corpora import make_samples
-
-    root = tmp_path_factory.mktemp("captioner-corpus")
-    paths = make_samples(str(root / "native"), n=12)
-    import_corpus(ImportConfig(format="artpedia", src=paths["artpedia"], dest=str(root / "artpedia")))
-    return str(root / "artpedia")
+def sample(imported_artpedia) -> str:
+    return imported_artpedia(12)
 
 
 @pytest.fixture(scope="module")

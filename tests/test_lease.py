@@ -155,14 +155,8 @@ def tiny(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def artpedia(tmp_path_factory) -> str:
-    from artray.corpora.importer import ImportConfig, import_corpus
-    from artray.scaffold.sample_corpora import make_samples
-
-    root = tmp_path_factory.mktemp("lease")
-    samples = make_samples(str(root / "samples"), n=8)
-    import_corpus(ImportConfig(format="artpedia", src=samples["artpedia"], dest=str(root / "artpedia")))
-    return str(root / "artpedia")
+def artpedia(imported_artpedia) -> str:
+    return imported_artpedia(8)
 
 
 def test_two_embed_commands_at_once_leave_one_row_per_id(artpedia, tiny, tmp_path):
