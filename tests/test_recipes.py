@@ -179,21 +179,7 @@ def test_sigir2025_runs_end_to_end_on_tiny_models(ray_local, tiny_models, tmp_pa
     assert {"ROUGE-L F1", "METEOR", "BLEU-4"} <= set(row["this_run"]) and "BERTScore-F1" in row["missing"]
 
 
-def _has_captioner_inference() -> bool:
-    from artray.stages.caption_config import CaptionConfig
-
-    return "length_penalty" in CaptionConfig.model_fields
-
-
-def _has_clip_family() -> bool:
-    from artray import families
-
-    return "clip" in families.names()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_captioner_inference(), reason="needs captioner inference (CaptionConfig.length_penalty, "
-                    "GIT/BLIP captioner exports in artray caption), which is not in this checkout yet")
 @pytest.mark.parametrize("dataset", ["artpedia", "artcap"])
 def test_cioni2023_captioning_runs_end_to_end_on_tiny_models(ray_local, tiny_models, tmp_path, dataset):
     corpora, tiny_dir = _samples(tmp_path, tiny_models)
@@ -207,8 +193,6 @@ def test_cioni2023_captioning_runs_end_to_end_on_tiny_models(ray_local, tiny_mod
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_clip_family(), reason="needs the plain 77-token `clip` family (training, "
-                    "evaluate-retrieval), which is not in this checkout yet")
 def test_cioni2023_retrieval_runs_end_to_end_on_tiny_models(ray_local, tiny_models, tmp_path):
     corpora, tiny_dir = _samples(tmp_path, tiny_models)
     table = _tiny_run("cioni2023-retrieval", corpora["artpedia"], tiny_dir, str(tmp_path / "out"))
