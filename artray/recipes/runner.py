@@ -18,9 +18,10 @@ import time
 
 from artray import corpus, storage
 from artray.config import ConfigError, _merge, load_config
+from artray.jobs import JOBS
 from artray.recipes.config import Recipe, effective_params, split_overrides
 from artray.recipes.refs import RecipeError, resolve
-from artray.recipes.stages import STAGES, load
+from artray.recipes.stages import load
 
 STATE = "_recipe.json"
 
@@ -54,7 +55,7 @@ def step_inputs(step) -> list[str]:
 
 def step_result(stage: str, cfg, returned) -> dict:
     """What a finished step offers later steps: ``output`` (its output URI) and, for train, ``export``."""
-    out = getattr(cfg, STAGES[stage].output_key)
+    out = getattr(cfg, JOBS[stage].output_key)
     if stage == "train":
         return {"output": storage.join(cfg.output, cfg.name), "export": (returned or {}).get("export")}
     return {"output": out}
@@ -107,7 +108,7 @@ def run_recipe(recipe: Recipe, corpus_uri: str, out: str, overrides: list[str] =
             print(f"{label}: complete, skipped")
             done[step.name] = record["result"]
             continue
-        job = STAGES[step.stage]
+        job = JOBS[step.stage]
         try:
             cfg = load_config(load(job.config), None, config)
         except ConfigError as exc:
