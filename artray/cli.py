@@ -8,12 +8,12 @@ being parsed. So `artray --help`, `artray <group> --help` and `artray corpus inf
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 import typing
 
+from artray.import_refs import load_ref
 from artray.jobs import JOBS, Job, commands
 
 log = logging.getLogger("artray")
@@ -43,17 +43,12 @@ def _cmd_serve_run(args) -> int:
     return serve_run(args.config, args.address, args.non_blocking)
 
 
-def _load(ref: str):
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _run_job(args) -> int:
     from artray.config import config_from_args
 
     job = JOBS[args.job_name]
     given = {name: getattr(args, name) for name in job.positionals}
-    cfg = config_from_args(_load(job.config), args, {k: v for k, v in given.items() if v not in (None, [])})
+    cfg = config_from_args(load_ref(job.config), args, {k: v for k, v in given.items() if v not in (None, [])})
     if getattr(args, "force_lease", False):
         from artray.lease import FORCE_ENV
 
@@ -62,7 +57,7 @@ def _run_job(args) -> int:
         from artray.runtime import init_ray
 
         init_ray(args.address)
-    _load(job.run)(cfg)
+    load_ref(job.run)(cfg)
     return 0
 
 
@@ -100,7 +95,7 @@ def _job_arguments(job: Job):
     def populate(p: argparse.ArgumentParser) -> None:
         from artray.config import add_config_arguments
 
-        config_cls = _load(job.config)
+        config_cls = load_ref(job.config)
         p.description = (config_cls.__doc__ or "").strip()
         for name in job.positionals:  # a list field takes several (`artray evaluate runs A.json B.json`)
             many = typing.get_origin(config_cls.model_fields[name].annotation) is list

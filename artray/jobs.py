@@ -3,7 +3,7 @@
 Three front doors read this table: the CLI (`artray <command>`, flags from the config), `artray submit`
 (a ``jobs/<stage>.py`` entrypoint on a remote cluster) and recipes (a step names a job by its key).
 The references are ``"package.module:attribute"`` strings, imported only when a job runs or its
-flags are built, so reading the table imports nothing heavy.
+flags are built (:func:`artray.import_refs.load_ref`), so reading the table imports nothing heavy.
 """
 
 from __future__ import annotations

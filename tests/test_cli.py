@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from artray.cli import _load, build_parser, main
+from artray.cli import build_parser, main
 from artray.config import JobConfig, _scalar_type, add_config_arguments, config_from_args
+from artray.import_refs import load_ref
 from artray.jobs import commands
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def test_every_job_help_lists_its_config_flags(name, capsys):
         main([*commands()[name].command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    config_cls = _load(commands()[name].config)
+    config_cls = load_ref(commands()[name].config)
     positionals = commands()[name].positionals
     for name, field in config_cls.model_fields.items():
         hidden = (field.json_schema_extra or {}).get("hidden") if isinstance(field.json_schema_extra, dict) else False

@@ -3,7 +3,6 @@ against the fields KubeRay requires, and every example job config against its st
 
 from __future__ import annotations
 
-import importlib
 import gzip
 import json
 import os
@@ -384,6 +383,7 @@ CONFIGS = sorted((REPO / "jobs/configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_example_job_config_loads_into_its_typed_config(path):
+    from artray.import_refs import load_ref
     from artray.jobs import commands
 
     command = _command_for(path.stem)
@@ -392,8 +392,7 @@ def test_example_job_config_loads_into_its_typed_config(path):
     else:
         refs = {job.command: job.config for job in commands().values()}
         assert command in refs, f"{path.name} has no `artray {' '.join(command)}` job in artray.jobs.JOBS"
-        module, name = refs[command].split(":")
-        config_cls = getattr(importlib.import_module(module), name)
+        config_cls = load_ref(refs[command])
     cfg = load_config(config_cls, str(path))
     assert cfg.model_dump()
 

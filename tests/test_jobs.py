@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from artray.cli import _load as load_ref
+from artray.import_refs import load_ref
 from artray.jobs import JOBS, commands, recipe_stages, submittable
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,12 +19,12 @@ its flag choices from :func:`names` without loading a model library.
 
 from __future__ import annotations
 
-import importlib
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
 from artray.errors import UserError
+from artray.import_refs import load_ref
 
 # name → "module:attribute" of its family object (or, registered at run time, the object itself);
 # the order is the order of CLI choices and help text.
@@ -65,11 +65,6 @@ def unregister(name: str) -> None:
         del ALIASES[alias]
 
 
-def _import(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 class IncompleteFamilyError(TypeError):
     """A registered family object lacks a part of the `ModelFamily` contract; the message lists them."""
 
@@ -79,7 +74,7 @@ def _family(name: str) -> Any:
         from artray.families.base import missing_parts
 
         ref = REGISTRY[name]
-        family = _import(ref) if isinstance(ref, str) else ref
+        family = load_ref(ref) if isinstance(ref, str) else ref
         if problems := missing_parts(family):
             raise IncompleteFamilyError(f"model family {name!r} ({ref}) does not keep the ModelFamily contract "
                                         f"(artray.families.base): " + "; ".join(problems))
@@ -127,7 +122,7 @@ def get(name: str, kind: str | None = None) -> Any:
 def trainer_class(name: str) -> Any:
     """The training hooks class of family `name` (``ModelFamily.trainer``), imported; constructed with a
     TrainConfig, it builds the module, collates batches, computes the loss and exports (:mod:`artray.train`)."""
-    return _import(get(name, kind="train").trainer)
+    return load_ref(get(name, kind="train").trainer)
 
 
 def presets() -> dict[str, dict]:

@@ -59,9 +59,9 @@ class Requirement(BaseModel):
             if self.family in families.names():
                 return None
             return f"model family {self.family!r} is not registered ({self.why})"
-        from artray.recipes.stages import load
+        from artray.import_refs import load_ref
 
-        if self.field in load(JOBS[self.stage].config).model_fields:
+        if self.field in load_ref(JOBS[self.stage].config).model_fields:
             return None
         return f"the {self.stage} config has no {self.field!r} field ({self.why})"
 

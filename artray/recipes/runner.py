@@ -18,10 +18,10 @@ import time
 
 from artray import corpus, storage
 from artray.config import ConfigError, _merge, load_config
+from artray.import_refs import load_ref
 from artray.jobs import JOBS
 from artray.recipes.config import Recipe, effective_params, split_overrides
 from artray.recipes.refs import RecipeError, resolve
-from artray.recipes.stages import load
 
 STATE = "_recipe.json"
 
@@ -110,7 +110,7 @@ def run_recipe(recipe: Recipe, corpus_uri: str, out: str, overrides: list[str] =
             continue
         job = JOBS[step.stage]
         try:
-            cfg = load_config(load(job.config), None, config)
+            cfg = load_config(load_ref(job.config), None, config)
         except ConfigError as exc:
             raise RecipeError(f"recipe {recipe.name}, step {step.name} ({step.stage}): {exc}") from exc
         if job.ray and not ray_started:
@@ -120,7 +120,7 @@ def run_recipe(recipe: Recipe, corpus_uri: str, out: str, overrides: list[str] =
             ray_started = True
         print(f"{label}: running" + (f" — {step.about}" if step.about else ""))
         t0 = time.time()
-        returned = load(job.run)(cfg)
+        returned = load_ref(job.run)(cfg)
         result = step_result(step.stage, cfg, returned)
         state["steps"][step.name] = {"stage": step.stage, "fingerprint": fp, "result": result,
                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
