@@ -124,7 +124,7 @@ def test_evaluation_embedding_and_serving_tokenise_as_training_did(ray_local, ti
     """BLIP trained at 20 text tokens: its export records it, and the encoder every consumer loads (embed,
     index, evaluate, Serve) cuts texts at 20, not at the tower's 512 positions; an untrained checkpoint
     gets the family's published length (BLIP 35, Chinese-CLIP 52)."""
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
     from artray.models.blip import blip_text_embeds
     from artray.models.pretrained import EXPORT_RECORD
 
@@ -151,7 +151,8 @@ def test_clip_trains_77_tokens_with_variants_and_its_export_embeds_and_evaluates
     from test_train_longclip import _derived
 
     from artray.corpus import read_texts
-    from artray.encoders import check_same_encoder, load_encoder
+    from artray.encoders import check_same_encoder
+    from artray.families import load_encoder
     from artray.evaluate.retrieval import RetrievalEvalConfig, run_retrieval_eval
     from artray.index.build import IndexConfig, build_index
     from artray.models.longclip import default_preprocessing
@@ -196,7 +197,7 @@ def test_clip_trains_77_tokens_with_variants_and_its_export_embeds_and_evaluates
 
 def test_clip_trains_a_transformers_clip_folder(ray_local, tiny, corpora, tmp_path):
     """Family clip also trains a transformers CLIPModel; the export is a save_pretrained folder with its record."""
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
     from artray.models.pretrained import EXPORT_RECORD
 
     cfg = TrainConfig(**COMMON, preset="cioni2023", family="clip", model=tiny["hf-clip"], corpus=corpora["artpedia"],
