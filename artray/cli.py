@@ -1,18 +1,20 @@
 """`artray …` — one subcommand per job. Each job's flags come from its typed config, so the
 CLI, the YAML files under jobs/configs/ and the Python API never drift apart.
 
-The parser is built from the static table below; a job's config module (which may import
+The parser is built from the jobs table (`artray.jobs`); a job's config module (which may import
 torch, Ray or FAISS) is imported, and its flags added, only when that job is the command
 being parsed. So `artray --help`, `artray <group> --help` and `artray corpus info` stay fast."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 import typing
+
+from artray.import_refs import load_ref
+from artray.jobs import JOBS, Job, commands
 
 log = logging.getLogger("artray")
 
@@ -41,63 +43,21 @@ def _cmd_serve_run(args) -> int:
     return serve_run(args.config, args.address, args.non_blocking)
 
 
-# Jobs driven by a typed config: (command path, "module:ConfigClass", "module:run_function", positionals, help).
-# Each run function writes its outputs + manifest and prints its own one-line summary.
-RAY_JOBS = [
-    (("corpus", "ingest"), "artray.stages.ingest:IngestConfig", "artray.stages.ingest:run_ingest", ("input", "output"),
-     "download the img_url images of a corpus on Ray Data"),
-    (("augment",), "artray.stages.augment:AugmentConfig", "artray.stages.augment:run_augment", (),
-     "write M diffusion img2img variants of every train artwork on Ray Data"),
-    (("caption",), "artray.stages.caption:CaptionConfig", "artray.stages.caption:run_caption", (),
-     "write MLLM (or GIT/BLIP captioner) captions / search queries for a corpus on Ray Data"),
-    (("evaluate", "captions"), "artray.evaluate.caption_metrics:CaptionMetricsConfig",
-     "artray.evaluate.caption_metrics:run_caption_metrics", (), "BLEU/METEOR/ROUGE-L/CIDEr/SPICE/BERTScore of two caption sources"),
-    (("evaluate", "retrieval"), "artray.evaluate.retrieval:RetrievalEvalConfig",
-     "artray.evaluate.retrieval:run_retrieval_eval", (), "R@K/MRR/MR of checkpoints both ways, ITM, LACLIP, RRF fusion, significance"),
-    (("evaluate", "runs"), "artray.evaluate.runs:RunsEvalConfig", "artray.evaluate.runs:run_runs_eval", ("runs",),
-     "P@1/MRR/R@K/ranks of ranx-format run files (JSON {query: {doc: score}}), RRF fusion, significance"),
-    (("report",), "artray.evaluate.report:ReportConfig", "artray.evaluate.report:run_report", (),
-     "one self-contained HTML report of retrieval metrics, captions and augmentation"),
-    (("train",), "artray.train.config:TrainConfig", "artray.train.run:run_train", (),
-     "fine-tune CLIP / Long-CLIP / Chinese-CLIP / BLIP / captioners on Ray Train (DDP or DeepSpeed)"),
-    (("embed",), "artray.stages.embed:EmbedConfig", "artray.stages.embed:run_embed", (),
-     "embed a corpus's images and texts with a retrieval checkpoint on Ray Data"),
-    (("index", "build"), "artray.index.build:IndexConfig", "artray.index.build:build_index", (),
-     "build FAISS galleries + metadata from `artray embed` output"),
-    (("search",), "artray.serve.client:SearchClientConfig", "artray.serve.client:run_search", (),
-     "query a running search API (artray serve run serve_configs/retrieval.yaml)"),
-]
-
-
-# Jobs that run in one process and need no Ray cluster (so they have no --address).
-LOCAL_JOBS = {"artray.evaluate.caption_metrics:run_caption_metrics", "artray.index.build:build_index",
-              "artray.serve.client:run_search", "artray.evaluate.report:run_report", "artray.evaluate.runs:run_runs_eval"}
-
-
-# Jobs that write an output under a run lease (`artray.lease`): they take --force-lease.
-LEASED_JOBS = {"artray.stages.ingest:run_ingest", "artray.stages.augment:run_augment", "artray.stages.caption:run_caption",
-               "artray.stages.embed:run_embed", "artray.index.build:build_index", "artray.train.run:run_train"}
-
-
-def _load(ref: str):
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def _run_job(args) -> int:
     from artray.config import config_from_args
 
-    given = {name: getattr(args, name) for name in args.positionals}
-    cfg = config_from_args(_load(args.config_ref), args, {k: v for k, v in given.items() if v not in (None, [])})
+    job = JOBS[args.job_name]
+    given = {name: getattr(args, name) for name in job.positionals}
+    cfg = config_from_args(load_ref(job.config), args, {k: v for k, v in given.items() if v not in (None, [])})
     if getattr(args, "force_lease", False):
         from artray.lease import FORCE_ENV
 
         os.environ[FORCE_ENV] = "1"
-    if args.runner not in LOCAL_JOBS:
+    if job.ray:
         from artray.runtime import init_ray
 
         init_ray(args.address)
-    _load(args.runner)(cfg)
+    load_ref(job.run)(cfg)
     return 0
 
 
@@ -129,32 +89,32 @@ class _LazyParser(argparse.ArgumentParser):
         return super().format_usage()
 
 
-def _job_arguments(config_ref: str, runner: str, positionals: tuple[str, ...]):
+def _job_arguments(job: Job):
     """The `populate` of a job's parser: its positionals, --address if it starts Ray, its config's flags."""
 
     def populate(p: argparse.ArgumentParser) -> None:
         from artray.config import add_config_arguments
 
-        config_cls = _load(config_ref)
+        config_cls = load_ref(job.config)
         p.description = (config_cls.__doc__ or "").strip()
-        for name in positionals:  # a list field takes several (`artray evaluate runs A.json B.json`)
+        for name in job.positionals:  # a list field takes several (`artray evaluate runs A.json B.json`)
             many = typing.get_origin(config_cls.model_fields[name].annotation) is list
             p.add_argument(name, nargs="*" if many else "?",
                            help=f"{name} URI{'s' if many else ''} (or set {'them' if many else 'it'} in --config)")
-        if runner not in LOCAL_JOBS:
+        if job.ray:
             p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
-        if runner in LEASED_JOBS:
+        if job.leased:
             p.add_argument("--force-lease", action="store_true",
                            help="take the output's run lease even if another run seems to hold it: only once you "
                                 "are sure that run is dead (same as ARTRAY_FORCE_LEASE=1)")
-        add_config_arguments(p, config_cls, skip=positionals)
+        add_config_arguments(p, config_cls, skip=job.positionals)
 
     return populate
 
 
-def _add_job(sub, path: tuple[str, ...], config_ref: str, runner: str, positionals: tuple[str, ...], help_text: str):
-    p = sub.add_parser(path[-1], help=help_text, populate=_job_arguments(config_ref, runner, positionals))
-    p.set_defaults(func=_run_job, config_ref=config_ref, runner=runner, positionals=positionals)
+def _add_job(sub, name: str, job: Job):
+    p = sub.add_parser(job.command[-1], help=job.help, populate=_job_arguments(job))
+    p.set_defaults(func=_run_job, job_name=name)
 
 
 def _import_arguments(p: argparse.ArgumentParser) -> None:
@@ -313,12 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_to_safetensors)
 
     groups = {("corpus",): corpus_sub}
-    for path, config_ref, runner, positionals, help_text in RAY_JOBS:
-        parent = path[:-1]
+    for name, job in commands().items():  # the jobs table (artray.jobs): flags from each job's config
+        parent = job.command[:-1]
         if parent and parent not in groups:
             group = sub.add_parser(parent[0], help=f"{parent[0]} jobs")
             groups[parent] = group.add_subparsers(dest=f"{parent[0]}_command", required=True)
-        _add_job(groups[parent] if parent else sub, path, config_ref, runner, positionals, help_text)
+        _add_job(groups[parent] if parent else sub, name, job)
 
     _add_recipe_parsers(sub)
 

@@ -6,7 +6,10 @@ workers, actor-state warnings every few seconds). artray's console keeps only it
 
 - `route_ray_logs` sends the driver's Ray loggers to a file (``artray-driver.log`` beside Ray's
   session logs) instead of the terminal, unless ``--verbose``; workers' output stays in Ray's
-  session logs (``ray.init(log_to_driver=False)``, see `ray_init_kwargs`).
+  session logs (``ray.init(log_to_driver=False)``, see `ray_init_kwargs`). Other libraries'
+  loggers (DeepSpeed's accelerator notice, faiss's loader …) pass errors only
+  (`setup_cli_logging`), and Ray's C++ core's one-off actor-restart notice goes to the same file
+  (`spend_actor_restart_notice`); errors of all of them still reach the console.
 - `StageProgress` draws one line per stage: rows done/total, rows/s, ETA and failures. The
   workers add to a `ProgressCounter` actor (no CPU) after each committed batch; the driver polls
   it. On a terminal the line is redrawn in place; anywhere else (CI, `ray job logs`, a file) a
@@ -41,9 +44,20 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+class _ErrorsOnly(logging.Filter):
+    """Lets records of ERROR and above through. Set on a chatty library's logger beside its level, because
+    some set their own level when imported (DeepSpeed's logger: INFO, with a stdout handler of its own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+_ERRORS_ONLY = _ErrorsOnly()
+
+
 def setup_cli_logging(verbose_flag: bool) -> None:
     """The CLI's logging: artray's own INFO lines on the console; other libraries' routine notices only
-    with ``-v`` (they still reach Ray's log files through Ray's own handlers)."""
+    with ``-v`` (they still reach Ray's log files through Ray's own handlers); their errors always."""
     if verbose_flag:
         os.environ[VERBOSE_ENV] = "1"  # Ray workers inherit it too
     logging.basicConfig(level=logging.DEBUG if verbose_flag else logging.WARNING, format=LOG_FORMAT)
@@ -51,7 +65,10 @@ def setup_cli_logging(verbose_flag: bool) -> None:
     if verbose_flag:
         return
     for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        if _ERRORS_ONLY not in logger.filters:
+            logger.addFilter(_ERRORS_ONLY)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading checkpoint shards" bars
 
 
@@ -140,7 +157,44 @@ def quiet_ray_console() -> None:
     first = _routed is None
     path = route_ray_logs()
     if first:  # said once per process
+        spend_actor_restart_notice(path)
         sys.stderr.write(f"[artray] Ray's own logs: {path} and {Path(path).parent} (artray -v shows them here)\n")
+
+
+class _NoticeProbe:
+    """The actor `spend_actor_restart_notice` submits (and kills before it is ever scheduled)."""
+
+    def __init__(self, _arg):
+        pass
+
+
+def spend_actor_restart_notice(log_path: str) -> None:
+    """Send Ray's "actor … has constructor arguments in the object store and max_restarts > 0" line to
+    `log_path` instead of the console.
+
+    Ray's C++ core logs it at ERROR, once per process, when an actor that restarts is created with an
+    ObjectRef argument (ray-project/ray#53727). Every Ray Data actor pool is such an actor: its UDF
+    travels as an ObjectRef that Ray Data keeps alive, so its restarts work and the line asks nothing of
+    the user. This submits one such actor (needing a resource no node has, so it is never scheduled, and
+    killed at once) while the process's stderr points at the log file: the line is written there, and
+    Ray does not say it again. Any other error of Ray's core reaches the console as before."""
+    import ray
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(log_path, "a", encoding="utf-8") as log:
+            os.dup2(log.fileno(), 2)  # the line is written while the actor is submitted, in this thread
+            try:
+                probe = ray.remote(_NoticeProbe).options(
+                    num_cpus=0, max_restarts=1, resources={"artray-never-scheduled": 1}).remote(ray.put(None))
+            finally:
+                os.dup2(saved, 2)
+        ray.kill(probe, no_restart=True)
+    except Exception as exc:  # noqa: BLE001  a notice is not worth failing a stage over
+        logging.getLogger("artray.console").debug("could not spend Ray's actor-restart notice: %s", exc)
+    finally:
+        os.close(saved)
 
 
 @contextlib.contextmanager

@@ -1,15 +1,16 @@
 """One encoder interface over every retrieval family artray runs.
 
-``load_encoder(family, checkpoint, device, dtype)`` returns an :class:`Encoder` whose
-``encode_images(list[PIL.Image])`` and ``encode_texts(list[str])`` give float32 numpy
-arrays of L2-normalised rows, so an inner product is a cosine for every family. The
-embed job, the index, the Serve deployments and the evaluation all go through it, which
+An :class:`Encoder`'s ``encode_images(list[PIL.Image])`` and ``encode_texts(list[str])`` give
+float32 numpy arrays of L2-normalised rows, so an inner product is a cosine for every family.
+The embed job, the index, the Serve deployments and the evaluation all go through it, which
 is what keeps a gallery and its queries in the same space.
 
 The families (``blip``, ``longclip``, ``clip``, ``cnclip``, ``open_clip``, ``hf_clip``: the retrieval
 kind of :mod:`artray.families`) each define their ``Encoder`` subclass in
-``artray/families/<name>.py``; this module holds what they share. Importing it does not
-import torch (the CLI builds its parser from configs that name these types).
+``artray/families/<name>.py``; this module holds what they share, and knows no family:
+``artray.families.load_encoder(family, checkpoint, device, dtype)`` picks the family from the
+registry and loads its encoder. Importing it does not import torch (the CLI builds its parser
+from configs that name these types).
 
 Weight files from user paths load as safetensors; pickle checkpoints need the opt-in of
 ``artray.models.weights`` (``ARTRAY_ALLOW_PICKLE=1``).
@@ -27,7 +28,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from artray.errors import UserError
-from artray.storage import StorageOptions
 
 if TYPE_CHECKING:
     import torch
@@ -130,17 +130,6 @@ def canonical_checkpoint(checkpoint: str) -> str:
     if "://" in checkpoint or checkpoint.startswith(("hf-hub:", "local-dir:")) or not Path(checkpoint).exists():
         return checkpoint
     return str(Path(checkpoint).resolve())
-
-
-def load_encoder(family: str, checkpoint: str, device: str = "auto", dtype: str = "auto",
-                 storage_options: StorageOptions | None = None) -> Encoder:
-    """Load `checkpoint` as a `family` encoder (a retrieval family of :mod:`artray.families`) on `device`
-    ("auto": CUDA if present) in `dtype` ("auto": fp16 on CUDA, fp32 on CPU)."""
-    from artray import families
-
-    fam = families.get(family, kind="retrieval")
-    device = resolve_device(device)
-    return fam.load_encoder(canonical_checkpoint(checkpoint), device, resolve_dtype(dtype, device), storage_options)
 
 
 class PretrainedEncoder(Encoder):

@@ -1,6 +1,7 @@
 """`artray submit <stage>` and `artray jobs …`: run stages on a remote Ray cluster through its Jobs API.
 
-A submitted job is exactly `ray job submit --working-dir . -- python jobs/<stage>.py --config …`:
+A submitted job is exactly `ray job submit --working-dir . -- python jobs/<stage>.py --config …` (the
+stages and their entrypoints are the jobs table's, `artray.jobs`):
 the repository (minus the excludes in jobs/runtime_env.yaml) is uploaded as the job's
 `working_dir`, and the entrypoint runs on the head with the cluster's own Python.
 
@@ -25,22 +26,8 @@ from urllib.parse import urlparse
 import yaml
 
 from artray.errors import UserError
+from artray.jobs import submittable
 from artray.redact import is_credential_name
-
-# stage → (entrypoint script relative to the working dir, leading arguments)
-STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "import": ("jobs/import_corpus.py", ()),
-    "ingest": ("jobs/ingest.py", ()),
-    "augment": ("jobs/augment.py", ()),
-    "caption": ("jobs/caption.py", ()),
-    "train": ("jobs/train.py", ()),
-    "evaluate-captions": ("jobs/evaluate.py", ("captions",)),
-    "evaluate-retrieval": ("jobs/evaluate.py", ("retrieval",)),
-    "evaluate-runs": ("jobs/evaluate.py", ("runs",)),
-    "embed": ("jobs/embed.py", ()),
-    "index": ("jobs/index.py", ()),
-    "recipe": ("jobs/recipe.py", ("run",)),  # `artray submit recipe NAME --corpus … --out …`
-}
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 DEFAULT_RUNTIME_ENV = "jobs/runtime_env.yaml"
@@ -170,10 +157,10 @@ def build_runtime_env(working_dir: str | Path = ".", runtime_env_file: str | Non
 def build_entrypoint(stage: str, config: str | None, working_dir: str | Path = ".",
                      overrides: list[str] = (), extra: list[str] = ()) -> str:
     """`python jobs/<stage>.py [sub-command] --config <path relative to working_dir> [--set …] …`."""
-    if stage not in STAGES:
-        raise UserError(f"unknown stage {stage!r}; use one of {sorted(STAGES)}")
-    script, lead = STAGES[stage]
-    argv = ["python", script, *lead]
+    stages = submittable()
+    if stage not in stages:
+        raise UserError(f"unknown stage {stage!r}; use one of {sorted(stages)}")
+    argv = ["python", *stages[stage].entrypoint]
     if config:
         cfg = Path(config)
         if not cfg.exists():
@@ -367,7 +354,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("submit", help="run a stage as a Ray job on a cluster (Jobs API), optionally following it",
                        description="Submit `python jobs/<stage>.py --config … [--set …]` with the repository as "
                                    "working_dir.")
-    p.add_argument("stage", choices=sorted(STAGES))
+    p.add_argument("stage", choices=sorted(submittable()))
     p.add_argument("recipe", nargs="?", help="recipe: its name (artray recipe list) or a recipe .yaml under the "
                    "working dir")
     p.add_argument("--config", help="the stage's YAML config, a path under the working dir")

@@ -63,7 +63,7 @@ def _bare(args: dict) -> None:
     import torch
 
     from artray import corpus, images
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])

@@ -38,7 +38,7 @@ import httpx
 import ray
 
 from artray import corpus
-from artray.encoders import load_encoder
+from artray.families import load_encoder
 from artray.index.retrieval import load_index, read_index_manifest
 from artray.scaffold.demo_indexes import demo_indexes
 from artray.serve.local import ServeProcess, serve_config

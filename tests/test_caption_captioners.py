@@ -77,6 +77,54 @@ def test_model_kind_from_export_record_or_config(tiny_models, exports, tmp_path)
     assert model_kind(str(tmp_path / "nothing"), opts) == "mllm"
 
 
+_HUB_PROBE = """
+import json, sys, time
+from artray.stages.caption_captioner import model_kind
+from artray.storage import StorageOptions
+out = {"cached": model_kind("someone/cached-git", StorageOptions())}
+t0 = time.monotonic()
+try:
+    out["uncached"] = model_kind("someone/never-downloaded", StorageOptions())
+except Exception as exc:
+    out["uncached"] = type(exc).__name__ + ": " + str(exc)
+out["seconds"] = time.monotonic() - t0
+print(json.dumps(out))
+"""
+
+
+def test_model_kind_of_a_hub_id_reads_the_cache_first_and_fails_fast_without_the_hub(tiny_models, tmp_path):
+    """A hub id is looked up in the local Hugging Face cache first; one that is not cached, on a machine that
+    cannot reach the hub, is a clear error at once (it was ~20 s of HTTP retries, then a guess: MLLM)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from artray.runtime import free_port
+
+    snapshot = tmp_path / "hf" / "hub" / "models--someone--cached-git" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text((Path(tiny_models["git-captioner"]) / "config.json").read_text())
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE")}
+    env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")  # nothing listens
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _HUB_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cached"] == "git-captioner"
+    assert out["uncached"].startswith("CaptionError: model 'someone/never-downloaded'"), out
+    assert "cannot be reached" in out["uncached"] and "hf download someone/never-downloaded" in out["uncached"]
+    assert out["seconds"] < 5, out  # one short look-up, no retries
+    assert time.monotonic() - started < 60
+
+    # With HF_HUB_OFFLINE (set for the test session) there is no look-up at all, and the error says so.
+    with pytest.raises(CaptionError, match="HF_HUB_OFFLINE is set"):
+        model_kind("someone/never-downloaded", StorageOptions())
+
+
 def test_model_kind_of_an_s3_export_reads_only_its_json(exports, s3_endpoint, s3_bucket):
     from pathlib import Path
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from artray.cli import RAY_JOBS, _load, build_parser, main
+from artray.cli import build_parser, main
 from artray.config import JobConfig, _scalar_type, add_config_arguments, config_from_args
+from artray.import_refs import load_ref
+from artray.jobs import commands
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "ray", "faiss", "transformers", "open_clip", "deepspeed")
@@ -91,15 +93,15 @@ def test_a_job_help_shows_its_config_flags(capsys):
     assert "--images" in out and "(default: None)" not in out  # a None default is not shown
 
 
-@pytest.mark.parametrize("path", [row[0] for row in RAY_JOBS], ids=lambda p: " ".join(p))
-def test_every_job_help_lists_its_config_flags(path, capsys):
+@pytest.mark.parametrize("name", list(commands()))
+def test_every_job_help_lists_its_config_flags(name, capsys):
     """Each job's parser, completed on demand from its config class, prints a help naming every scalar field."""
     with pytest.raises(SystemExit) as exc:
-        main([*path, "--help"])
+        main([*commands()[name].command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    config_cls = _load(dict((row[0], row[1]) for row in RAY_JOBS)[path])
-    positionals = dict((row[0], row[3]) for row in RAY_JOBS)[path]
+    config_cls = load_ref(commands()[name].config)
+    positionals = commands()[name].positionals
     for name, field in config_cls.model_fields.items():
         hidden = (field.json_schema_extra or {}).get("hidden") if isinstance(field.json_schema_extra, dict) else False
         if _scalar_type(field.annotation) and name not in positionals:

@@ -3,7 +3,6 @@ against the fields KubeRay requires, and every example job config against its st
 
 from __future__ import annotations
 
-import importlib
 import gzip
 import json
 import os
@@ -384,25 +383,26 @@ CONFIGS = sorted((REPO / "jobs/configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_example_job_config_loads_into_its_typed_config(path):
-    from artray import cli
+    from artray.import_refs import load_ref
+    from artray.jobs import commands
 
     command = _command_for(path.stem)
     if command is None:
         from artray.corpora.importer import ImportConfig as config_cls
     else:
-        refs = {row[0]: row[1] for row in cli.RAY_JOBS}
-        assert command in refs, f"{path.name} has no `artray {' '.join(command)}` job in cli.RAY_JOBS"
-        module, name = refs[command].split(":")
-        config_cls = getattr(importlib.import_module(module), name)
+        refs = {job.command: job.config for job in commands().values()}
+        assert command in refs, f"{path.name} has no `artray {' '.join(command)}` job in artray.jobs.JOBS"
+        config_cls = load_ref(refs[command])
     cfg = load_config(config_cls, str(path))
     assert cfg.model_dump()
 
 
 def test_every_stage_has_an_entrypoint_and_an_example_config():
-    from artray.submit import STAGES
+    from artray.jobs import submittable
 
     stems = {p.stem for p in CONFIGS}
-    for stage, (script, lead) in STAGES.items():
+    for stage, job in submittable().items():
+        script = job.entrypoint[0]
         assert (REPO / script).exists(), script
         if stage == "evaluate-retrieval":
             continue  # its config comes with `artray evaluate retrieval`

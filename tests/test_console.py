@@ -82,3 +82,55 @@ def test_ray_log_lines_go_to_a_file_and_errors_stay_on_the_console(tmp_path):
     verbose = subprocess.run([sys.executable, "-c", code], env={**env, "ARTRAY_VERBOSE": "1"}, capture_output=True,
                              text=True, timeout=120)
     assert "info-line-for-the-file" in verbose.stderr and verbose.stdout.strip().endswith("None")
+
+
+def test_deepspeed_notices_stay_off_the_console_and_its_errors_stay_on(tmp_path):
+    """DeepSpeed sets its logger to INFO with a stdout handler of its own when imported (after the CLI set up
+    logging): its "Setting accelerator to CPU" notice must still not reach the console; its errors must."""
+    code = ("import logging; from artray.console import setup_cli_logging; setup_cli_logging(False); "
+            "from deepspeed.accelerator import get_accelerator; get_accelerator(); "
+            "logging.getLogger('DeepSpeed').warning('warning-line-for-nobody'); "
+            "logging.getLogger('DeepSpeed').error('error-line-for-people')")
+    env = {k: v for k, v in os.environ.items() if k not in ("DS_ACCELERATOR", "ARTRAY_VERBOSE")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = done.stdout + done.stderr
+    assert "Setting accelerator" not in shown and "warning-line-for-nobody" not in shown, shown[-2000:]
+    assert "error-line-for-people" in shown
+    verbose = subprocess.run([sys.executable, "-c", code.replace("(False)", "(True)")], env=env,
+                             capture_output=True, text=True, timeout=180)
+    assert "warning-line-for-nobody" in verbose.stdout + verbose.stderr
+
+
+_RESTART_NOTICE = """
+import sys, ray
+from artray.console import _routed
+from artray.runtime import init_ray
+init_ray(sys.argv[1])
+
+@ray.remote(num_cpus=0, max_restarts=1)
+class Restartable:  # what every Ray Data actor pool is: a restartable actor given an ObjectRef
+    def __init__(self, arg):
+        self.arg = arg
+
+    def ping(self):
+        return "pong"
+
+actor = Restartable.remote(ray.put(list(range(10))))
+assert ray.get(actor.ping.remote()) == "pong"
+from artray import console
+print("LOG", console._routed)
+"""
+
+
+def test_rays_actor_restart_notice_goes_to_the_driver_log_not_the_console(ray_local):
+    """Ray's core logs "… has constructor arguments in the object store and max_restarts > 0" at ERROR, once
+    per driver, for every Ray Data actor pool; artray sends it to the driver log file."""
+    address = ray_local._private.worker.global_worker.node.address
+    env = {k: v for k, v in os.environ.items() if k != "ARTRAY_VERBOSE"}
+    done = subprocess.run([sys.executable, "-c", _RESTART_NOTICE, address], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "constructor arguments in the object store" not in done.stderr + done.stdout, done.stderr[-3000:]
+    log = done.stdout.strip().splitlines()[-1].split(" ", 1)[1]
+    assert "constructor arguments in the object store" in open(log, encoding="utf-8").read()

@@ -15,7 +15,8 @@ from PIL import Image
 from artray import corpus, storage
 from artray.corpora.importer import ImportConfig, import_corpus
 from artray.scaffold.sample_corpora import make_samples
-from artray.encoders import EncoderMismatchError, check_same_encoder, load_encoder
+from artray.encoders import EncoderMismatchError, check_same_encoder
+from artray.families import load_encoder
 from artray.models.weights import load_state_dict, save_state_dict
 from artray.schema import ARTWORK_SCHEMA, EMBEDDING_SCHEMA, TEXT_SCHEMA, artwork_row
 from artray.outputs import read_embeddings

@@ -115,7 +115,7 @@ def test_reading_the_registry_imports_no_model_library():
 def test_a_family_registered_at_run_time_reaches_cli_presets_evaluation_and_serving(toy_family, tiny_models, tmp_path):
     from artray.cli import build_parser
     from artray.config import config_from_args
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
     from artray.evaluate.report import ReportConfig
     from artray.evaluate.retrieval import ModelSpec, check_family
     from artray.evaluate.retrieval_embed import RetrievalEvalError
@@ -192,7 +192,7 @@ def test_encoders_prepare_images_as_the_export_record_says(tiny_models, tmp_path
 
     import torch
 
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
     from artray.models.longclip import default_preprocessing, image_transform
     from artray.models.pretrained import EXPORT_RECORD, image_processor_kwargs, image_processor_record
     from artray.models.weights import load_state_dict

@@ -12,7 +12,8 @@ import torch
 from artray import corpus, storage
 from artray.corpora.importer import ImportConfig, import_corpus
 from artray.scaffold.sample_corpora import make_samples
-from artray.encoders import EncoderMismatchError, load_encoder
+from artray.encoders import EncoderMismatchError
+from artray.families import load_encoder
 from artray.index.build import IndexConfig, build_index
 from artray.index.faiss_types import IndexBuildError
 from artray.index.retrieval import IndexNotFoundError, load_index

@@ -83,7 +83,7 @@ class _RunsCode:
 
 def test_longclip_pickle_is_refused_unless_opted_in(tiny_models, tmp_path, monkeypatch, no_pickle, capsys):
     from artray.cli import main
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
     from artray.models.longclip import load_longclip
     from artray.train.config import TrainConfig
     from artray.train.longclip import LongClipTrainer

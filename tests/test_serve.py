@@ -27,7 +27,8 @@ from ray import serve
 from PIL import Image
 
 from artray import corpus
-from artray.encoders import EncoderMismatchError, load_encoder
+from artray.encoders import EncoderMismatchError
+from artray.families import load_encoder
 from artray.index.retrieval import read_index_manifest
 from artray.runtime import free_port
 from artray.scaffold.demo_indexes import demo_indexes
@@ -358,7 +359,7 @@ def test_identity_laclip_keeps_the_cosine_order_and_itm_needs_blip(client, refs)
 def test_itm_rerank_scores_are_the_blip_itm_heads_match_probability(tiny_models):
     import torch
 
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
     from artray.serve.rerank import RerankConfig, apply_scores, rerank_scores
 
     enc = load_encoder("blip", tiny_models["blip-retrieval"], device="cpu")

@@ -27,6 +27,7 @@ from artray.runtime import free_port
 from artray import submit as sub
 from artray.cli import main
 from artray.errors import UserError
+from artray.jobs import submittable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -268,8 +269,8 @@ def test_token_sources_in_ray_order(tmp_path, monkeypatch):
 
 
 def test_entrypoints_and_runtime_env(tmp_path):
-    for stage, (script, _) in sub.STAGES.items():
-        assert (REPO / script).exists(), f"{stage}: {script} missing"
+    for stage, job in submittable().items():
+        assert (REPO / job.entrypoint[0]).exists(), f"{stage}: {job.entrypoint[0]} missing"
     ep = sub.build_entrypoint("evaluate-captions", str(REPO / "jobs/configs/evaluate-captions.yaml"), REPO,
                               overrides=["splits=[test]"])
     assert ep == "python jobs/evaluate.py captions --config jobs/configs/evaluate-captions.yaml --set 'splits=[test]'"

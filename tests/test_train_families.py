@@ -124,7 +124,7 @@ def test_evaluation_embedding_and_serving_tokenise_as_training_did(ray_local, ti
     """BLIP trained at 20 text tokens: its export records it, and the encoder every consumer loads (embed,
     index, evaluate, Serve) cuts texts at 20, not at the tower's 512 positions; an untrained checkpoint
     gets the family's published length (BLIP 35, Chinese-CLIP 52)."""
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
     from artray.models.blip import blip_text_embeds
     from artray.models.pretrained import EXPORT_RECORD
 
@@ -151,7 +151,8 @@ def test_clip_trains_77_tokens_with_variants_and_its_export_embeds_and_evaluates
     from test_train_longclip import _derived
 
     from artray.corpus import read_texts
-    from artray.encoders import check_same_encoder, load_encoder
+    from artray.encoders import check_same_encoder
+    from artray.families import load_encoder
     from artray.evaluate.retrieval import RetrievalEvalConfig, run_retrieval_eval
     from artray.index.build import IndexConfig, build_index
     from artray.models.longclip import default_preprocessing
@@ -196,7 +197,7 @@ def test_clip_trains_77_tokens_with_variants_and_its_export_embeds_and_evaluates
 
 def test_clip_trains_a_transformers_clip_folder(ray_local, tiny, corpora, tmp_path):
     """Family clip also trains a transformers CLIPModel; the export is a save_pretrained folder with its record."""
-    from artray.encoders import load_encoder
+    from artray.families import load_encoder
     from artray.models.pretrained import EXPORT_RECORD
 
     cfg = TrainConfig(**COMMON, preset="cioni2023", family="clip", model=tiny["hf-clip"], corpus=corpora["artpedia"],
@@ -208,3 +209,35 @@ def test_clip_trains_a_transformers_clip_folder(ray_local, tiny, corpora, tmp_pa
     assert record["image_preprocessing"]["library"] == "transformers"
     encoder = load_encoder("clip", out["export"], device="cpu")
     assert encoder.max_length == 77 and encoder.preprocessing == record["image_preprocessing"]
+
+
+def test_blip_trains_on_the_image_preprocessing_its_base_export_recorded(tiny, tmp_path):
+    """Fine-tuning a BLIP export again prepares its images as the export's record says (as the encoders and
+    the other trainers do), not with the processor's defaults, and the new export records the same."""
+    import shutil
+
+    from PIL import Image
+    from transformers import BlipProcessor
+
+    from artray.models.pretrained import EXPORT_RECORD, image_processor_kwargs, image_processor_record
+    from artray.train.blip import BlipRetrievalTrainer
+
+    base = tmp_path / "blip-export"
+    shutil.copytree(tiny["blip-retrieval"], base)
+    processor = BlipProcessor.from_pretrained(base).image_processor
+    spec = {**image_processor_record(processor), "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "resample": 2}
+    (base / EXPORT_RECORD).write_text(json.dumps({"family": "blip", "image_preprocessing": spec}))
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8), "RGB")
+    recorded = processor([picture], return_tensors="pt", **image_processor_kwargs(spec, "test")).pixel_values
+    assert not torch.equal(recorded, processor([picture], return_tensors="pt").pixel_values)
+
+    cfg = TrainConfig(**COMMON, family="blip", model=str(base), corpus=str(tmp_path / "c"),
+                      output=str(tmp_path / "runs"))
+    trainer = BlipRetrievalTrainer(cfg)
+    assert torch.equal(trainer.pixels([picture]), recorded)
+    assert torch.equal(trainer.image_batch([picture])["pixel_values"], recorded)
+    export = tmp_path / "export"
+    export.mkdir()
+    BlipRetrievalTrainer.export(cfg, trainer.build_module().state_dict(), str(export))
+    assert json.loads((export / EXPORT_RECORD).read_text())["image_preprocessing"] == spec

@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 import ray
 
 from artray import corpus, storage
-from artray.encoders import load_encoder
 from artray.errors import UserError
 from artray.evaluate.laclip import LaclipOptions, encode_crops
+from artray.families import load_encoder
 from artray.images import to_rgb
 from artray.outputs import permanent_failures, read_embeddings, read_params
 from artray.stages.embed import INPUT_SCHEMA, EmbedBatch, EmbedConfig, embed_pool, run_embed

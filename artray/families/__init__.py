@@ -13,18 +13,24 @@ its flag choices from :func:`names` without loading a model library.
 - :func:`canonical` — a name or alias → the family's name (validators use it)
 - :func:`presets` — every family's training presets by preset name (``TrainConfig.preset``)
 - :func:`trainer_class` — a trainable family's training hooks (``artray.train.<family>``), imported
+- :func:`load_encoder` — a retrieval family's :class:`artray.encoders.Encoder` of a checkpoint (what embed,
+  index, serve and evaluate call); ``artray.encoders`` holds the interface and knows no family
 - ``RetrievalFamily`` / ``TrainFamily`` / ``AnyFamily`` — pydantic field types: a ``str`` checked against the
   registry when the config is validated, marked ``{"choices": "families:<kind>"}`` for the CLI
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field
 
 from artray.errors import UserError
+from artray.import_refs import load_ref
+
+if TYPE_CHECKING:
+    from artray.encoders import Encoder
+    from artray.storage import StorageOptions
 
 # name → "module:attribute" of its family object (or, registered at run time, the object itself);
 # the order is the order of CLI choices and help text.
@@ -65,11 +71,6 @@ def unregister(name: str) -> None:
         del ALIASES[alias]
 
 
-def _import(ref: str) -> Any:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 class IncompleteFamilyError(TypeError):
     """A registered family object lacks a part of the `ModelFamily` contract; the message lists them."""
 
@@ -79,7 +80,7 @@ def _family(name: str) -> Any:
         from artray.families.base import missing_parts
 
         ref = REGISTRY[name]
-        family = _import(ref) if isinstance(ref, str) else ref
+        family = load_ref(ref) if isinstance(ref, str) else ref
         if problems := missing_parts(family):
             raise IncompleteFamilyError(f"model family {name!r} ({ref}) does not keep the ModelFamily contract "
                                         f"(artray.families.base): " + "; ".join(problems))
@@ -127,7 +128,18 @@ def get(name: str, kind: str | None = None) -> Any:
 def trainer_class(name: str) -> Any:
     """The training hooks class of family `name` (``ModelFamily.trainer``), imported; constructed with a
     TrainConfig, it builds the module, collates batches, computes the loss and exports (:mod:`artray.train`)."""
-    return _import(get(name, kind="train").trainer)
+    return load_ref(get(name, kind="train").trainer)
+
+
+def load_encoder(family: str, checkpoint: str, device: str = "auto", dtype: str = "auto",
+                 storage_options: StorageOptions | None = None) -> Encoder:
+    """Load `checkpoint` as a `family` encoder (a retrieval family, or an alias of one) on `device`
+    ("auto": CUDA if present) in `dtype` ("auto": fp16 on CUDA, fp32 on CPU)."""
+    from artray.encoders import canonical_checkpoint, resolve_device, resolve_dtype
+
+    fam = get(family, kind="retrieval")
+    device = resolve_device(device)
+    return fam.load_encoder(canonical_checkpoint(checkpoint), device, resolve_dtype(dtype, device), storage_options)
 
 
 def presets() -> dict[str, dict]:

@@ -118,11 +118,16 @@ def image_processor_kwargs(preprocessing: dict | None, where: str) -> dict:
     return {k: v for k, v in preprocessing.items() if k in IMAGE_PROCESSOR_KEYS}
 
 
+def recorded_image_preprocessing(path: str, image_processor) -> dict:
+    """The image preprocessing the transformers checkpoint at local `path` was trained with: its export record's,
+    else its `image_processor`'s own (what an untrained checkpoint was published with). Encoders prepare images
+    this way, and trainers that start from the checkpoint too (so fine-tuning an export keeps its preprocessing)."""
+    return export_record(path).get("image_preprocessing") or image_processor_record(image_processor)
+
+
 def image_preprocessing(bundle: PretrainedBundle) -> dict:
-    """The image preprocessing a transformers checkpoint was trained with: its export record's, else its
-    processor's own (what an untrained checkpoint was published with)."""
-    return export_record(bundle.path).get("image_preprocessing") or image_processor_record(
-        bundle.processor.image_processor)
+    """`recorded_image_preprocessing` of a loaded checkpoint."""
+    return recorded_image_preprocessing(bundle.path, bundle.processor.image_processor)
 
 
 def text_length(bundle: PretrainedBundle, default: int | None) -> int:

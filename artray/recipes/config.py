@@ -20,8 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from artray.config import _merge, parse_overrides
+from artray.jobs import JOBS, recipe_stages
 from artray.recipes.refs import RecipeError
-from artray.recipes.stages import STAGES
 
 NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
@@ -59,9 +59,9 @@ class Requirement(BaseModel):
             if self.family in families.names():
                 return None
             return f"model family {self.family!r} is not registered ({self.why})"
-        from artray.recipes.stages import load
+        from artray.import_refs import load_ref
 
-        if self.field in load(STAGES[self.stage].config).model_fields:
+        if self.field in load_ref(JOBS[self.stage].config).model_fields:
             return None
         return f"the {self.stage} config has no {self.field!r} field ({self.why})"
 
@@ -71,7 +71,7 @@ class Step(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME)
-    stage: Literal[tuple(STAGES)]  # type: ignore[valid-type]
+    stage: Literal[tuple(recipe_stages())]  # type: ignore[valid-type]
     about: str = Field("", description="one line: what this step does in the paper's experiment")
     config: dict[str, Any]
 

@@ -18,9 +18,10 @@ import time
 
 from artray import corpus, storage
 from artray.config import ConfigError, _merge, load_config
+from artray.import_refs import load_ref
+from artray.jobs import JOBS
 from artray.recipes.config import Recipe, effective_params, split_overrides
 from artray.recipes.refs import RecipeError, resolve
-from artray.recipes.stages import STAGES, load
 
 STATE = "_recipe.json"
 
@@ -54,7 +55,7 @@ def step_inputs(step) -> list[str]:
 
 def step_result(stage: str, cfg, returned) -> dict:
     """What a finished step offers later steps: ``output`` (its output URI) and, for train, ``export``."""
-    out = getattr(cfg, STAGES[stage].output_key)
+    out = getattr(cfg, JOBS[stage].output_key)
     if stage == "train":
         return {"output": storage.join(cfg.output, cfg.name), "export": (returned or {}).get("export")}
     return {"output": out}
@@ -107,9 +108,9 @@ def run_recipe(recipe: Recipe, corpus_uri: str, out: str, overrides: list[str] =
             print(f"{label}: complete, skipped")
             done[step.name] = record["result"]
             continue
-        job = STAGES[step.stage]
+        job = JOBS[step.stage]
         try:
-            cfg = load_config(load(job.config), None, config)
+            cfg = load_config(load_ref(job.config), None, config)
         except ConfigError as exc:
             raise RecipeError(f"recipe {recipe.name}, step {step.name} ({step.stage}): {exc}") from exc
         if job.ray and not ray_started:
@@ -119,7 +120,7 @@ def run_recipe(recipe: Recipe, corpus_uri: str, out: str, overrides: list[str] =
             ray_started = True
         print(f"{label}: running" + (f" — {step.about}" if step.about else ""))
         t0 = time.time()
-        returned = load(job.run)(cfg)
+        returned = load_ref(job.run)(cfg)
         result = step_result(step.stage, cfg, returned)
         state["steps"][step.name] = {"stage": step.stage, "fingerprint": fp, "result": result,
                                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

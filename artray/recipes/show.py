@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import yaml
 
+from artray.jobs import JOBS
 from artray.recipes.config import Recipe, load_recipe, recipe_names
 from artray.recipes.runner import plan
-from artray.recipes.stages import STAGES
 
 
 def list_text() -> str:
@@ -34,7 +34,7 @@ def show_text(recipe: Recipe, corpus: str = "<corpus>", out: str = "<out>", over
              yaml.safe_dump(params, sort_keys=False, allow_unicode=True, width=110).rstrip(), ""]
     body = []
     for i, (step, (name, stage, config)) in enumerate(zip(recipe.steps, steps), 1):
-        output = config.get(STAGES[stage].output_key)
+        output = config.get(JOBS[stage].output_key)
         body.append(f"step {i}/{len(steps)} {name}: {stage}" + (f" — {step.about}" if step.about else ""))
         body.append(f"  output: {output}")
         body.append("  " + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=110)

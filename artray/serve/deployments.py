@@ -27,7 +27,8 @@ import numpy as np
 from ray import serve
 from ray.serve.metrics import Histogram
 
-from artray.encoders import EncoderMismatchError, check_same_encoder, load_encoder
+from artray.encoders import EncoderMismatchError, check_same_encoder
+from artray.families import load_encoder
 from artray.images import ImageError, to_rgb
 from artray.index.retrieval import load_index
 from artray.serve.binding import pin_replica_grpc_to_node

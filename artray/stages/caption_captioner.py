@@ -5,7 +5,8 @@ search (4 beams, length_penalty 0.6). `model_kind` tells such a checkpoint from 
 any Ray work: an artray export names its family in ``artray_export.json``; any other checkpoint
 is recognised by the captioner families' own ``sniff`` (``config.json``: model_type ``git``, or
 ``blip`` with ``BlipForConditionalGeneration``). Only the two small JSON files are read — from a
-local folder, an ``s3://`` folder or the hub — never the weights. Anything else is an MLLM.
+local folder, an ``s3://`` folder or the hub (the local Hugging Face cache first; one short look-up,
+and a hub out of reach is an error at once) — never the weights. Anything else is an MLLM.
 
 `CaptionerGenerator` is what an actor runs for a captioner: the family's loader (transformers
 ``AutoProcessor`` + ``GitForCausalLM`` / ``BlipForConditionalGeneration``), then batched,
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from artray import families, storage
 from artray.models.pretrained import EXPORT_RECORD
-from artray.stages.caption_config import MLLM
+from artray.stages.caption_config import MLLM, CaptionError
 
 META_FILES = ("config.json", EXPORT_RECORD)
 
@@ -38,15 +39,42 @@ def _family_of(folder: Path) -> str:
     return found[0] if found else MLLM
 
 
-def _hub_folder(repo_id: str) -> Path | None:
-    """The hub snapshot folder holding `repo_id`'s config.json (downloaded alone), or None when unreachable."""
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+HUB_TIMEOUT_S = 5.0  # one look-up of a hub id's config.json, no retries: an offline machine answers at once
 
+
+def _hub_folder(repo_id: str) -> Path | None:
+    """The local folder holding hub repo `repo_id`'s config.json: the Hugging Face cache's copy, else that file
+    alone downloaded after one short look-up. None when the hub has no such repo or file (or `repo_id` is not
+    a repo id): then it is no captioner, and the MLLM loader says what is wrong. A hub that cannot be reached
+    (HF_HUB_OFFLINE, no network) with nothing cached is a `CaptionError` at once, not ~20 s of retries."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RepositoryNotFoundError
+
+    try:
         cached = try_to_load_from_cache(repo_id, "config.json")
-        return Path(cached if isinstance(cached, str) else hf_hub_download(repo_id, "config.json")).parent
-    except Exception:  # offline, no such repo, not a repo id: the MLLM loader will say what is wrong
+    except HFValidationError:  # not a repo id at all
         return None
+    if isinstance(cached, str):
+        return Path(cached).parent
+    if cached is not None:  # the cache remembers that the repo has no config.json
+        return None
+    where = (f"model {repo_id!r} is not a local path or an s3:// URI, and its config.json is not in the Hugging Face "
+             f"cache ({constants.HF_HUB_CACHE})")
+    fix = (f"download it first where the hub is reachable (`hf download {repo_id}`, into the cache every node "
+           "reads: HF_HOME), or give a local folder or an s3:// copy")
+    if constants.is_offline_mode():
+        raise CaptionError(f"{where}, and HF_HUB_OFFLINE is set: artray cannot tell whether it is a GIT/BLIP "
+                           f"captioner or an MLLM, nor could the actors load it. {fix}")
+    try:  # one HEAD request (no retries), then the small file itself
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, EntryNotFoundError):
+        return None
+    except Exception as exc:  # noqa: BLE001  connection refused, DNS, timeout, 5xx: the hub is out of reach
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CaptionError(f"{where}, and the hub ({constants.ENDPOINT}) cannot be reached ({detail}): artray "
+                           f"cannot tell whether it is a GIT/BLIP captioner or an MLLM. {fix}; set HF_HUB_OFFLINE=1 "
+                           "on machines without network") from exc
+    return Path(hf_hub_download(repo_id, "config.json", etag_timeout=HUB_TIMEOUT_S)).parent
 
 
 def model_kind(model: str, opts: storage.StorageOptions) -> str:

@@ -25,14 +25,8 @@ from pydantic import Field, field_validator
 
 from artray import corpus, storage
 from artray.corpus import ARTWORKS
-from artray.encoders import (
-    Device,
-    DType,
-    canonical_checkpoint,
-    check_same_encoder,
-    load_encoder,
-)
-from artray.families import RetrievalFamily
+from artray.encoders import Device, DType, canonical_checkpoint, check_same_encoder
+from artray.families import RetrievalFamily, load_encoder
 from artray.images import DEFAULT_MAX_PIXELS, ImageError, to_rgb
 from artray.outputs import EMBEDDINGS
 from artray.schema import EMBEDDING_SCHEMA

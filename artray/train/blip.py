@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artray.models.pretrained import from_pretrained
+from artray.models.pretrained import from_pretrained, image_processor_kwargs, recorded_image_preprocessing
 from artray.models.resolve import resolve_model_path
 from artray.train.config import TrainConfig
 from artray.train.export import save_pretrained_export
@@ -84,6 +84,9 @@ class BlipRetrievalTrainer:
         self.cfg = cfg
         self.path = resolve_model_path(cfg.model, cfg.storage_options())
         self.processor = BlipProcessor.from_pretrained(self.path)
+        # images as the base checkpoint was trained (an export's record), else as its processor says
+        self.preprocessing = recorded_image_preprocessing(self.path, self.processor.image_processor)
+        self._image_kwargs = image_processor_kwargs(self.preprocessing, cfg.model)
         self.cut = [0, 0]
 
     def build_module(self) -> nn.Module:
@@ -96,7 +99,8 @@ class BlipRetrievalTrainer:
         return BlipRetrievalModule(model)
 
     def pixels(self, images) -> torch.Tensor:
-        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt",
+                                              **self._image_kwargs)["pixel_values"]
 
     def tokens(self, texts: list[str]) -> dict:
         tok = self.processor.tokenizer
@@ -126,8 +130,11 @@ class BlipRetrievalTrainer:
 
     @classmethod
     def export(cls, cfg: TrainConfig, state_dict: dict[str, torch.Tensor], out_dir: str) -> str:
-        """A ``save_pretrained`` folder that :func:`artray.models.blip.load_blip_retrieval` loads."""
+        """A ``save_pretrained`` folder that :func:`artray.models.blip.load_blip_retrieval` loads; its record keeps
+        the image preprocessing the run trained with (the base checkpoint's)."""
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
+        path = resolve_model_path(cfg.model, cfg.storage_options())
         return save_pretrained_export(cfg, BlipForImageTextRetrieval, BlipProcessor, state_dict, out_dir,
-                                      text_length=cfg.max_length)
+                                      text_length=cfg.max_length, image_preprocessing=recorded_image_preprocessing(
+                                          path, BlipProcessor.from_pretrained(path).image_processor))

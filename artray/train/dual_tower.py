@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from artray.encoders import pooled
-from artray.models.pretrained import export_record, from_pretrained, image_processor_kwargs, image_processor_record
+from artray.models.pretrained import from_pretrained, image_processor_kwargs, recorded_image_preprocessing
 from artray.models.resolve import resolve_model_path
 from artray.train.config import TrainConfig
 from artray.train.export import save_pretrained_export
@@ -60,16 +60,10 @@ class DualTowerTrainer:
         self.cfg = cfg
         self.path = resolve_model_path(cfg.model, cfg.storage_options())
         self.processor = _transformers(self.processor_class).from_pretrained(self.path)
-        self.preprocessing = self.base_preprocessing(cfg, self.processor)
+        self.preprocessing = recorded_image_preprocessing(self.path, self.processor.image_processor)
         self._image_kwargs = image_processor_kwargs(self.preprocessing, cfg.model)
         self.context_length = cfg.context_length or self.default_context_length
         self.cut = [0, 0]  # texts seen, texts truncated
-
-    @staticmethod
-    def base_preprocessing(cfg: TrainConfig, processor) -> dict:
-        """The base checkpoint's recorded image preprocessing (an artray export), else its processor's own."""
-        path = resolve_model_path(cfg.model, cfg.storage_options())
-        return export_record(path).get("image_preprocessing") or image_processor_record(processor.image_processor)
 
     def build_module(self) -> nn.Module:
         model = from_pretrained(_transformers(self.model_class), self.path)
@@ -115,8 +109,9 @@ class DualTowerTrainer:
     def export(cls, cfg: TrainConfig, state_dict: dict[str, torch.Tensor], out_dir: str) -> str:
         """A ``save_pretrained`` folder (fp32 weights + processor + record) at `out_dir`; returns it."""
         model_cls, processor_cls = _transformers(cls.model_class), _transformers(cls.processor_class)
-        processor = processor_cls.from_pretrained(resolve_model_path(cfg.model, cfg.storage_options()))
+        path = resolve_model_path(cfg.model, cfg.storage_options())
         return save_pretrained_export(cfg, model_cls, processor_cls, state_dict, out_dir,
                                       extra={"logit_scale": state_dict["logit_scale"].reshape(())},
                                       text_length=cfg.context_length or cls.default_context_length,
-                                      image_preprocessing=cls.base_preprocessing(cfg, processor))
+                                      image_preprocessing=recorded_image_preprocessing(
+                                          path, processor_cls.from_pretrained(path).image_processor))

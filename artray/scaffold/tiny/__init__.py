@@ -19,13 +19,14 @@ Each checkpoint is built in a temp folder and renamed into place with a
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Callable
+
+from artray.import_refs import load_ref
 
 FORMAT_VERSION = 3  # 2: the OpenAI-layout state dicts are safetensors (were pickle .pt); 3: BLIP init range 0.1
 MARKER = ".artray-tiny.json"
@@ -43,11 +44,6 @@ def builders() -> dict[str, str]:
     for name in families.names():
         out.update(families.get(name).tiny)
     return out
-
-
-def _resolve(ref: str) -> Builder:
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def _build_one(dest: Path, name: str, seed: int, build: Builder, need: Callable[[str], str]) -> dict:
@@ -97,7 +93,7 @@ def make_tiny(dest_dir: str, seed: int = 0) -> dict[str, str]:
             if name not in markers:
                 if name not in refs:
                     raise KeyError(f"no tiny checkpoint named {name!r}; known: {sorted(refs)}")
-                markers[name] = _build_one(dest, name, seed, _resolve(refs[name]), need)
+                markers[name] = _build_one(dest, name, seed, load_ref(refs[name]), need)
             m = markers[name]
             return str(dest / name / m["file"]) if m["file"] else str(dest / name)
 
