@@ -31,7 +31,8 @@ def pin(batch: dict) -> dict:
 def batches_ahead(cfg, device) -> int:
     """Batches prepared ahead of the training step: `prefetch_batches`, or by default 2 on a GPU worker (its CPU
     threads idle while the GPU steps) and 0 on a CPU worker, where torch's intra-op threads already use the
-    worker's CPUs: a collate thread beside them made the 2-thread step ~25 % slower (bench/RESULTS.md)."""
+    worker's CPUs and a collate thread would only compete with them (in-line, the CPU loop measured as fast
+    or faster: bench/RESULTS.md "train (CPU, tiny)")."""
     import torch
 
     if cfg.prefetch_batches is not None:
