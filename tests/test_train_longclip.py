@@ -128,6 +128,51 @@ def test_worker_failure_resumes_from_last_checkpoint(ray_local, tiny, artpedia, 
     assert load_longclip(out["export"]).context_length == 248
 
 
+def _large_variants(artpedia: str, root) -> str:
+    """One 1024x1024 variant per train artwork (a gradient tinted per artwork: a few KB as PNG, ~14 ms to
+    decode), so that preparing a batch of 16 takes longer than a tiny-model step."""
+    import numpy as np
+
+    ramp = np.linspace(0, 255, 1024, dtype=np.uint8)
+    out = str(root / "augment-large")
+    writer = ShardWriter(f"{out}/variants", VARIANT_SCHEMA)
+    for i, a in enumerate(a for a in read_artworks(artpedia, columns=["artwork_id", "split", "image", "captions"])
+                          .to_pylist() if a["split"] == "train"):
+        pixels = np.stack([np.tile(ramp, (1024, 1)), np.tile(ramp[:, None], (1, 1024)),
+                           np.full((1024, 1024), (37 * i) % 256, np.uint8)], -1)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "PNG")
+        writer.add({"variant_id": f"{a['artwork_id']}#0", "parent_id": a["artwork_id"], "variant": 0, "split": "train",
+                    "image": buf.getvalue(), "width": 1024, "height": 1024, "seed": 0, "prompt": a["captions"][0],
+                    "prompt_truncated": False, "model": "gradient", "strength": 0.0, "guidance": 0.0, "steps": 0,
+                    "sampler": "none", "similarity": 1.0, "passed_filter": True})
+    writer.flush()
+    return out
+
+
+def test_batches_prepared_ahead_by_two_threads_train_what_in_line_batches_train(ray_local, tiny, artpedia, tmp_path):
+    # 70 train artworks per worker in batches of 16: four full batches and a short one of 6, every image a
+    # large variant (alpha 1), so preparing a batch is slower than stepping on it and both collate threads are
+    # always busy: the short batch is prepared beside the last full one and is ready first. Until the train
+    # dataset ran with preserve_order, it then came out first, so a rank stepped in another order than the
+    # uninterrupted run, or ranks gathered features of different sizes (a gloo error). Ahead or in the training
+    # thread, every rank must see the same batches in the same order: the same weights, to the bit.
+    from artray.train.export import consolidated_state_dict
+
+    variants = _large_variants(artpedia, tmp_path)
+    weights = {}
+    for ahead in (0, 2):
+        cfg = TrainConfig(**SMOKE, model=tiny["longclip"], corpus=artpedia, output=str(tmp_path / "runs"),
+                          name=f"ahead{ahead}", epochs=1, variants=variants, alpha=1.0, prefetch_batches=ahead,
+                          max_failures=0, export=False)
+        out = run_train(cfg)
+        assert out["metrics"]["step"] == 5 and out["metrics"]["variants_seen"] == 70, out["metrics"]  # rank 0's
+        weights[ahead] = consolidated_state_dict(os.path.join(out["run_path"], "checkpoint_epoch0001"), 2)
+    assert set(weights[0]) == set(weights[2])
+    differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[2][k])]
+    assert not differ, f"prepared ahead, {len(differ)} tensors differ from the in-line run's (first: {differ[0]})"
+
+
 @pytest.mark.slow
 def test_longclip_pcm_two_workers_mixing_improves_recall_and_exports(ray_local, tiny, artpedia, tmp_path):
     from artray.models.longclip import load_longclip

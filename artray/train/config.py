@@ -91,6 +91,10 @@ class TrainConfig(JobConfig):
         description="training precision: fp32, bf16 or fp16 (ddp: bf16 autocast over fp32 weights; deepspeed: "
                     "weights in that type; fp16 only with deepspeed)")
     compile: bool = Field(False, description="ddp on CUDA: torch.compile the model (a no-op with a message on CPU)")
+    prefetch_batches: int | None = Field(None, ge=0, le=8,
+        description="batches prepared ahead of the training step in Ray Data's collate threads (in order); null: 2 "
+                    "on GPU workers, 0 on CPU workers (prepared in the training thread: torch's threads use the "
+                    "worker's CPUs already)")
     log_every: int = Field(0, ge=0, description="print the running train loss every N optimizer steps (each print "
                            "reads the loss back from the device; 0: once per epoch)")
     early_stop: bool = Field(False, description="stop at the first epoch whose val loss rises")

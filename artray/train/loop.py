@@ -9,8 +9,8 @@ works), save a checkpoint (DeepSpeed: every rank; DDP: rank 0) every ``checkpoin
 last, and ``ray.train.report`` it with the metrics.
 
 The per-step path reads nothing back from the device: losses add up on the device and are read once
-per epoch (or every ``log_every`` steps when asked), batches are prepared one ahead in Ray Data's
-collate thread and copied to the GPU from pinned memory without blocking.
+per epoch (or every ``log_every`` steps when asked); on GPU workers batches are prepared ahead in Ray
+Data's collate threads (in order) and copied to the GPU from pinned memory without blocking.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from artray.console import note, report
 from artray.jsonio import dumps_strict
-from artray.train.batches import to_device
+from artray.train.batches import batches_ahead, to_device, train_batches
 from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
 
@@ -36,22 +36,20 @@ def _train_epoch(cfg, family, engine, shard, state: dict, rank: int, restored: b
     Every random draw of an epoch is seeded from the seed and the epoch (alpha and caption draws per
     sample, `sample_rng`; the local shuffle) or also the rank (torch's RNG), so an epoch re-run after a
     restore from the previous epoch's checkpoint draws exactly what the uninterrupted run drew.
-    Batches are prepared ahead in Ray Data's collate thread (`PrepareBatch`) and the loss is summed on
-    the device, so on a GPU the next batch's decoding overlaps the current step and nothing waits for it.
+    Batches (`PrepareBatch`) are prepared ahead in Ray Data's collate threads on GPU workers, in the
+    training thread on CPU workers (:func:`batches_ahead`), and the loss is summed on the device, so on a GPU
+    the next batches' decoding overlaps the current step and nothing waits for it.
     """
     # torch draws too (BLIP's ITM negatives): reseeded per epoch, not carried over from earlier epochs
     torch.manual_seed(random.Random(f"torch:{cfg.seed}:{state['epoch']}:{rank}").getrandbits(63))
     from artray.train.data import PrepareBatch
 
     device = engine.device
-    pin = torch.device(device).type == "cuda"
+    ahead = batches_ahead(cfg, device)
+    pin = ahead > 0 and torch.device(device).type == "cuda"  # pinned in the collate thread: an async copy
     loss_sum, n, variants_seen, logged = None, 0, 0, (None, 0)
-    batches = shard.iter_torch_batches(batch_size=cfg.batch_size,
-                                       collate_fn=PrepareBatch(cfg, family, state["epoch"], pin_memory=pin),
-                                       prefetch_batches=1,  # one collate thread: two gave ranks unequal batches (chaos suite)
-                                       local_shuffle_buffer_size=max(4 * cfg.batch_size, 64),
-                                       local_shuffle_seed=cfg.seed + state["epoch"])
-    for inputs, rows, variants in batches:
+    collate = PrepareBatch(cfg, family, state["epoch"], pin_memory=pin)
+    for inputs, rows, variants in train_batches(shard, cfg, collate, ahead, state["epoch"]):
         variants_seen += variants
         loss = family.loss(engine(**to_device(inputs, device, dtype)))
         engine.backward(loss)

@@ -29,6 +29,18 @@ def _datasets(cfg: TrainConfig) -> tuple[dict, int]:
             "val_texts": ray.data.from_arrow(texts)}, train.num_rows
 
 
+def data_config():
+    """Ray Train's dataset setup: the train set split over the workers (validation sets whole on each), and
+    run with ``preserve_order``: the collate threads that prepare batches ahead (`prefetch_batches` ≥ 2)
+    otherwise hand a batch out as soon as it is ready, so a short last batch could overtake a full one on
+    one rank only (ranks gathering features of different sizes) and a resumed epoch stepped in another order."""
+    from ray.train import DataConfig
+
+    ordered = DataConfig.default_ingest_options()
+    ordered.preserve_order = True
+    return DataConfig(datasets_to_split=["train"], execution_options={"train": ordered})
+
+
 def _run_config(cfg: TrainConfig):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
@@ -68,7 +80,7 @@ def run_train(cfg: TrainConfig) -> dict:
 
 def _fit(cfg: TrainConfig) -> dict:
     """`run_train` once the run folder's lease is held."""
-    from ray.train import DataConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from artray.console import StageProgress
@@ -96,7 +108,7 @@ def _fit(cfg: TrainConfig) -> dict:
                                       **({"GPU": cfg.gpus_per_worker} if cfg.uses_gpu else {})}),
             torch_config=TorchConfig(backend="nccl" if cfg.uses_gpu else "gloo", timeout_s=cfg.timeout_s),
             datasets=datasets,
-            dataset_config=DataConfig(datasets_to_split=["train"]),
+            dataset_config=data_config(),
             run_config=_run_config(cfg),
         )
         result = trainer.fit()

@@ -34,7 +34,10 @@ STEPS_PER_EPOCH = 3  # 70 train artworks / 2 workers = 35 each, batches of 16
 EPOCHS = 2
 FAIL_AT = 5  # inside epoch 2, after epoch 1's checkpoint (step 3)
 BASE = {"family": "longclip", "loss": "infonce", "lr": 1e-3, "warmup_steps": 0, "batch_size": 16, "epochs": EPOCHS,
-        "alpha": 0.5, "timeout_s": 180, "keep_checkpoints": 2, "export": False, "seed": 7, "cpus_per_worker": 0.5}
+        "alpha": 0.5, "timeout_s": 180, "keep_checkpoints": 2, "export": False, "seed": 7, "cpus_per_worker": 0.5,
+        # batches prepared ahead by two collate threads, as on GPU workers (CPU workers prepare them in the
+        # training thread by default): a resumed epoch must step through them in the same order
+        "prefetch_batches": 2}
 ATOL = 1e-6  # fp32 on CPU, same ops in the same order: differences are rounding at most
 
 
