@@ -65,3 +65,36 @@ def test_a_bug_is_still_a_500(exc):
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/search", json={"text": "x"})
     assert response.status_code == 500 and response.json()["error"] == "internal_error"
+
+
+async def _no_answer(scope, receive, send):
+    """What Serve's proxy app does when the replica under a request died: logs it and returns, no answer."""
+
+
+async def _raises(scope, receive, send):
+    raise RuntimeError("the proxy's call to the replica failed")
+
+
+async def _own_500(scope, receive, send):
+    await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"error": "internal_error"}'})
+
+
+@pytest.mark.parametrize("inner", [_no_answer, _raises], ids=["returned", "raised"])
+def test_the_proxy_answers_a_request_nobody_answered_with_a_503(inner):
+    """Layout "colocated": the replica that died under a request is the ingress itself, and Serve's proxy
+    would leave uvicorn to send 500; the proxy callback (`artray.serve.proxy`) answers 503 + Retry-After."""
+    from artray.serve.proxy import AnswerUnansweredRequests, middlewares
+
+    assert [m.cls for m in middlewares()] == [AnswerUnansweredRequests]
+    client = TestClient(AnswerUnansweredRequests(inner), raise_server_exceptions=False)  # no lifespan: a bare ASGI app
+    response = client.post("/search", json={"text": "x"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"] == "unavailable" and "retry" in response.json()["detail"]
+
+
+def test_the_proxy_passes_an_answer_the_app_started_through():
+    from artray.serve.proxy import AnswerUnansweredRequests
+
+    response = TestClient(AnswerUnansweredRequests(_own_500), raise_server_exceptions=False).post("/search", json={})
+    assert response.status_code == 500 and response.json() == {"error": "internal_error"}

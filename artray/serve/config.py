@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -105,6 +106,10 @@ class RetrievalAppConfig(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     s3_endpoint: str | None = None
+    layout: Literal["colocated", "split"] = Field(
+        "colocated", description="colocated: each model's encoder and index inside the ingress replica (one hop, "
+        "fastest; a killed replica's requests get the proxy's 500); split: a `model-<name>` deployment per model "
+        "(models scale apart from HTTP; a killed model replica's requests get a retryable 503)")
 
     @model_validator(mode="after")
     def _names(self) -> RetrievalAppConfig:

@@ -1,6 +1,9 @@
-"""The search app's back end: one deployment per configured model, holding its encoder *and* its index.
+"""The search app's back end: one model's encoder *and* index, in one replica.
 
-A query costs one call from the ingress: the replica embeds it and searches the FAISS
+With ``layout: colocated`` (the default) the ingress builds this class itself, one per model, and calls
+it in-process; with ``layout: split`` it is a deployment per model (``model-<name>``).
+
+A query costs one call from the ingress: the model embeds it and searches the FAISS
 gallery in the same process, so no vector crosses a process boundary and no second actor
 is on the path (bench/serve.py: each Serve hop costs a few ms on a small machine). Queries
 arriving together are batched (``@serve.batch``): one forward pass, then one FAISS search
@@ -9,8 +12,8 @@ queueing the next batch meanwhile. Re-ranking (LACLIP, ITM) runs in the same rep
 candidates' stored vectors and the gallery images never travel.
 
 The class holds no placement: replicas, ``num_gpus``, autoscaling and the batch size come from
-the Serve config file (``deployments:`` by name, ``model-<model>``; batch size and wait through
-``user_config``). Scaling a model means more replicas of its deployment, each with the encoder
+the Serve config file (``deployments:`` by name, ``ingress`` or ``model-<model>``; batch size and wait
+through ``user_config``). Scaling a model means more replicas of its deployment, each with the encoder
 and a copy of the index in host memory (a flat index holds 3 KB per vector at dim 768).
 
 A replica refuses to start when the encoder's weights are not the ones the index was built with

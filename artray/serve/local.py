@@ -35,16 +35,28 @@ logger = logging.getLogger(__name__)
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "retrieval-tiny.yaml"
 
 
+SPLIT_MODEL_DEPLOYMENT = {"max_ongoing_requests": 32, "ray_actor_options": {"num_cpus": 0.25}}
+
+
 def serve_config(indexes: dict[str, str], port: int, template: Path = TINY_CONFIG, **args) -> dict:
     """The tiny Serve config for the models in `indexes` (name → index path), on this HTTP port, with
-    `args` merged into the app's args."""
+    `args` merged into the app's args. With ``layout="split"`` each model gets its ``model-<name>``
+    deployment (the ingress's batching, a quarter CPU), which the colocated template has none of."""
     config = yaml.safe_load(template.read_text(encoding="utf-8"))
     config["http_options"]["port"] = port
     app = config["applications"][0]
     app["args"]["models"] = [{**m, "index": indexes[m["name"]]} for m in app["args"]["models"] if m["name"] in indexes]
-    app["deployments"] = [d for d in app["deployments"]
-                          if d["name"] == "ingress" or d["name"].split("-", 1)[1] in indexes]
     app["args"].update(copy.deepcopy(args))
+    deployments = {d["name"]: d for d in app["deployments"]}
+    ingress = deployments["ingress"]
+    if app["args"].get("layout", "colocated") == "split":
+        batching = ingress.pop("user_config", None)
+        for m in app["args"]["models"]:
+            deployments.setdefault(f"model-{m['name']}", {"name": f"model-{m['name']}", **copy.deepcopy(
+                SPLIT_MODEL_DEPLOYMENT), **({"user_config": batching} if batching else {})})
+    app["deployments"] = [d for name, d in deployments.items()
+                          if name == "ingress" or (app["args"].get("layout", "colocated") == "split"
+                                                   and name.split("-", 1)[1] in indexes)]
     return config
 
 
