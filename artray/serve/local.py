@@ -8,7 +8,7 @@ cluster starts one itself, with Ray's defaults: GCS, raylet, replicas and agents
 `ServeProcess` starts
 ``serve run <config>`` as a subprocess attached to the current Ray cluster — exactly
 what a user runs — and waits until ``/healthz`` answers and every deployment of the app runs
-(``/healthz`` is the ingress alone; encoder replicas may still be loading). Tests, bench/serve.py
+(``/healthz`` is the ingress alone; in the split layout model replicas may still be loading). Tests, bench/serve.py
 and the demo use it with the tiny indexes of `artray.scaffold.demo_indexes`; `stop` also
 removes its temp folder.
 """
