@@ -107,9 +107,10 @@ class RetrievalAppConfig(_Section):
     cors: CorsConfig = Field(default_factory=CorsConfig)
     s3_endpoint: str | None = None
     layout: Literal["colocated", "split"] = Field(
-        "colocated", description="colocated: each model's encoder and index inside the ingress replica (one hop, "
-        "fastest; a killed replica's requests get the proxy's 500); split: a `model-<name>` deployment per model "
-        "(models scale apart from HTTP; a killed model replica's requests get a retryable 503)")
+        "colocated", description="colocated: every model's encoder and index inside the ingress replica (one Serve "
+        "hop, the fastest; a request whose replica dies gets 503 from the proxy callback `artray.serve.proxy`); "
+        "split: a `model-<name>` deployment per model (models scale apart from HTTP; one hop more; the ingress "
+        "answers 503 for a dead model replica)")
 
     @model_validator(mode="after")
     def _names(self) -> RetrievalAppConfig:

@@ -47,16 +47,12 @@ def serve_config(indexes: dict[str, str], port: int, template: Path = TINY_CONFI
     app = config["applications"][0]
     app["args"]["models"] = [{**m, "index": indexes[m["name"]]} for m in app["args"]["models"] if m["name"] in indexes]
     app["args"].update(copy.deepcopy(args))
-    deployments = {d["name"]: d for d in app["deployments"]}
-    ingress = deployments["ingress"]
+    ingress = next(d for d in app["deployments"] if d["name"] == "ingress")
+    app["deployments"] = [ingress]
     if app["args"].get("layout", "colocated") == "split":
         batching = ingress.pop("user_config", None)
-        for m in app["args"]["models"]:
-            deployments.setdefault(f"model-{m['name']}", {"name": f"model-{m['name']}", **copy.deepcopy(
-                SPLIT_MODEL_DEPLOYMENT), **({"user_config": batching} if batching else {})})
-    app["deployments"] = [d for name, d in deployments.items()
-                          if name == "ingress" or (app["args"].get("layout", "colocated") == "split"
-                                                   and name.split("-", 1)[1] in indexes)]
+        app["deployments"] += [{"name": f"model-{m['name']}", **copy.deepcopy(SPLIT_MODEL_DEPLOYMENT),
+                                **({"user_config": batching} if batching else {})} for m in app["args"]["models"]]
     return config
 
 
