@@ -402,3 +402,35 @@ def test_stopping_the_app_frees_the_cluster_even_if_serve_run_died_without_shutt
     while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], "replicas still hold CPUs"
+
+
+def test_a_lone_query_skips_the_batch_queue_but_never_runs_beside_a_batch(app, refs):
+    """`search_now` (the ingress's path for a query alone in the replica) gives the batched path's hits, says why an
+    image is unreadable, and declines while the encoder is at work in a worker thread (tokenizers are not
+    thread-safe)."""
+    import asyncio
+    import threading
+
+    from artray.serve.deployments import ModelDeployment
+
+    uri = app[1]["longclip"]
+    recorded = read_index_manifest(uri)["encoder"]
+    model = ModelDeployment.func_or_class("longclip", recorded["family"], recorded["checkpoint"], "cpu", "float32",
+                                          uri, recorded, 1_000_000)
+    text = refs["longclip"].texts[0]["text"]
+    hits, problem = model.search_now("text", text, 3, "image")
+    expected = model.index.search(model.encoder.encode_texts([text]), 3, "image")[0]
+    assert problem is None and [h["id"] for h in hits] == [h["id"] for h in expected]
+    assert model.search_now("image", b"not an image", 3, "text")[0] is None
+    release = threading.Event()
+
+    async def busy_then_free():
+        work = asyncio.ensure_future(model._in_thread(release.wait))
+        await asyncio.sleep(0.1)
+        refused = model.search_now("text", text, 3, "image")
+        release.set()
+        await work
+        return refused, model.search_now("text", text, 3, "image")
+
+    refused, after = asyncio.run(busy_then_free())
+    assert refused is None and after == (hits, None)

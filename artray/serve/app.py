@@ -135,6 +135,7 @@ class Ingress:
         self.hosted = {name: ModelDeployment.func_or_class(*args) for name, args in (hosted or {}).items()}
         self.handles = {**handles, **{name: LocalModel(m) for name, m in self.hosted.items()}}
         self.models = models
+        self.active = 0  # /search and /embed requests in this replica now (see `_search_model`)
         self.by_name = {m["name"]: m for m in models}
         self.token = self.cfg.auth.token()
         if self.token is None:
@@ -156,6 +157,13 @@ class Ingress:
 
     async def search(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
+        self.active += 1
+        try:
+            return await self._search(request, started)
+        finally:
+            self.active -= 1
+
+    async def _search(self, request: Request, started: float) -> JSONResponse:
         q = await parse_search(request, self.cfg)
         request.state.model = q.model
         info = self.by_name[q.model]
@@ -163,7 +171,12 @@ class Ingress:
             raise ApiError(400, "no_gallery", f"model {q.model!r} has no {q.target} gallery; search another target, "
                            f"or embed the corpus with {q.target}s and rebuild its index")
         model = self.handles[q.model]
-        if q.rerank:
+        alone = self._alone(q)
+        if alone is not None:
+            results, problem = alone
+            if problem:
+                raise ApiError(415, "not_an_image", f"image is not a readable image: {problem}")
+        elif q.rerank:
             results = await self._reranked(q, model, info)
         elif q.kind == "text":
             results = await model.search_text.remote(q.value, q.k, q.target)
@@ -179,6 +192,15 @@ class Ingress:
                              "results": _public_hits(results),
                              "took_ms": round((time.perf_counter() - started) * 1000, 3)})
 
+    def _alone(self, q: SearchQuery) -> tuple[list[dict] | None, str | None] | None:
+        """A text or image query answered right here when it is the only request in the replica and its model is
+        hosted here (layout colocated): no batch queue, no worker-thread hop. None: batch it as usual (other
+        requests are in the replica, so they share a forward pass; or the model's encoder is at work)."""
+        model = self.hosted.get(q.model)
+        if model is None or self.active != 1 or q.rerank or q.kind not in ("text", "image"):
+            return None
+        return model.search_now(q.kind, q.value, q.k, q.target)
+
     async def _reranked(self, q: SearchQuery, model: DeploymentHandle, info: dict) -> list[dict]:
         problem = unsupported(q.rerank, info["family"])
         if problem:
@@ -192,6 +214,13 @@ class Ingress:
         return apply_scores(hits, scores, q.rerank, q.k)
 
     async def embed(self, request: Request) -> JSONResponse:
+        self.active += 1
+        try:
+            return await self._embed(request)
+        finally:
+            self.active -= 1
+
+    async def _embed(self, request: Request) -> JSONResponse:
         model, texts, images = await parse_embed(request, self.cfg)
         request.state.model = model
         text_vectors, image_vectors, problems = await self.handles[model].embed.remote(texts, images)
