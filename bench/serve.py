@@ -9,8 +9,10 @@ level sends the same text queries (a) to ``POST /search`` on 127.0.0.1 and (b) s
 to ``encoder.encode_texts`` + ``index.search`` in this process. Each run stops at
 ``--requests`` requests or ``--duration-s`` seconds, whichever comes first. Prints QPS,
 p50 and p99 side by side, the p50 overhead in ms (HTTP - direct) and the ratios (HTTP / direct),
-and the floor of the path: ``GET /healthz`` over HTTP, which reaches the ingress replica and no
-model. Loopback only: the load never leaves this machine.
+the time spent inside the ingress (its answers' ``took_ms``), the floor of the path (``GET /healthz``
+over HTTP, which reaches the ingress replica and no model) and the load average at the start and the
+end. ``--layout`` picks the app's layout (colocated, the default, or split). Loopback only: the load
+never leaves this machine.
 
 ``--full-size`` (meant for a GPU): the encoder is a random-weight Long-CLIP ViT-L/14 at 248 tokens
 (the architecture of the published Long-CLIP-L, built offline like bench/train.py's), the index is its
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="random full-size Long-CLIP-L encoder (GPU), index of its sample-corpus embeddings")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="encoder device, both sides")
     parser.add_argument("--n", type=int, default=50, help="sample artworks in the index")
+    parser.add_argument("--layout", choices=["colocated", "split"], default="colocated",
+                        help="the app's layout (serve config args.layout)")
     parser.add_argument("--json", help="write the summary to this JSON file (bench/gpu.sh reads it)")
     args = parser.parse_args(argv)
     if args.full_size and args.model != "longclip":
@@ -122,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.requests < 1 or args.duration_s <= 0 or min(args.concurrency) < 1:
         parser.error("--requests, --duration-s and --concurrency must be positive")
 
+    load_start = [round(x, 2) for x in os.getloadavg()]
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level="WARNING",
              log_to_driver=False)
     if args.full_size:
@@ -140,19 +145,23 @@ def main(argv: list[str] | None = None) -> dict:
         return index.search(encoder.encode_texts([query]), args.k, "image")[0]
 
     results = []
-    config = serve_config({args.model: uri}, args.port)
+    config = serve_config({args.model: uri}, args.port, layout=args.layout)
     if args.device == "cuda":  # the encoder replica on the GPU, as a GPU deployment would run it
         for m in config["applications"][0]["args"]["models"]:
             m["device"] = "cuda"
         for d in config["applications"][0]["deployments"]:
-            if d["name"].startswith("model-"):
+            if d["name"].startswith("model-") or args.layout == "colocated":  # whichever replica holds the encoder
                 d["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 1}
     with (ServeProcess(config, ray.get_runtime_context().gcs_address) as app,
           httpx.Client(base_url=app.url, timeout=30, limits=httpx.Limits(max_connections=64)) as client):
+        took_ms: list[float] = []  # the ingress's own time per request (its answer's took_ms)
+
         def http(query: str) -> list:
             response = client.post("/search", json={"text": query, "k": args.k, "model": args.model})
             response.raise_for_status()
-            return response.json()["results"]
+            answer = response.json()
+            took_ms.append(answer["took_ms"])
+            return answer["results"]
 
         assert [h["id"] for h in http(texts[0])] == [h["id"] for h in direct(texts[0])], "HTTP and direct disagree"
         def healthz(query: str) -> None:
@@ -164,7 +173,10 @@ def main(argv: list[str] | None = None) -> dict:
         for c in args.concurrency:
             row = {"concurrency": c}
             for name, call in (("http", http), ("direct", direct)):
+                took_ms.clear()
                 row[name] = run_load(call, texts, c, args.requests, args.duration_s)
+                if name == "http":
+                    row[name]["in_app_p50_ms"] = round(statistics.median(took_ms), 2)
             row["overhead"] = {"p50_ms": round(row["http"]["p50_ms"] - row["direct"]["p50_ms"], 2),
                                "p50": round(row["http"]["p50_ms"] / row["direct"]["p50_ms"], 2),
                                "p99": round(row["http"]["p99_ms"] / row["direct"]["p99_ms"], 2),
@@ -172,8 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
             results.append(row)
 
     size = "full-size Long-CLIP-L (random weights)" if args.full_size else "tiny"
+    load_end = [round(x, 2) for x in os.getloadavg()]
     print(f"[bench serve] {args.model} {size} ({recorded['family']}, dim {recorded['dim']}), text → image, k={args.k}, "
-          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+          f"layout {args.layout}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+          f"load average (1/5/15 min) {load_start} at the start, {load_end} at the end")
     print(f"{'conc':>4} | {'HTTP qps':>8} {'p50 ms':>8} {'p99 ms':>8} | {'direct qps':>10} {'p50 ms':>8} {'p99 ms':>8} "
           f"| {'p50 +ms':>7} {'p50 x':>6} {'p99 x':>6} {'qps x':>6}")
     for r in results:
@@ -181,9 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r['concurrency']:>4} | {h['qps']:>8} {h['p50_ms']:>8} {h['p99_ms']:>8} | {d['qps']:>10} "
               f"{d['p50_ms']:>8} {d['p99_ms']:>8} | {o['p50_ms']:>7} {o['p50']:>6} {o['p99']:>6} {o['qps']:>6}")
     print("overhead = HTTP - direct (p50 +ms); ratios = HTTP / direct for latency, direct / HTTP for QPS")
+    print("in the ingress (p50 of the answers' took_ms: parsing, the model call, batching): "
+          + ", ".join(f"{r['http']['in_app_p50_ms']} ms at concurrency {r['concurrency']}" for r in results))
     print(f"floor: GET /healthz over HTTP (proxy + ingress, no model call) p50 {floor['p50_ms']} ms, "
           f"p99 {floor['p99_ms']} ms, {floor['qps']} qps at concurrency 1")
-    summary = {"model": args.model, "k": args.k, "cpus": os.cpu_count(), "floor_healthz": floor, "results": results}
+    summary = {"model": args.model, "k": args.k, "layout": args.layout, "cpus": os.cpu_count(), "load_start": load_start,
+               "load_end": load_end, "floor_healthz": floor, "results": results}
     print(json.dumps(summary))
     if args.json:
         import torch

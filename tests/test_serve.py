@@ -205,12 +205,18 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_app_keeps_serving(client,
     assert status.status == "RUNNING" and all(d.status == "HEALTHY" for d in status.deployments.values())
 
 
-def test_serve_status_shows_the_ingress_and_one_deployment_per_model(app):
-    """A query is one call from the ingress to its model's deployment (encoder and index in one replica):
-    `serve status` lists exactly those, one running replica each with the tiny config."""
+def test_the_default_layout_is_one_ingress_holding_both_models_behind_a_proxy_that_answers_for_it(app):
+    """Layout "colocated" (the default): a query is one hop, proxy → ingress, whose replica holds both
+    models' encoders and indexes: `serve status` lists the ingress alone, one running replica. Serve's
+    proxy runs artray's callback (the config's controller_options), which answers 503 + Retry-After for a
+    request whose replica died under it (tests/chaos/test_serve_faults.py kills them)."""
     deployments = serve.status().applications["retrieval"].deployments
-    assert set(deployments) == {"ingress", "model-longclip", "model-cnclip"}
-    assert all(d.replica_states.get("RUNNING") == 1 for d in deployments.values()), deployments
+    assert set(deployments) == {"ingress"} and deployments["ingress"].replica_states.get("RUNNING") == 1, deployments
+    (proxy,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == "serve" and a["name"].startswith("SERVE_PROXY_ACTOR")]
+    installed = ray.get(ray.get_actor(proxy, namespace="serve").__ray_call__.remote(
+        lambda self: [m.cls.__name__ for m in self._http_options.middlewares]), timeout=30)
+    assert installed == ["AnswerUnansweredRequests"]
 
 
 def test_builder_refuses_an_index_of_another_checkpoint(app, monkeypatch):
@@ -232,7 +238,7 @@ def test_builder_refuses_an_index_of_another_checkpoint(app, monkeypatch):
 
 def test_serve_build_makes_a_deployable_config_of_the_app(app, tmp_path):
     """`serve build artray.serve.app:app` (Serve's tool takes an application, not a builder): the config it
-    writes lists the ingress and one deployment per model (its encoder and index together)."""
+    writes for the split layout lists the ingress and one deployment per model (its encoder and index together)."""
     import subprocess
     import sys
 
@@ -240,7 +246,8 @@ def test_serve_build_makes_a_deployable_config_of_the_app(app, tmp_path):
 
     proc, indexes, _ = app
     args = tmp_path / "args.yaml"
-    args.write_text(yaml.safe_dump({"models": [{"name": n, "index": indexes[n], "device": "cpu"} for n in indexes]}))
+    args.write_text(yaml.safe_dump({"models": [{"name": n, "index": indexes[n], "device": "cpu"} for n in indexes],
+                                    "layout": "split"}))
     out = tmp_path / "built.yaml"
     serve_cli = str(Path(sys.executable).parent / "serve")
     env = {**os.environ, "ARTRAY_SERVE_ARGS": str(args)}
@@ -396,3 +403,35 @@ def test_stopping_the_app_frees_the_cluster_even_if_serve_run_died_without_shutt
     while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.time() < deadline:
         time.sleep(0.5)
     assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], "replicas still hold CPUs"
+
+
+def test_a_lone_query_skips_the_batch_queue_but_never_runs_beside_a_batch(app, refs):
+    """`search_now` (the ingress's path for a query alone in the replica) gives the batched path's hits, says why an
+    image is unreadable, and declines while the encoder is at work in a worker thread (tokenizers are not
+    thread-safe)."""
+    import asyncio
+    import threading
+
+    from artray.serve.deployments import ModelDeployment
+
+    uri = app[1]["longclip"]
+    recorded = read_index_manifest(uri)["encoder"]
+    model = ModelDeployment.func_or_class("longclip", recorded["family"], recorded["checkpoint"], "cpu", "float32",
+                                          uri, recorded, 1_000_000)
+    text = refs["longclip"].texts[0]["text"]
+    hits, problem = model.search_now("text", text, 3, "image")
+    expected = model.index.search(model.encoder.encode_texts([text]), 3, "image")[0]
+    assert problem is None and [h["id"] for h in hits] == [h["id"] for h in expected]
+    assert model.search_now("image", b"not an image", 3, "text")[0] is None
+    release = threading.Event()
+
+    async def busy_then_free():
+        work = asyncio.ensure_future(model._in_thread(release.wait))
+        await asyncio.sleep(0.1)
+        refused = model.search_now("text", text, 3, "image")
+        release.set()
+        await work
+        return refused, model.search_now("text", text, 3, "image")
+
+    refused, after = asyncio.run(busy_then_free())
+    assert refused is None and after == (hits, None)

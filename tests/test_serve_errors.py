@@ -65,3 +65,70 @@ def test_a_bug_is_still_a_500(exc):
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/search", json={"text": "x"})
     assert response.status_code == 500 and response.json()["error"] == "internal_error"
+
+
+async def _no_answer(scope, receive, send):
+    """What Serve's proxy app does when the replica under a request died: logs it and returns, no answer."""
+
+
+async def _raises(scope, receive, send):
+    raise RuntimeError("the proxy's call to the replica failed")
+
+
+async def _own_500(scope, receive, send):
+    await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"error": "internal_error"}'})
+
+
+@pytest.mark.parametrize("inner", [_no_answer, _raises], ids=["returned", "raised"])
+def test_the_proxy_answers_a_request_nobody_answered_with_a_503(inner):
+    """Layout "colocated": the replica that died under a request is the ingress itself, and Serve's proxy
+    would leave uvicorn to send 500; the proxy callback (`artray.serve.proxy`) answers 503 + Retry-After."""
+    from artray.serve.proxy import AnswerUnansweredRequests, middlewares
+
+    assert [m.cls for m in middlewares()] == [AnswerUnansweredRequests]
+    client = TestClient(AnswerUnansweredRequests(inner), raise_server_exceptions=False)  # no lifespan: a bare ASGI app
+    response = client.post("/search", json={"text": "x"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"] == "unavailable" and "retry" in response.json()["detail"]
+
+
+def test_the_proxy_passes_an_answer_the_app_started_through():
+    from artray.serve.proxy import AnswerUnansweredRequests
+
+    response = TestClient(AnswerUnansweredRequests(_own_500), raise_server_exceptions=False).post("/search", json={})
+    assert response.status_code == 500 and response.json() == {"error": "internal_error"}
+
+
+def test_serves_proxy_with_the_callback_answers_503_when_the_replica_dies_under_a_request(ray_local):
+    """Real Serve, started with the Serve configs' ``controller_options`` (the proxy callback in the
+    controller's environment, inherited by its proxies): a replica that dies while it handles a request
+    (here: it exits in the handler) leaves the proxy without an answer, and the client gets 503 +
+    Retry-After instead of uvicorn's 500. The colocated layout's ingress dies this way under load."""
+    import os
+
+    import httpx
+    from ray import serve
+
+    from artray.runtime import free_port
+    from artray.serve.local import _ensure_serve_shut_down
+    from artray.serve.proxy import ENV, IMPORT_PATH
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class DiesUnderARequest:
+        async def __call__(self, request):
+            if request.url.path.endswith("/die"):
+                os._exit(1)
+            return {"ok": True}
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                controller_options={"runtime_env": {"env_vars": {ENV: IMPORT_PATH}}})
+    try:
+        serve.run(DiesUnderARequest.bind(), name="dies", route_prefix="/")
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).json() == {"ok": True}
+        response = httpx.get(f"http://127.0.0.1:{port}/die", timeout=60)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+        assert response.json()["error"] == "unavailable"
+    finally:
+        _ensure_serve_shut_down(ray_local.get_runtime_context().gcs_address)

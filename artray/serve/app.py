@@ -1,4 +1,4 @@
-"""The search API on Ray Serve: a FastAPI ingress composed with one deployment per model.
+"""The search API on Ray Serve: a FastAPI ingress holding the models, or composed with one deployment per model.
 
     serve run serve_configs/retrieval.yaml        (or `serve deploy` it to a running cluster)
 
@@ -8,15 +8,21 @@ artworks or texts), ``POST /embed``, ``GET /models``, ``GET /healthz``. Errors a
 Prometheus metrics (``artray_http_*``, ``artray_encoder_*``, ``artray_index_*``) go through
 Ray's metrics export, which Prometheus scrapes on every node.
 
-A request takes two hops: Serve's HTTP proxy → the ingress (parsing, limits, auth, metrics,
-answer shape) → ``model-<name>`` (`ModelDeployment`: encoder and FAISS index in one replica,
-batched), one call per request. The ingress stays a deployment of its own so that a model
-replica dying under a request is its 503 to answer (the proxy would answer 500), and so that
-HTTP and models scale apart.
+Two layouts (``args.layout``):
+
+- ``colocated`` (the default): the ingress replica holds every model's encoder and index
+  (`ModelDeployment`'s class, built in the ingress; batched as in its own deployment), so a query is
+  one hop, Serve's HTTP proxy → ingress. A replica that dies under a request leaves the proxy with
+  no answer; `artray.serve.proxy` (the proxy callback the Serve configs install) answers it with a
+  retryable 503.
+- ``split``: the ingress (parsing, limits, auth, metrics, answer shape) → ``model-<name>``, one
+  deployment per model, one call per request: models scale apart from HTTP (GPU replicas vs CPU
+  ingress), and a model replica dying under a request is the ingress's 503 to answer. One Serve
+  hop more: a few ms on a small machine (bench/serve.py).
 
 `build_app(args)` is the ``import_path`` of the Serve config: it validates ``args``
-(`RetrievalAppConfig`), checks each index against the configured encoder, and binds
-``ingress`` → ``model-<name>`` handles. ``artray.serve.app:app`` is the
+(`RetrievalAppConfig`), checks each index against the configured encoder, and binds the ingress
+with the models' arguments (colocated) or ``model-<name>`` handles (split). ``artray.serve.app:app`` is the
 same application built from the args in the file ``$ARTRAY_SERVE_ARGS``, for Serve's tools that
 take an application rather than a builder (``serve build artray.serve.app:app``).
 """
@@ -28,6 +34,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -118,12 +125,17 @@ def _authorized(header: str | None, token: str) -> bool:
 @serve.deployment(name="ingress")
 @serve.ingress()
 class Ingress:
-    """HTTP front: checks requests, calls the model's deployment once, shapes the answers."""
+    """HTTP front: checks requests, calls the model (in this replica, or its deployment) once, shapes the answers."""
 
-    def __init__(self, config: dict, handles: dict[str, DeploymentHandle], models: list[dict]):
+    def __init__(self, config: dict, handles: dict[str, DeploymentHandle], models: list[dict],
+                 hosted: dict[str, tuple] | None = None):
         pin_replica_grpc_to_node()
         self.cfg = RetrievalAppConfig.model_validate(config)
-        self.handles, self.models = handles, models
+        # layout "split": a handle per model; "colocated": the models' classes built here, from their arguments
+        self.hosted = {name: ModelDeployment.func_or_class(*args) for name, args in (hosted or {}).items()}
+        self.handles = {**handles, **{name: LocalModel(m) for name, m in self.hosted.items()}}
+        self.models = models
+        self.active = 0  # /search and /embed requests in this replica now (see `_search_model`)
         self.by_name = {m["name"]: m for m in models}
         self.token = self.cfg.auth.token()
         if self.token is None:
@@ -134,11 +146,24 @@ class Ingress:
         self.latency = Histogram("artray_http_request_latency_ms", description="HTTP request latency",
                                  boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("route",))
 
+    def reconfigure(self, config: dict) -> None:
+        """``user_config: {max_batch_size, batch_wait_timeout_s}`` of the ingress: the batching of the models it
+        hosts (layout "colocated"; see `ModelDeployment.reconfigure`)."""
+        for model in self.hosted.values():
+            model.reconfigure(config)
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         return make_fastapi(self)
 
     async def search(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
+        self.active += 1
+        try:
+            return await self._search(request, started)
+        finally:
+            self.active -= 1
+
+    async def _search(self, request: Request, started: float) -> JSONResponse:
         q = await parse_search(request, self.cfg)
         request.state.model = q.model
         info = self.by_name[q.model]
@@ -146,7 +171,12 @@ class Ingress:
             raise ApiError(400, "no_gallery", f"model {q.model!r} has no {q.target} gallery; search another target, "
                            f"or embed the corpus with {q.target}s and rebuild its index")
         model = self.handles[q.model]
-        if q.rerank:
+        alone = self._alone(q)
+        if alone is not None:
+            results, problem = alone
+            if problem:
+                raise ApiError(415, "not_an_image", f"image is not a readable image: {problem}")
+        elif q.rerank:
             results = await self._reranked(q, model, info)
         elif q.kind == "text":
             results = await model.search_text.remote(q.value, q.k, q.target)
@@ -162,6 +192,15 @@ class Ingress:
                              "results": _public_hits(results),
                              "took_ms": round((time.perf_counter() - started) * 1000, 3)})
 
+    def _alone(self, q: SearchQuery) -> tuple[list[dict] | None, str | None] | None:
+        """A text or image query answered right here when it is the only request in the replica and its model is
+        hosted here (layout colocated): no batch queue, no worker-thread hop. None: batch it as usual (other
+        requests are in the replica, so they share a forward pass; or the model's encoder is at work)."""
+        model = self.hosted.get(q.model)
+        if model is None or self.active != 1 or q.rerank or q.kind not in ("text", "image"):
+            return None
+        return model.search_now(q.kind, q.value, q.k, q.target)
+
     async def _reranked(self, q: SearchQuery, model: DeploymentHandle, info: dict) -> list[dict]:
         problem = unsupported(q.rerank, info["family"])
         if problem:
@@ -175,6 +214,13 @@ class Ingress:
         return apply_scores(hits, scores, q.rerank, q.k)
 
     async def embed(self, request: Request) -> JSONResponse:
+        self.active += 1
+        try:
+            return await self._embed(request)
+        finally:
+            self.active -= 1
+
+    async def _embed(self, request: Request) -> JSONResponse:
         model, texts, images = await parse_embed(request, self.cfg)
         request.state.model = model
         text_vectors, image_vectors, problems = await self.handles[model].embed.remote(texts, images)
@@ -184,6 +230,16 @@ class Ingress:
         info = self.by_name[model]
         return JSONResponse({"model": model, "family": info["family"], "checkpoint": info["checkpoint"],
                              "dim": info["dim"], "texts": text_vectors, "images": image_vectors})
+
+
+class LocalModel:
+    """A model held in this replica, called as its deployment's handle is: ``await m.search_text.remote(...)``."""
+
+    def __init__(self, model: ModelDeployment):
+        self._model = model
+
+    def __getattr__(self, method: str) -> SimpleNamespace:
+        return SimpleNamespace(remote=getattr(self._model, method))
 
 
 def _unknown_artwork(q: SearchQuery) -> ApiError:
@@ -297,7 +353,7 @@ def build_app(args: dict) -> serve.Application:
     `RetrievalAppConfig`). Refuses a model whose index was built by another encoder."""
     cfg = RetrievalAppConfig.model_validate(args)
     opts = cfg.storage_options()
-    handles, models = {}, []
+    handles, hosted, models = {}, {}, []
     for m in cfg.models:
         manifest = read_index_manifest(m.index, opts)
         recorded = manifest["encoder"]
@@ -307,15 +363,18 @@ def build_app(args: dict) -> serve.Application:
                 f"model {m.name!r} is configured as {family}:{checkpoint}, but its index {m.index} was built from "
                 f"{recorded['family']}:{recorded['checkpoint']}; embed and index with this checkpoint, or drop "
                 "family/checkpoint from the model to use the index's")
-        handles[m.name] = ModelDeployment.options(name=f"model-{m.name}").bind(
-            m.name, family, checkpoint, m.device, m.dtype, m.index, recorded, cfg.limits.max_image_pixels,
-            cfg.s3_endpoint, manifest.get("corpus"), m.rerank.model_dump(mode="json"))
+        model_args = (m.name, family, checkpoint, m.device, m.dtype, m.index, recorded, cfg.limits.max_image_pixels,
+                      cfg.s3_endpoint, manifest.get("corpus"), m.rerank.model_dump(mode="json"))
+        if cfg.layout == "colocated":
+            hosted[m.name] = model_args
+        else:
+            handles[m.name] = ModelDeployment.options(name=f"model-{m.name}").bind(*model_args)
         models.append({"name": m.name, "family": family, "checkpoint": public_uri(checkpoint), "dim": recorded["dim"],
                        "index": public_uri(m.index), "galleries": {k: v["vectors"] for k, v in manifest["counts"].items()},
                        "faiss": manifest["faiss"], "built": manifest.get("finished"),
                        "rerank": [r for r in ("laclip", "itm") if not unsupported(r, family)],
                        "rerank_candidates": m.rerank.candidates})
-    return Ingress.bind(cfg.model_dump(mode="json"), handles, models)
+    return Ingress.bind(cfg.model_dump(mode="json"), handles, models, hosted)
 
 
 ARGS_ENV = "ARTRAY_SERVE_ARGS"  # a YAML file: the app's args, or a Serve config whose artray app has them

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -105,6 +106,11 @@ class RetrievalAppConfig(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     s3_endpoint: str | None = None
+    layout: Literal["colocated", "split"] = Field(
+        "colocated", description="colocated: every model's encoder and index inside the ingress replica (one Serve "
+        "hop, the fastest; a request whose replica dies gets 503 from the proxy callback `artray.serve.proxy`); "
+        "split: a `model-<name>` deployment per model (models scale apart from HTTP; one hop more; the ingress "
+        "answers 503 for a dead model replica)")
 
     @model_validator(mode="after")
     def _names(self) -> RetrievalAppConfig:

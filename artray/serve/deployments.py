@@ -1,6 +1,9 @@
-"""The search app's back end: one deployment per configured model, holding its encoder *and* its index.
+"""The search app's back end: one model's encoder *and* index, in one replica.
 
-A query costs one call from the ingress: the replica embeds it and searches the FAISS
+With ``layout: colocated`` (the default) the ingress builds this class itself, one per model, and calls
+it in-process; with ``layout: split`` it is a deployment per model (``model-<name>``).
+
+A query costs one call from the ingress: the model embeds it and searches the FAISS
 gallery in the same process, so no vector crosses a process boundary and no second actor
 is on the path (bench/serve.py: each Serve hop costs a few ms on a small machine). Queries
 arriving together are batched (``@serve.batch``): one forward pass, then one FAISS search
@@ -9,8 +12,8 @@ queueing the next batch meanwhile. Re-ranking (LACLIP, ITM) runs in the same rep
 candidates' stored vectors and the gallery images never travel.
 
 The class holds no placement: replicas, ``num_gpus``, autoscaling and the batch size come from
-the Serve config file (``deployments:`` by name, ``model-<model>``; batch size and wait through
-``user_config``). Scaling a model means more replicas of its deployment, each with the encoder
+the Serve config file (``deployments:`` by name, ``ingress`` or ``model-<model>``; batch size and wait
+through ``user_config``). Scaling a model means more replicas of its deployment, each with the encoder
 and a copy of the index in host memory (a flat index holds 3 KB per vector at dim 768).
 
 A replica refuses to start when the encoder's weights are not the ones the index was built with
@@ -21,6 +24,7 @@ queries from another embedding space.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -56,6 +60,7 @@ class ModelDeployment:
         if self.index.encoder != expected:
             raise EncoderMismatchError(f"the index at {index_uri} was rebuilt with another encoder while model "
                                        f"{model!r} was starting; deploy again")
+        self._busy, self._busy_lock = 0, threading.Lock()  # encoder calls under way in worker threads
         self.rerank_cfg = RerankConfig.model_validate(rerank or {})
         self.images = CorpusImages(corpus, options, max_image_pixels, self.rerank_cfg.image_cache) if corpus else None
         self.batch_size = Histogram("artray_encoder_batch_size", description="queries per encoder forward pass",
@@ -89,6 +94,25 @@ class ModelDeployment:
         vector_hits, problem = await self._images(data, k, target)
         return (None, problem) if problem else (vector_hits[1], None)
 
+    def search_now(self, kind: str, value: str | bytes, k: int, target: str) -> tuple[list[dict] | None, str | None] | None:
+        """A lone text or image query answered on the calling thread: no batch queue, no worker-thread hop
+        (the ingress calls it when no other request is in the replica; bench/RESULTS.md measured the hop at
+        ~1.3 ms on a loaded 2-core box). (hits, None), (None, why the image cannot be decoded), or None when
+        the encoder is already at work in a worker thread: then the caller batches the query as usual."""
+        with self._busy_lock:
+            if self._busy:
+                return None
+            self._busy += 1
+        try:
+            if kind == "image":
+                try:
+                    value = to_rgb(value, self.max_image_pixels)
+                except ImageError as exc:
+                    return None, exc.detail
+            return self._embed_and_search(kind, [value], [k], [target])[0][1], None
+        finally:
+            self._release()
+
     async def search_artwork(self, artwork_id: str, k: int, target: str) -> list[dict] | None:
         """Search with an artwork's stored image vector; None if it is not in the image gallery."""
         vector = self.index.vector("image", artwork_id)
@@ -117,7 +141,7 @@ class ModelDeployment:
             vector = self.index.vector("image", value)
             if vector is None:
                 return None, None, "unknown_artwork"
-        hits, scores = await asyncio.to_thread(self._rerank, method, target, kind, value, vector, max(k, candidates))
+        hits, scores = await self._in_thread(self._rerank, method, target, kind, value, vector, max(k, candidates))
         return hits, scores, None
 
     # --- batching and the work itself ---------------------------------------------------------------
@@ -125,7 +149,7 @@ class ModelDeployment:
     @serve.batch(**DEFAULT_BATCH)
     async def _texts(self, texts: list[str], ks: list[int], targets: list[str]) -> list[tuple]:
         """(vector, hits) per query; k == 0 asks for the vector only."""
-        return await asyncio.to_thread(self._embed_and_search, "text", texts, ks, targets)
+        return await self._in_thread(self._embed_and_search, "text", texts, ks, targets)
 
     @serve.batch(**DEFAULT_BATCH)
     async def _images(self, images: list[bytes], ks: list[int], targets: list[str]) -> list[tuple]:
@@ -137,9 +161,38 @@ class ModelDeployment:
             except ImageError as exc:
                 decoded.append(exc.detail)
         good = [i for i, im in enumerate(decoded) if not isinstance(im, str)]
-        found = iter(await asyncio.to_thread(self._embed_and_search, "image", [decoded[i] for i in good],
+        found = iter(await self._in_thread(self._embed_and_search, "image", [decoded[i] for i in good],
                                              [ks[i] for i in good], [targets[i] for i in good]) if good else [])
         return [(None, d) if isinstance(d, str) else (next(found), None) for d in decoded]
+
+    async def _in_thread(self, fn, *args):
+        """`fn(*args)` in a worker thread, counted as busy from now until the thread is done with it (so
+        `search_now` never runs the encoder beside it: a tokenizer is not safe to share between threads)."""
+        with self._busy_lock:
+            self._busy += 1
+        state = {"started": False, "dropped": False}
+
+        def counted():
+            with self._busy_lock:
+                if state["dropped"]:
+                    return None
+                state["started"] = True
+            try:
+                return fn(*args)
+            finally:
+                self._release()
+
+        try:
+            return await asyncio.to_thread(counted)
+        except asyncio.CancelledError:  # cancelled before a thread took it: it never runs, so count it done here
+            with self._busy_lock:
+                if not state["started"]:
+                    state["dropped"], self._busy = True, self._busy - 1
+            raise
+
+    def _release(self) -> None:
+        with self._busy_lock:
+            self._busy -= 1
 
     def _embed_and_search(self, kind: str, items: list, ks: list[int], targets: list[str]) -> list[tuple]:
         """One forward pass over `items`, then one FAISS search per (target, k) group of them."""

@@ -8,7 +8,7 @@ cluster starts one itself, with Ray's defaults: GCS, raylet, replicas and agents
 `ServeProcess` starts
 ``serve run <config>`` as a subprocess attached to the current Ray cluster — exactly
 what a user runs — and waits until ``/healthz`` answers and every deployment of the app runs
-(``/healthz`` is the ingress alone; encoder replicas may still be loading). Tests, bench/serve.py
+(``/healthz`` is the ingress alone; in the split layout model replicas may still be loading). Tests, bench/serve.py
 and the demo use it with the tiny indexes of `artray.scaffold.demo_indexes`; `stop` also
 removes its temp folder.
 """
@@ -35,16 +35,24 @@ logger = logging.getLogger(__name__)
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "retrieval-tiny.yaml"
 
 
+SPLIT_MODEL_DEPLOYMENT = {"max_ongoing_requests": 32, "ray_actor_options": {"num_cpus": 0.25}}
+
+
 def serve_config(indexes: dict[str, str], port: int, template: Path = TINY_CONFIG, **args) -> dict:
     """The tiny Serve config for the models in `indexes` (name → index path), on this HTTP port, with
-    `args` merged into the app's args."""
+    `args` merged into the app's args. With ``layout="split"`` each model gets its ``model-<name>``
+    deployment (the ingress's batching, a quarter CPU), which the colocated template has none of."""
     config = yaml.safe_load(template.read_text(encoding="utf-8"))
     config["http_options"]["port"] = port
     app = config["applications"][0]
     app["args"]["models"] = [{**m, "index": indexes[m["name"]]} for m in app["args"]["models"] if m["name"] in indexes]
-    app["deployments"] = [d for d in app["deployments"]
-                          if d["name"] == "ingress" or d["name"].split("-", 1)[1] in indexes]
     app["args"].update(copy.deepcopy(args))
+    ingress = next(d for d in app["deployments"] if d["name"] == "ingress")
+    app["deployments"] = [ingress]
+    if app["args"].get("layout", "colocated") == "split":
+        batching = ingress.pop("user_config", None)
+        app["deployments"] += [{"name": f"model-{m['name']}", **copy.deepcopy(SPLIT_MODEL_DEPLOYMENT),
+                                **({"user_config": batching} if batching else {})} for m in app["args"]["models"]]
     return config
 
 

@@ -1,9 +1,11 @@
 """The search API under faults: a paced load on ``POST /search`` while one model replica and then every
-model replica are killed, once with the retrying client and once without retries.
+model replica are killed, once with the retrying client and once without retries, in both layouts.
 
 The app runs as users run it (`serve run` of the tiny config, 127.0.0.1 only) on a multi-node cluster
-(`ChaosCluster`: a head and 2 worker nodes) with 2 replicas of the model's deployment (encoder and index
-in one replica). The load is paced (5 requests/s from 4 threads, at most 300 requests and 60 s per pass)
+(`ChaosCluster`: a head and 2 worker nodes) with 2 replicas of the deployment that holds the model
+(encoder and index in one replica): ``ingress`` in the colocated layout (the default: the proxy's
+`artray.serve.proxy` callback answers for a replica that died under a request), ``model-longclip`` in
+the split layout (the ingress answers for it). The load is paced (5 requests/s from 4 threads, at most 300 requests and 60 s per pass)
 and lasts until the replicas are back and at least 100 requests were answered. 5 s in, one model
 replica is killed through Ray (``ray.kill`` of its actor: the other one keeps serving); once Serve has
 replaced it, the worker process of every model replica gets a SIGKILL (no replica left until Serve
@@ -35,8 +37,8 @@ from artray.serve.local import ServeProcess, serve_config
 pytestmark = pytest.mark.chaos
 
 APP = "retrieval"
-DEPLOYMENT = "model-longclip"
-TARGETS = {DEPLOYMENT: 2}
+HOLDER = {"colocated": "ingress", "split": "model-longclip"}  # the deployment whose replicas hold the model
+REPLICAS = 2
 # Load: one request every PACE_S from THREADS threads, until both replicas are back (+ SETTLE_S), at most
 # MAX_REQUESTS requests and MAX_LOAD_S seconds per pass.
 PACE_S, THREADS, MAX_REQUESTS, MAX_LOAD_S = 0.2, 4, 300, 60.0
@@ -62,29 +64,29 @@ def _wait_recovered(deployment: str, killed: list[str], started: float) -> float
     """Seconds from the kill until Serve runs the target replica count again, without the killed ones."""
     while time.monotonic() - started < RECOVER_TIMEOUT_S:
         live = _replicas(deployment)
-        if not set(killed) & set(live) and len(live) == TARGETS[deployment] and _running(deployment) == TARGETS[deployment]:
+        if not set(killed) & set(live) and len(live) == REPLICAS and _running(deployment) == REPLICAS:
             return time.monotonic() - started
         time.sleep(0.25)
-    raise AssertionError(f"{deployment}: not back to {TARGETS[deployment]} running replicas {RECOVER_TIMEOUT_S:.0f}s "
+    raise AssertionError(f"{deployment}: not back to {REPLICAS} running replicas {RECOVER_TIMEOUT_S:.0f}s "
                          f"after killing {killed}: {serve.status().applications[APP].deployments[deployment]}")
 
 
-def _kill_one():
+def _kill_one(deployment: str):
     """(names, kill): `ray.kill` one model replica actor (no restart by Ray: Serve must replace it)."""
-    name = _replicas(DEPLOYMENT)[0]
+    name = _replicas(deployment)[0]
     actor = ray.get_actor(name, namespace="serve")
     return [name], lambda: ray.kill(actor, no_restart=True)
 
 
-def _kill_all():
+def _kill_all(deployment: str):
     """(names, kill): SIGKILL the worker process of every model replica, as the OOM killer or a crash would."""
-    names = _replicas(DEPLOYMENT)
+    names = _replicas(deployment)
     pids = [ray.get(ray.get_actor(n, namespace="serve").__ray_call__.remote(lambda self: os.getpid()), timeout=30)
             for n in names]
     return names, lambda: [os.kill(pid, signal.SIGKILL) for pid in pids]
 
 
-def _load_with_kills(url: str, retries: int) -> dict:
+def _load_with_kills(url: str, retries: int, deployment: str) -> dict:
     """Paced load from THREADS threads while one model replica, then every model replica is killed."""
     client = SearchClient(url, retries=retries, backoff=0.2, max_backoff=2.0, retry_deadline_s=60, timeout_s=30)
     t0, stop = time.monotonic(), threading.Event()
@@ -124,11 +126,11 @@ def _load_with_kills(url: str, retries: int) -> dict:
             time.sleep(KILL_ONE_AT_S)
             for fault, kill, how in (("one replica", _kill_one, "ray.kill of one replica actor"),
                                      ("every replica", _kill_all, "SIGKILL of every replica process")):
-                names, fire = kill()
+                names, fire = kill(deployment)
                 when_busy()
                 fire()
                 at = time.monotonic()
-                recover = _wait_recovered(DEPLOYMENT, names, at)
+                recover = _wait_recovered(deployment, names, at)
                 kills[fault] = {"replicas": names, "how": how, "at_s": round(at - t0, 2),
                                 "recover_s": round(recover, 2)}
                 time.sleep(SETTLE_S)
@@ -146,47 +148,49 @@ def _load_with_kills(url: str, retries: int) -> dict:
             "failure_times_s": [t for t, _ in failed], "failure_details": details, "wall_s": round(time.monotonic() - t0, 2), "kills": kills}
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """The search app on a head + 2 worker nodes (`ChaosCluster`); one HTTP proxy, on the head."""
+@pytest.fixture(scope="module", params=["colocated", "split"])
+def app(request, tmp_path_factory):
+    """The search app, in each layout, on a head + 2 worker nodes (`ChaosCluster`); one HTTP proxy, on the head."""
     cluster = ChaosCluster(workers=2, worker_cpus=1)
     try:
         root = tmp_path_factory.mktemp("serve-faults")
         indexes = demo_indexes(str(root), n=20, tiny_dir=str(tmp_path_factory.getbasetemp() / "tiny"),
                                names=("longclip",))
-        config = serve_config(indexes, free_port())
+        config = serve_config(indexes, free_port(), layout=request.param)
         config["proxy_location"] = "HeadOnly"  # the worker nodes share this machine: one proxy per port
         for d in config["applications"][0]["deployments"]:
-            if d["name"] in TARGETS:
-                d["num_replicas"] = TARGETS[d["name"]]
+            if d["name"] == HOLDER[request.param]:
+                d["num_replicas"] = REPLICAS
         with ServeProcess(config, cluster.address) as proc:
-            yield proc
+            yield proc, HOLDER[request.param]
     finally:
         cluster.shutdown()
 
 
 def test_killed_replicas_are_replaced_and_a_retrying_client_sees_no_failure(app, chaos_report):
+    app, holder = app
     deadline = time.monotonic() + RECOVER_TIMEOUT_S  # /healthz answers once one replica of each is up
-    while not all(_running(d) == n and len(_replicas(d)) == n for d, n in TARGETS.items()):
-        assert time.monotonic() < deadline, {d: (_running(d), _replicas(d)) for d in TARGETS}
+    while not (_running(holder) == REPLICAS and len(_replicas(holder)) == REPLICAS):
+        assert time.monotonic() < deadline, (_running(holder), _replicas(holder))
         time.sleep(0.5)
-    before = {d: set(_replicas(d)) for d in TARGETS}
+    before = set(_replicas(holder))
 
-    retrying = _load_with_kills(app.url, retries=8)
-    chaos_report({"suite": "serve", "pass": "retrying client", **retrying})
-    after = {d: set(_replicas(d)) for d in TARGETS}
-    assert all(len(after[d]) == TARGETS[d] and after[d] != before[d] for d in TARGETS), (before, after)
+    retrying = _load_with_kills(app.url, retries=8, deployment=holder)
+    chaos_report({"suite": "serve", "pass": "retrying client", "deployment": holder, **retrying})
+    after = set(_replicas(holder))
+    assert len(after) == REPLICAS and after != before, (before, after)
     assert retrying["failed"] == 0 and retrying["sent"] >= MIN_SENT, retrying
     assert all(k["requests_during_outage"] > 0 for k in retrying["kills"].values()), retrying  # load was on
 
-    raw = _load_with_kills(app.url, retries=0)  # the same faults, nobody retrying: what a naive client sees
-    chaos_report({"suite": "serve", "pass": "no retries", **raw,
+    raw = _load_with_kills(app.url, retries=0, deployment=holder)  # the same faults, nobody retrying
+    chaos_report({"suite": "serve", "pass": "no retries", "deployment": holder, **raw,
              "raw_error_rate": round(raw["failed"] / max(1, raw["sent"]), 4)})
     assert raw["sent"] >= MIN_SENT and all(k["requests_during_outage"] > 0 for k in raw["kills"].values()), raw
-    # Every failure a client sees is one it may retry: the app answers 503 when a replica died under a
-    # request, never 500 (regression: it answered 500 "internal_error" before).
+    # Every failure a client sees is one it may retry: 503 when a replica died under a request (the ingress's
+    # answer in the split layout, the proxy callback's in the colocated one), never 500 (regression: the app
+    # answered 500 "internal_error" before; Serve's proxy answers 500 without artray.serve.proxy).
     assert set(raw["failures_by_kind"]) <= {"502", "503", "504", "connection"}, raw
 
     final = serve.status().applications[APP]
-    assert final.status == "RUNNING" and all(_running(d) == n for d, n in TARGETS.items())
+    assert final.status == "RUNNING" and _running(holder) == REPLICAS
     assert SearchClient(app.url, retries=0).search("after the faults", k=2)["results"]
