@@ -84,6 +84,8 @@ rm -f "$DIR/cluster.pgid"
     if [[ -n "$PY_PREFIX" ]]; then
         echo "# python-prefix: $PY_PREFIX"
     fi
+    echo "# cwd: $PWD"  # the workers' folder and PYTHONPATH: a stage that joins passes its own only where they differ
+    echo "# pythonpath: ${PYTHONPATH:-}"
     if [[ $LOOPBACK == 1 ]]; then
         echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep 127.0.0.1 (else Ray dials this machine's own address and hangs)"
     fi

@@ -69,3 +69,20 @@ def test_no_hint_without_a_running_cluster(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runtime, "LOCAL_CLUSTER_ENVS", str(tmp_path / "artray-ray-*" / "client.env"))
     runtime._hint_running_cluster()
     assert capsys.readouterr().err == ""
+
+
+def test_a_joined_heads_workers_get_the_drivers_folder_and_pythonpath_only_where_they_differ(tmp_path, monkeypatch):
+    """Any env var gives the job's workers a runtime_env of their own (new worker processes, seconds on 2 cores),
+    so a stage passes its folder and PYTHONPATH only where the head's client.env says its workers have others."""
+    (tmp_path / "client.env").write_text("export RAY_ADDRESS=127.0.0.1:6379\n# python-prefix: /venv\n"
+                                         f"# cwd: {tmp_path}\n# pythonpath: \n", encoding="utf-8")
+    head = runtime.read_client_env(str(tmp_path / "client.env"))
+    assert (head["python_prefix"], head["cwd"], head["pythonpath"]) == ("/venv", str(tmp_path), "")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    assert runtime.same_machine_worker_env(head) == {}  # same folder, same PYTHONPATH: the head's idle workers serve
+    monkeypatch.setenv("PYTHONPATH", "/src/artray")
+    monkeypatch.chdir(tmp_path.parent)
+    assert runtime.same_machine_worker_env(head) == {runtime.DRIVER_CWD_ENV: str(tmp_path.parent),
+                                                     "PYTHONPATH": "/src/artray"}
+    assert runtime.same_machine_worker_env(None) == runtime.same_machine_worker_env(head)  # unknown head: both
