@@ -83,7 +83,8 @@ def main() -> int:
     if args._child:
         print("STARTUP " + json.dumps(child(args.address)), flush=True)
         return 0
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    path = os.environ.get("PYTHONPATH", "")  # unchanged when it has this checkout (a joined head compares it)
+    env = {**os.environ, "PYTHONPATH": path if str(REPO) in path.split(os.pathsep) else f"{REPO}{os.pathsep}{path}",
            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "ARTRAY_FRESH_RAY": "1"}  # no address: a new cluster, always
     env.pop("RAY_ADDRESS", None)
     cluster_sid = None
