@@ -173,9 +173,12 @@ def _listening(address: str) -> bool:
 
 
 def running_local_clusters(pattern: str | None = None) -> list[str]:
-    """client.env files of clusters cluster/start-local.sh started on this machine whose head still listens."""
+    """client.env files of clusters cluster/start-local.sh started on this machine whose head still listens
+    (those of $ARTRAY_CLUSTER_DIR, start-local.sh's folder setting, when it is set)."""
     import glob
 
+    if pattern is None and os.environ.get("ARTRAY_CLUSTER_DIR"):
+        pattern = os.path.join(os.environ["ARTRAY_CLUSTER_DIR"], "client.env")
     found = []
     for env_file in sorted(glob.glob(pattern or LOCAL_CLUSTER_ENVS)):
         try:
@@ -202,8 +205,6 @@ def _why_not_joinable(env_file: str, settings: dict[str, str]) -> str | None:
 def joinable_local_cluster(pattern: str | None = None) -> dict[str, str] | None:
     """The client settings of a running cluster/start-local.sh cluster this process may join by default: this
     user's, loopback-only, run by this Python (its workers then import the same packages); else None."""
-    if pattern is None and os.environ.get("ARTRAY_CLUSTER_DIR"):  # start-local.sh's folder setting
-        pattern = os.path.join(os.environ["ARTRAY_CLUSTER_DIR"], "client.env")
     for env_file in running_local_clusters(pattern):
         settings = read_client_env(env_file)
         if _why_not_joinable(env_file, settings) is None:

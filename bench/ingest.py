@@ -21,7 +21,7 @@ One run, side by side, same URLs, same server, same resize target:
    * **bare**: one process, ``requests`` + ``ThreadPoolExecutor`` + ``artray.images.fit_long_side``,
      results written to one Parquet file;
    * **artray-join** (with ``--join CLUSTER_DIR``): artray as above, but joining the running
-     cluster/start-local.sh head of that folder instead of starting Ray (what ``artray ingest`` does
+     cluster/start-local.sh head of that folder instead of starting Ray (what ``artray corpus ingest`` does
      by default when such a head is running); the CPU that head's processes use during the run counts;
 4. checks every output (successes, long side exactly 576 since all sources are larger)
    and prints images/s and ratios.
