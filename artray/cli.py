@@ -102,7 +102,7 @@ def _job_arguments(job: Job):
             p.add_argument(name, nargs="*" if many else "?",
                            help=f"{name} URI{'s' if many else ''} (or set {'them' if many else 'it'} in --config)")
         if job.ray:
-            p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+            _add_ray_arguments(p)
         if job.leased:
             p.add_argument("--force-lease", action="store_true",
                            help="take the output's run lease even if another run seems to hold it: only once you "
@@ -228,7 +228,7 @@ def _add_recipe_parsers(sub) -> None:
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="a param (--set scale=tiny) or a step's config key (--set train.epochs=1); repeatable")
         if name == "run":
-            q.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+            _add_ray_arguments(q)
             q.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (default: the AWS environment's)")
         q.set_defaults(func=_cmd_recipe)
 
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "127.0.0.1 (ARTRAY_BIND=<address> binds there instead). Ray's own `serve run` without a cluster "
                     "starts one listening on every interface. Ctrl-C stops the app.")
     p.add_argument("config", help="Serve config file (serve_configs/retrieval.yaml)")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or a local cluster)")
+    _add_ray_arguments(p)
     p.add_argument("--non-blocking", action="store_true", help="return once the app is deployed")
     p.set_defaults(func=_cmd_serve_run)
 
@@ -303,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_submit_parsers(sub)
     return parser
+
+
+def _add_ray_arguments(p: argparse.ArgumentParser) -> None:
+    """--address and --fresh-ray: where a command that runs on Ray gets its cluster."""
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else this user's running "
+                   "cluster/start-local.sh cluster, else a private local one)")
+    p.add_argument("--fresh-ray", action="store_true",
+                   help="start a private local Ray even when a cluster/start-local.sh cluster is running "
+                        "(same as ARTRAY_FRESH_RAY=1)")
 
 
 def _address_in(argv: list[str]) -> str | None:
@@ -319,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_client_env(_address_in(list(sys.argv[1:] if argv is None else argv)))  # before anything imports Ray
     args = build_parser().parse_args(argv)
+    if getattr(args, "fresh_ray", False):
+        from artray.runtime import FRESH_ENV
+
+        os.environ[FRESH_ENV] = "1"
     from artray.console import setup_cli_logging
 
     setup_cli_logging(args.verbose)

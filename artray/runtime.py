@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import sys
 
 BIND_ENV = "ARTRAY_BIND"  # address a local cluster listens on; default loopback
 # Ray's switch for single-machine clusters (its default on macOS/Windows): with it off, Ray takes
@@ -36,15 +37,17 @@ def worker_env() -> dict[str, str]:
 
 
 def init_ray(address: str | None = None) -> None:
-    """Attach to the cluster at `address` / $RAY_ADDRESS, or start a local one that listens on 127.0.0.1.
+    """Attach to the cluster at `address` / $RAY_ADDRESS, else join this user's running local cluster
+    (cluster/start-local.sh), else start a private one that listens on 127.0.0.1.
 
     A job submitted with `ray job submit` already has RAY_ADDRESS set and joins its cluster.
-    A local cluster started here opens no dashboard and binds every Ray port to loopback, so
-    nothing listens beyond this machine; ``ARTRAY_BIND=<address of this machine>`` makes it
-    listen there instead (Ray then binds its gRPC ports on every interface: a trusted network
-    only, token auth stays on). `worker_env` travels to the workers as the job's runtime_env.
-    A stage joins a running cluster only when told (RAY_ADDRESS, `--address`); one that
-    cluster/start-local.sh started is named in a hint, never joined by surprise.
+    Joining a running head skips Ray's start-up and shutdown (bench/RESULTS.md "Fixed start-up"); the
+    console says which cluster was joined, and ``ARTRAY_FRESH_RAY=1`` (`--fresh-ray`) starts a private
+    one instead (tests set it: they never join a stray head). A private cluster opens no dashboard and
+    binds every Ray port to loopback, so nothing listens beyond this machine; ``ARTRAY_BIND=<address of
+    this machine>`` makes it listen there instead (Ray then binds its gRPC ports on every interface: a
+    trusted network only, token auth stays on). `worker_env` travels to the workers as the job's
+    runtime_env, with what a same-machine cluster's workers need to see this driver's files and code.
     """
     import ray
 
@@ -53,11 +56,23 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    joined_local = None
+    if not address and not fresh_ray_requested():
+        joined_local = joinable_local_cluster()
+        if joined_local:
+            address = joined_local["RAY_ADDRESS"]
+            for key in ("RAY_AUTH_MODE", _RAY_MULTI_NODE_ENV):  # what `source client.env` would have set
+                if joined_local.get(key) and not os.environ.get(key):
+                    os.environ[key] = joined_local[key]
     kwargs: dict = {"logging_level": "WARNING", **ray_init_kwargs()}
     env = worker_env()
+    if address and _is_loopback_address(address) and _IN_RAY_JOB_ENV not in os.environ:
+        # a running head's workers start in its folder, with its PYTHONPATH: say where this driver's are
+        env.update(same_machine_worker_env(joined_local or _client_env_of(address)))
     if env and _IN_RAY_JOB_ENV not in os.environ:  # a submitted job has it in its runtime_env already
-        # (also without an address: a plain ray.init() joins a `ray start` cluster when there is one)
         kwargs["runtime_env"] = {"env_vars": env}
+        if DRIVER_CWD_ENV in env:
+            kwargs["runtime_env"]["worker_process_setup_hook"] = "artray.runtime.enter_driver_cwd"
     if address:
         address = _cluster_address(address)
     else:
@@ -79,43 +94,136 @@ def init_ray(address: str | None = None) -> None:
                             "the cluster's token (RAY_AUTH_TOKEN, or ~/.ray/auth_token) before Ray is imported "
                             "(`source <cluster dir>/client.env` after cluster/start-local.sh does both)") from exc
         raise
+    if joined_local:
+        sys.stderr.write(f"[artray] joined the running local Ray cluster at {address} ({joined_local['dir']}, "
+                         "cluster/start-local.sh): no Ray start-up; --fresh-ray or ARTRAY_FRESH_RAY=1 starts a private "
+                         "one\n")
     quiet_ray_console()
+
+
+FRESH_ENV = "ARTRAY_FRESH_RAY"  # "1": never join a running local cluster by default (tests, benchmarks, --fresh-ray)
+DRIVER_CWD_ENV = "ARTRAY_DRIVER_CWD"  # the driver's folder, where a joined cluster's workers resolve relative paths
+
+
+def fresh_ray_requested() -> bool:
+    return os.environ.get(FRESH_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def same_machine_worker_env(head: dict[str, str] | None = None) -> dict[str, str]:
+    """Env vars for the workers of a cluster on this machine that this process did not start: this driver's
+    folder (relative local paths in a config mean the same file in a worker, see `enter_driver_cwd`) and
+    PYTHONPATH (the workers import the artray this driver runs), each only where it differs from what the
+    head's client.env (`head`) says its workers have. Any env var makes the job's workers a runtime_env of
+    their own, so none of the head's idle workers serves it: measured, +3.6 s and +7 CPU-s for an ingest of
+    1000 images on 2 cores (bench/RESULTS.md "Fixed start-up")."""
+    head = head or {}
+    env = {}
+    if head.get("cwd") is None or os.path.realpath(head["cwd"]) != os.path.realpath(os.getcwd()):
+        env[DRIVER_CWD_ENV] = os.getcwd()
+    if head.get("pythonpath") is None or head["pythonpath"] != os.environ.get("PYTHONPATH", ""):
+        env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    return env
+
+
+def _client_env_of(address: str) -> dict[str, str] | None:
+    """The client.env settings of the running cluster/start-local.sh cluster at `address`, if it is one."""
+    for env_file in running_local_clusters():
+        settings = read_client_env(env_file)
+        if settings.get("RAY_ADDRESS") == address and os.stat(env_file).st_uid == os.getuid():
+            return settings
+    return None
+
+
+def enter_driver_cwd() -> None:
+    """Ray's worker_process_setup_hook for a joined same-machine cluster: work in the driver's folder."""
+    folder = os.environ.get(DRIVER_CWD_ENV)
+    if folder and os.path.isdir(folder):
+        os.chdir(folder)
 
 
 LOCAL_CLUSTER_ENVS = "/tmp/artray-ray-*/client.env"  # cluster/start-local.sh's default ARTRAY_CLUSTER_DIR
 
 
+def read_client_env(env_file: str) -> dict[str, str]:
+    """The `export KEY=VALUE` settings of a client.env that cluster/start-local.sh wrote (comments dropped),
+    plus ``dir`` (its folder) and, when it says, ``python_prefix``, ``cwd`` and ``pythonpath``: sys.prefix, folder and
+    PYTHONPATH of the head's workers."""
+    out = {"dir": os.path.dirname(env_file)}
+    with open(env_file, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("export "):
+                key, _, value = line.removeprefix("export ").split("#", 1)[0].strip().partition("=")
+                out[key] = value
+            else:
+                for key in ("python-prefix", "cwd", "pythonpath"):  # what the head's workers run with
+                    if line.startswith(f"# {key}: ") or line.rstrip("\n") == f"# {key}:":
+                        out[key.replace("-", "_")] = line.rstrip("\n").partition(":")[2].removeprefix(" ")
+    return out
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def running_local_clusters(pattern: str | None = None) -> list[str]:
-    """client.env files of clusters cluster/start-local.sh started on this machine whose head still listens."""
+    """client.env files of clusters cluster/start-local.sh started on this machine whose head still listens
+    (those of $ARTRAY_CLUSTER_DIR, start-local.sh's folder setting, when it is set)."""
     import glob
 
+    if pattern is None and os.environ.get("ARTRAY_CLUSTER_DIR"):
+        pattern = os.path.join(os.environ["ARTRAY_CLUSTER_DIR"], "client.env")
     found = []
     for env_file in sorted(glob.glob(pattern or LOCAL_CLUSTER_ENVS)):
         try:
-            with open(env_file, encoding="utf-8") as f:
-                line = next((ln for ln in f if ln.startswith("export RAY_ADDRESS=")), "")
+            settings = read_client_env(env_file)
         except OSError:
             continue
-        host, _, port = line.split("=", 1)[-1].split("#", 1)[0].strip().rpartition(":")
-        if not port.isdigit():
-            continue
-        try:
-            with socket.create_connection((host, int(port)), timeout=0.2):
-                found.append(env_file)
-        except OSError:
-            continue
+        if _listening(settings.get("RAY_ADDRESS", "")):
+            found.append(env_file)
     return found
 
 
+def _why_not_joinable(env_file: str, settings: dict[str, str]) -> str | None:
+    """None when this process may join the cluster of `env_file` by default, else the reason it may not."""
+    if os.stat(env_file).st_uid != os.getuid():
+        return "another user's cluster"
+    if not _is_loopback_address(settings.get("RAY_ADDRESS", "")):
+        return "it listens beyond this machine (ARTRAY_BIND)"
+    prefix = settings.get("python_prefix")
+    if not prefix or os.path.realpath(prefix) != os.path.realpath(sys.prefix):
+        return f"its workers run another Python environment ({prefix or 'unknown'}; this one is {sys.prefix})"
+    return None
+
+
+def joinable_local_cluster(pattern: str | None = None) -> dict[str, str] | None:
+    """The client settings of a running cluster/start-local.sh cluster this process may join by default: this
+    user's, loopback-only, run by this Python (its workers then import the same packages); else None."""
+    for env_file in running_local_clusters(pattern):
+        settings = read_client_env(env_file)
+        if _why_not_joinable(env_file, settings) is None:
+            return settings
+    return None
+
+
 def _hint_running_cluster() -> None:
-    """Say so when a local cluster (cluster/start-local.sh) is running but this shell is not pointed at it:
-    joining it skips Ray's start-up (seconds per stage) instead of starting a private cluster beside it."""
+    """Say so when a local cluster (cluster/start-local.sh) is running but was not joined: joining it skips Ray's
+    start-up (seconds per stage) instead of starting a private cluster beside it."""
+    if fresh_ray_requested():
+        return
     running = running_local_clusters()
     if running:
-        import sys
-
-        sys.stderr.write(f"[artray] a local Ray cluster is running: `source {running[0]}` to run on it and skip "
-                         "Ray's start-up; starting a private one for this run\n")
+        reason = _why_not_joinable(running[0], read_client_env(running[0]))
+        sys.stderr.write(f"[artray] a local Ray cluster is running ({running[0]}"
+                         + (f"; not joined: {reason}" if reason else "")
+                         + f"): `source {running[0]}` to run on it and skip Ray's start-up; starting a private one "
+                         "for this run\n")
 
 
 def _cluster_address(address: str) -> str:
@@ -134,6 +242,7 @@ def _cluster_address(address: str) -> str:
     prepare_client_env(address)
     if os.environ.get(_RAY_MULTI_NODE_ENV) == "0":  # Ray is imported already: its copy of the setting too
         _loopback_only()
+    match_auth_mode(address)
     return address
 
 
@@ -142,18 +251,62 @@ def _is_loopback_address(address: str) -> bool:
 
 
 def prepare_client_env(address: str | None = None) -> None:
-    """Before Ray is imported: the settings a client of the cluster at `address` / $RAY_ADDRESS needs, when the
-    shell has not set them (what cluster/start-local.sh's client.env sets): a loopback head is dialled on
-    127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), and a token this shell has is sent (RAY_AUTH_MODE=token).
-    Ray reads both when it is imported; the CLI calls this first thing."""
+    """Before Ray is imported: a loopback head at `address` / $RAY_ADDRESS is dialled on 127.0.0.1
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, as cluster/start-local.sh's client.env sets it), which Ray reads when
+    it is imported; the CLI calls this first thing. The token mode is matched to the cluster later, when
+    `init_ray` joins it (`match_auth_mode`)."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address or address.startswith(("http://", "https://")):
         return
     if _is_loopback_address(address):
         os.environ.setdefault(_RAY_MULTI_NODE_ENV, "0")
-    if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-                                                or os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
+
+
+def _has_token() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or os.path.exists(os.path.expanduser("~/.ray/auth_token")))
+
+
+# A GCS method every Ray cluster serves; the request is an empty message (b"").
+_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+
+
+def cluster_auth_mode(address: str, timeout_s: float = 5.0) -> str | None:
+    """"token" when the GCS at `address` refuses a call that carries no token, "disabled" when it answers it,
+    None when it cannot be asked (not reachable in `timeout_s`)."""
+    import grpc
+
+    with grpc.insecure_channel(address.split("://", 1)[-1]) as channel:
+        try:
+            channel.unary_unary(_PROBE_METHOD)(b"", timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return "token" if exc.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    return "disabled"
+
+
+def match_auth_mode(address: str) -> None:
+    """Make this driver send a token exactly when the cluster at `address` wants one, unless RAY_AUTH_MODE says.
+
+    A driver in token mode cannot join a cluster without token auth (the cluster's processes send no token to
+    the driver's own servers), and one without a token retries for a minute against a cluster with it, so the
+    cluster is asked first (one gRPC call without a token)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    mode = cluster_auth_mode(address)
+    if mode == "token" or (mode is None and _has_token()):  # not reachable: ray.init reports that itself
+        if mode == "token" and not _has_token():
+            from artray.errors import UserError
+
+            raise UserError(f"the Ray cluster at {address} requires token authentication and this shell has no "
+                            "token: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or the file ~/.ray/auth_token) to the "
+                            "cluster's token (`source <cluster dir>/client.env` after cluster/start-local.sh)")
         os.environ["RAY_AUTH_MODE"] = "token"
+    elif mode == "disabled":
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+    if "ray" in sys.modules:  # Ray read its settings at import: refresh them, as Ray does when it turns auth on
+        from ray._raylet import Config
+
+        Config.initialize("")
 
 
 # Ports for artray's own local servers: below Linux's ephemeral range (32768-60999), where every process

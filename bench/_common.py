@@ -39,18 +39,23 @@ class SessionCPU:
     is far less disturbed by other people's load than wall time, which makes it the
     steadier number on a shared machine. Sampled every `interval` s: a process that ends
     between samples loses at most its last interval, so figures are slight underestimates.
-    Linux only; `seconds` is None elsewhere.
+    Linux only; `seconds` is None elsewhere. ``since_now=True`` counts only the CPU used from now on (the
+    processes of a running cluster a benchmark joins, see `cluster_session`).
     """
 
-    def __init__(self, sid: int, interval: float = 0.2):
+    def __init__(self, sid: int, interval: float = 0.2, since_now: bool = False):
         import threading
 
         self.sid, self.interval = sid, interval
         self._seen: dict[tuple[int, str], float] = {}
+        self._base: dict[tuple[int, str], float] = {}
         self._stop = threading.Event()
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.available = os.path.isdir("/proc/self")
         self._thread = threading.Thread(target=self._loop, daemon=True)
+        if self.available and since_now:  # a session that runs already (a cluster): count only from now on
+            self._sample()
+            self._base = dict(self._seen)
         if self.available:
             self._thread.start()
 
@@ -85,7 +90,18 @@ class SessionCPU:
 
     @property
     def seconds(self) -> float | None:
-        return sum(self._seen.values()) if self.available else None
+        return sum(v - self._base.get(k, 0.0) for k, v in self._seen.items()) if self.available else None
+
+
+def cluster_session(cluster_dir: str) -> tuple[str, int]:
+    """(GCS address, session id) of the cluster cluster/start-local.sh runs from `cluster_dir`: its client.env's
+    RAY_ADDRESS and its process group (setsid: group id = session id), whose CPU a joining run adds to its own."""
+    from pathlib import Path
+
+    env = Path(cluster_dir, "client.env").read_text(encoding="utf-8")
+    address = next(ln.split("=", 1)[1].split("#")[0].strip() for ln in env.splitlines()
+                   if ln.startswith("export RAY_ADDRESS="))
+    return address, int(Path(cluster_dir, "cluster.pgid").read_text().strip())
 
 
 def load_average() -> tuple[float, float, float]:

@@ -20,6 +20,9 @@ One run, side by side, same URLs, same server, same resize target:
      576; ``keep_ratio_largest`` is the long-side resize artray does);
    * **bare**: one process, ``requests`` + ``ThreadPoolExecutor`` + ``artray.images.fit_long_side``,
      results written to one Parquet file;
+   * **artray-join** (with ``--join CLUSTER_DIR``): artray as above, but joining the running
+     cluster/start-local.sh head of that folder instead of starting Ray (what ``artray corpus ingest`` does
+     by default when such a head is running); the CPU that head's processes use during the run counts;
 4. checks every output (successes, long side exactly 576 since all sources are larger)
    and prints images/s and ratios.
 
@@ -56,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     SessionCPU,
     Timer,
+    cluster_session,
     load_average,
     machine_line,
     median,
@@ -69,7 +73,7 @@ TARGET = 576
 SEED = 20240611
 DEFAULT_I2D = "/tmp/i2d/bin/img2dataset"
 CONTACT = "mailto:bench@artray.invalid"
-TOOLS = ("artray", "img2dataset", "bare")
+TOOLS = ("artray", "artray-join", "img2dataset", "bare")  # artray-join: with --join only
 
 
 # --------------------------------------------------------------------------- images
@@ -261,9 +265,12 @@ def _kill_session(sid: int) -> None:
                 pass
 
 
-def _run(cmd: list[str], log: Path, env: dict, timeout: float) -> tuple[float, int, float | None]:
-    """Run `cmd` in its own session; (wall s from spawn to exit, exit code, CPU s of the whole process tree)."""
+def _run(cmd: list[str], log: Path, env: dict, timeout: float,
+         cluster_sid: int | None = None) -> tuple[float, int, float | None]:
+    """Run `cmd` in its own session; (wall s from spawn to exit, exit code, CPU s of the whole process tree, plus
+    the CPU the processes of session `cluster_sid` (a joined cluster) use meanwhile)."""
     with open(log, "wb") as fh, Timer() as t:
+        cluster_cpu = SessionCPU(cluster_sid, since_now=True) if cluster_sid else None
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         cpu = SessionCPU(proc.pid)
         try:
@@ -271,12 +278,14 @@ def _run(cmd: list[str], log: Path, env: dict, timeout: float) -> tuple[float, i
         except subprocess.TimeoutExpired:
             _kill_session(proc.pid)
             rc = proc.wait()
-    return t.s, rc, cpu.stop()
+    own = cpu.stop()
+    return t.s, rc, (own + (cluster_cpu.stop() or 0)) if cluster_cpu and own is not None else own
 
 
 def _child_env() -> dict:
     env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)  # always a fresh local Ray, never someone else's cluster
+    env.pop("RAY_ADDRESS", None)  # a fresh local Ray, never someone else's cluster (run_artray: --address)
+    env["ARTRAY_FRESH_RAY"] = "1"  # not even this user's cluster/start-local.sh cluster
     env.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     env["NO_ALBUMENTATIONS_UPDATE"] = "1"  # img2dataset's albumentations would try the network
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -295,15 +304,22 @@ def _check_sizes(widths: list, heights: list) -> int:
     return sum(1 for w, h in zip(widths, heights) if w is not None and h is not None and max(w, h) == TARGET)
 
 
-def run_artray(work: Path, tag: str, input_uri: str, n: int, timeout: float, extra: dict) -> dict:
+def run_artray(work: Path, tag: str, input_uri: str, n: int, timeout: float, extra: dict,
+               cluster_dir: str | None = None) -> dict:
+    """artray in a fresh process: on a new private Ray, or joining the cluster/start-local.sh cluster of
+    `cluster_dir` (then the CPU that cluster's processes use during the run counts too)."""
     from artray import corpus
 
-    out = work / f"artray-{tag}"
-    log = work / f"artray-{tag}.log"
+    name = "artray-join" if cluster_dir else "artray"
+    out = work / f"{name}-{tag}"
+    log = work / f"{name}-{tag}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", "artray", "--_input", input_uri, "--_output", str(out),
            "--_extra", json.dumps(extra)]
-    wall, rc, cpu = _run(cmd, log, _child_env(), timeout)
-    res = {"tool": "artray", "wall_s": wall, "rc": rc, "cpu_s": cpu, "log": str(log), **_worker_result(log)}
+    env, sid = _child_env(), None
+    if cluster_dir:
+        env["RAY_ADDRESS"], sid = cluster_session(cluster_dir)  # the driver matches the cluster's token mode itself
+    wall, rc, cpu = _run(cmd, log, env, timeout, sid)
+    res = {"tool": name, "wall_s": wall, "rc": rc, "cpu_s": cpu, "log": str(log), **_worker_result(log)}
     if rc == 0:
         arts = corpus.read_artworks(str(out), columns=["artwork_id", "width", "height"])
         res["ok"] = arts.num_rows
@@ -386,17 +402,18 @@ def summarize(results: list[dict], n: int, rounds: int) -> tuple[str, dict]:
             }
     t = summary["tools"]
     ratio_rows = []
-    for other in ("img2dataset", "bare"):
-        if "artray" not in t or other not in t:
+    for mine, other in (("artray", "img2dataset"), ("artray-join", "img2dataset"), ("artray", "bare"),
+                        ("artray-join", "bare"), ("artray-join", "artray")):
+        if mine not in t or other not in t:
             continue
-        row = [f"artray / {other}"]
+        row = [f"{mine} / {other}"]
         for label, key in SPEEDS:
-            total = ratio(t["artray"][f"{label} img/s"], t[other][f"{label} img/s"])
+            total = ratio(t[mine][f"{label} img/s"], t[other][f"{label} img/s"])
             per_round = median([ratio(_speed([a], key), _speed([b], key))
-                                for a in results if a["tool"] == "artray"
+                                for a in results if a["tool"] == mine
                                 for b in results if b["tool"] == other and b["round"] == a["round"]])
             row += [total, per_round]
-            summary["ratios"][f"artray/{other} {label}"] = total
+            summary["ratios"][f"{mine}/{other} {label}"] = total
         ratio_rows.append(row)
     lines += ["", table(["tool", "images ok", "long side 576", "cold img/s", "work img/s", "img/CPU-s"],
                         [[k, f"{v['fraction_ok']:.1%}", f"{v['size_ok']:.1%}", v["cold img/s"], v["work img/s"],
@@ -417,8 +434,13 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="100 images, 1 round: a smoke run (under a minute on a quiet machine)")
     ap.add_argument("--img2dataset", default=None,
                     help=f"img2dataset executable (default {DEFAULT_I2D} if present); 'none' skips it")
-    ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated subset of artray,img2dataset,bare")
+    ap.add_argument("--tools", default=None,
+                    help="comma-separated subset of artray,artray-join,img2dataset,bare (default: all; artray-join "
+                         "only with --join)")
     ap.add_argument("--bare-threads", type=int, default=16)
+    ap.add_argument("--join", metavar="CLUSTER_DIR", default=None,
+                    help="also run artray-join: artray joining the cluster/start-local.sh cluster of this folder "
+                         "instead of starting Ray (the CPU that cluster uses during the run counts as artray's)")
     ap.add_argument("--artray-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra IngestConfig field for artray (JSON value), e.g. actors=2; repeatable")
     ap.add_argument("--seed", type=int, default=SEED)
@@ -442,7 +464,11 @@ def main() -> int:
 
     n = args.images or (100 if args.quick else 1000)
     rounds = args.rounds or (1 if args.quick else 2)
-    tools = [t for t in args.tools.split(",") if t]
+    tools = [t for t in (args.tools or ",".join(TOOLS)).split(",") if t]
+    if not args.join and "artray-join" in tools:
+        if args.tools:
+            ap.error("artray-join needs --join CLUSTER_DIR")
+        tools.remove("artray-join")
     binary = args.img2dataset or (DEFAULT_I2D if Path(DEFAULT_I2D).exists() else None)
     if binary and binary.lower() == "none":
         binary = None
@@ -457,7 +483,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="artray-bench-ingest-"))
     print(f"[bench] {machine_line()}", flush=True)
-    print(f"[bench] {n} images, {rounds} round(s), tools {tools}, work dir {work}", flush=True)
+    print(f"[bench] {n} images, {rounds} round(s), tools {tools}, work dir {work}"
+          + (f", artray-join joins the cluster of {args.join}" if args.join else ""), flush=True)
     server = None
     try:
         with Timer() as t_gen:
@@ -479,6 +506,8 @@ def main() -> int:
                 print(f"[bench] round {rnd + 1}/{rounds}: {tool} ...", flush=True)
                 if tool == "artray":
                     res = run_artray(work, tag, input_uri, n, timeout, extra)
+                elif tool == "artray-join":
+                    res = run_artray(work, tag, input_uri, n, timeout, extra, args.join)
                 elif tool == "img2dataset":
                     res = run_img2dataset(work, tag, binary, url_file, n, timeout)
                 else:

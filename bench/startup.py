@@ -1,6 +1,6 @@
 """Where a stage's fixed start-up goes: imports, Ray start (or join), Ray Data's first pipeline, an actor.
 
-    .venv/bin/python bench/startup.py [--rounds 3] [--address ADDR]
+    .venv/bin/python bench/startup.py [--rounds 3] [--address ADDR | --cluster-dir DIR]
 
 Each round is a fresh Python process (as a user's `artray <stage>` is) that times, in order:
 
@@ -15,6 +15,8 @@ Each round is a fresh Python process (as a user's `artray <stage>` is) that time
 Prints one table (median of the rounds per phase) and one JSON line. CPU seconds of the whole process
 tree (Ray's daemons included) are measured too, the figure least moved by other load on a shared
 machine. Run it before and after a change, in one session, and write both into bench/RESULTS.md.
+``--cluster-dir`` joins the cluster cluster/start-local.sh runs from DIR and adds the CPU its processes use
+during each round (its workers run the round's tasks and actor) to the round's CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SessionCPU, load_average, machine_line, median, table  # noqa: E402
+from _common import SessionCPU, cluster_session, load_average, machine_line, median, table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("import", "init_ray", "data", "actor", "shutdown")
@@ -74,23 +76,30 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--address", help="join this cluster instead of starting one (RAY_ADDRESS)")
+    p.add_argument("--cluster-dir", help="join the cluster/start-local.sh cluster of this folder; its CPU counts")
     p.add_argument("--json", help="also write the report here")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._child:
         print("STARTUP " + json.dumps(child(args.address)), flush=True)
         return 0
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    path = os.environ.get("PYTHONPATH", "")  # unchanged when it has this checkout (a joined head compares it)
+    env = {**os.environ, "PYTHONPATH": path if str(REPO) in path.split(os.pathsep) else f"{REPO}{os.pathsep}{path}",
+           "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "ARTRAY_FRESH_RAY": "1"}  # no address: a new cluster, always
+    env.pop("RAY_ADDRESS", None)
+    cluster_sid = None
+    if args.cluster_dir:
+        args.address, cluster_sid = cluster_session(args.cluster_dir)
     runs, load_before = [], load_average()
     for _ in range(args.rounds):
         cmd = [sys.executable, __file__, "--_child"] + (["--address", args.address] if args.address else [])
         start = time.perf_counter()
+        cluster_cpu = SessionCPU(cluster_sid, since_now=True) if cluster_sid else None
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         cpu = SessionCPU(proc.pid)
         stdout, stderr = proc.communicate(timeout=600)
-        cpu_s = cpu.stop()
+        cpu_s = (cpu.stop() or 0) + ((cluster_cpu.stop() or 0) if cluster_cpu else 0)
         wall = time.perf_counter() - start
         line = next((ln for ln in stdout.splitlines() if ln.startswith("STARTUP ")), None)
         if proc.returncode != 0 or line is None:

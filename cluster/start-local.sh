@@ -69,6 +69,10 @@ if (( ${#DIR} > 46 )); then
 fi
 mkdir -p "$DIR"
 chmod 700 "$DIR"
+# The Python environment that runs the workers (the one `ray` belongs to): artray joins this cluster by
+# default only from the same environment (artray.runtime.joinable_local_cluster).
+RAY_PY=$(sed -n '1s/^#! *//p' "$(command -v "$RAY")" 2>/dev/null | cut -d' ' -f1 || true)
+PY_PREFIX=$("${RAY_PY:-false}" -c 'import sys; print(sys.prefix)' 2>/dev/null || true)
 rm -f "$DIR/cluster.pgid"
 {
     echo "# Written by cluster/start-local.sh for the Ray cluster in $DIR."
@@ -77,6 +81,11 @@ rm -f "$DIR/cluster.pgid"
     echo "export RAY_API_SERVER_ADDRESS=http://$BIND:$DASHBOARD_PORT  # artray submit/jobs, ray job submit"
     echo "export RAY_DASHBOARD_ADDRESS=http://$BIND:$DASHBOARD_PORT   # serve deploy, serve status"
     echo "export RAY_AUTH_MODE=$RAY_AUTH_MODE                        # send the token (~/.ray/auth_token)"
+    if [[ -n "$PY_PREFIX" ]]; then
+        echo "# python-prefix: $PY_PREFIX"
+    fi
+    echo "# cwd: $PWD"  # the workers' folder and PYTHONPATH: a stage that joins passes its own only where they differ
+    echo "# pythonpath: ${PYTHONPATH:-}"
     if [[ $LOOPBACK == 1 ]]; then
         echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0  # keep 127.0.0.1 (else Ray dials this machine's own address and hangs)"
     fi
