@@ -11,7 +11,7 @@ import ray
 from ray import serve
 
 from artray import corpus
-from artray.encoders import load_encoder
+from artray.families import load_encoder
 from artray.index.retrieval import read_index_manifest
 from artray.outputs import read_embeddings
 from artray.runtime import free_port
