@@ -11,7 +11,8 @@ Ray's metrics export, which Prometheus scrapes on every node.
 Two layouts (``args.layout``):
 
 - ``colocated`` (the default): the ingress replica holds every model's encoder and index
-  (`ModelDeployment`'s class, built in the ingress; batched as in its own deployment), so a query is
+  (`ModelDeployment`'s class, built in the ingress; batched as in its own deployment, except that a query
+  alone in the replica is answered at once, without the batch queue), so a query is
   one hop, Serve's HTTP proxy → ingress. A replica that dies under a request leaves the proxy with
   no answer; `artray.serve.proxy` (the proxy callback the Serve configs install) answers it with a
   retryable 503.
