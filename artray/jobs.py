@@ -57,7 +57,7 @@ JOBS: dict[str, Job] = {
                          entrypoint=("jobs/evaluate.py", "runs")),
     "report": Job("artray.evaluate.report:ReportConfig", "artray.evaluate.report:run_report", ray=False,
                   command=("report",), help="one self-contained HTML report of retrieval metrics, captions and "
-                                            "augmentation", output_key="output"),
+                                            "augmentation", entrypoint=("jobs/report.py",), output_key="output"),
     "train": Job("artray.train.config:TrainConfig", "artray.train.run:run_train", leased=True, command=("train",),
                  help="fine-tune CLIP / Long-CLIP / Chinese-CLIP / BLIP / captioners on Ray Train (DDP or DeepSpeed)",
                  entrypoint=("jobs/train.py",), output_key="output"),

@@ -41,6 +41,6 @@ def test_the_front_doors_offer_what_they_did():
         ("corpus", "ingest"), ("augment",), ("caption",), ("evaluate", "captions"), ("evaluate", "retrieval"),
         ("evaluate", "runs"), ("report",), ("train",), ("embed",), ("index", "build"), ("search",)]
     assert sorted(submittable()) == ["augment", "caption", "embed", "evaluate-captions", "evaluate-retrieval",
-                                     "evaluate-runs", "import", "index", "ingest", "recipe", "train"]
+                                     "evaluate-runs", "import", "index", "ingest", "recipe", "report", "train"]
     assert sorted(recipe_stages()) == ["augment", "caption", "embed", "evaluate-captions", "evaluate-retrieval",
                                        "import", "index", "ingest", "report", "table", "train"]
