@@ -134,7 +134,5 @@ class BlipRetrievalTrainer:
         the image preprocessing the run trained with (the base checkpoint's)."""
         from transformers import BlipForImageTextRetrieval, BlipProcessor
 
-        path = resolve_model_path(cfg.model, cfg.storage_options())
         return save_pretrained_export(cfg, BlipForImageTextRetrieval, BlipProcessor, state_dict, out_dir,
-                                      text_length=cfg.max_length, image_preprocessing=recorded_image_preprocessing(
-                                          path, BlipProcessor.from_pretrained(path).image_processor))
+                                      text_length=cfg.max_length)

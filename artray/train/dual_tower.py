@@ -109,9 +109,6 @@ class DualTowerTrainer:
     def export(cls, cfg: TrainConfig, state_dict: dict[str, torch.Tensor], out_dir: str) -> str:
         """A ``save_pretrained`` folder (fp32 weights + processor + record) at `out_dir`; returns it."""
         model_cls, processor_cls = _transformers(cls.model_class), _transformers(cls.processor_class)
-        path = resolve_model_path(cfg.model, cfg.storage_options())
         return save_pretrained_export(cfg, model_cls, processor_cls, state_dict, out_dir,
                                       extra={"logit_scale": state_dict["logit_scale"].reshape(())},
-                                      text_length=cfg.context_length or cls.default_context_length,
-                                      image_preprocessing=recorded_image_preprocessing(
-                                          path, processor_cls.from_pretrained(path).image_processor))
+                                      text_length=cfg.context_length or cls.default_context_length)

@@ -18,7 +18,7 @@ import torch
 
 from artray import storage
 from artray.jsonio import dumps_strict
-from artray.models.pretrained import EXPORT_RECORD, from_pretrained, image_processor_record
+from artray.models.pretrained import EXPORT_RECORD, from_pretrained, recorded_image_preprocessing
 from artray.models.resolve import resolve_model_path
 from artray.train.checkpoint_layout import CKPT_TAG, STATE_FILE
 
@@ -69,12 +69,12 @@ def write_export_record(cfg, out_dir: str, text_length: int | None, image_prepro
 
 
 def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, torch.Tensor], out_dir: str,
-                           extra: dict[str, torch.Tensor] | None = None, text_length: int | None = None,
-                           image_preprocessing: dict | None = None) -> str:
+                           extra: dict[str, torch.Tensor] | None = None, text_length: int | None = None) -> str:
     """The trained ``model.*`` weights (+ `extra`) in the run's base checkpoint, saved with its processor as a
     ``save_pretrained`` folder (safetensors) at `out_dir`: what the family's artray loader reads. Beside them,
-    ``artray_export.json`` records how it was trained (:func:`write_export_record`); `image_preprocessing`
-    defaults to the base processor's own settings (what a trainer that calls the processor as is used)."""
+    ``artray_export.json`` records how it was trained (:func:`write_export_record`), with the base checkpoint's
+    image preprocessing (its own export record's, else its processor's: what the trainers prepare images with,
+    `recorded_image_preprocessing`)."""
     path = resolve_model_path(cfg.model, cfg.storage_options())
     model = from_pretrained(model_cls, path)
     sd = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
@@ -84,8 +84,7 @@ def save_pretrained_export(cfg, model_cls, processor_cls, state_dict: dict[str, 
     model.save_pretrained(out_dir, safe_serialization=True)
     processor = processor_cls.from_pretrained(path)
     processor.save_pretrained(out_dir)
-    write_export_record(cfg, out_dir, text_length,
-                        image_preprocessing or image_processor_record(processor.image_processor))
+    write_export_record(cfg, out_dir, text_length, recorded_image_preprocessing(path, processor.image_processor))
     return out_dir
 
 
