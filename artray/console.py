@@ -55,6 +55,16 @@ class _ErrorsOnly(logging.Filter):
 _ERRORS_ONLY = _ErrorsOnly()
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """artray's own INFO lines as bare ``[stage] …`` lines, like its progress and summary lines; everything
+    else (warnings, errors, other libraries) with time, level and logger name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == logging.INFO and record.name.startswith("artray"):
+            return record.getMessage()
+        return super().format(record)
+
+
 def setup_cli_logging(verbose_flag: bool) -> None:
     """The CLI's logging: artray's own INFO lines on the console; other libraries' routine notices only
     with ``-v`` (they still reach Ray's log files through Ray's own handlers); their errors always."""
@@ -64,6 +74,8 @@ def setup_cli_logging(verbose_flag: bool) -> None:
     logging.getLogger("artray").setLevel(logging.DEBUG if verbose_flag else logging.INFO)
     if verbose_flag:
         return
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_ConsoleFormatter(LOG_FORMAT))
     for name in CHATTY_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.ERROR)

@@ -232,3 +232,38 @@ def test_auto_augment_changes_train_pixels_only_and_is_seeded(tiny_models, sampl
     assert torch.equal(val, trainer.processor.image_processor(images, return_tensors="pt")["pixel_values"])
     assert torch.equal(val, plain)
     assert np.isfinite(augmented.numpy()).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_captioner_trains_and_captions_with_its_recorded_image_preprocessing(tiny_models, sample, family, tmp_path):
+    """A captioner export whose record says other image settings than its processor's defaults is fine-tuned
+    and captioned on images prepared as recorded (as the retrieval encoders and trainers do), not with the
+    processor's defaults; the new export records the same settings."""
+    import shutil
+
+    from artray.models.pretrained import EXPORT_RECORD, image_processor_kwargs, image_processor_record
+    from artray.stages.caption_captioner import CaptionerGenerator
+    from artray.train.captioner import BlipCaptionerTrainer, GitCaptionerTrainer
+
+    trainer_cls = GitCaptionerTrainer if family == "git-captioner" else BlipCaptionerTrainer
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models[family], base)
+    processor = trainer_cls.classes()[1].from_pretrained(base).image_processor
+    spec = {**image_processor_record(processor), "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "resample": 2}
+    (base / EXPORT_RECORD).write_text(json.dumps({"family": family, "image_preprocessing": spec}))
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8), "RGB")
+    recorded = processor([picture], return_tensors="pt", **image_processor_kwargs(spec, "test")).pixel_values
+    assert not torch.equal(recorded, processor([picture], return_tensors="pt").pixel_values)
+
+    cfg = TrainConfig(preset="captioner", family=family, model=str(base), corpus=sample, output=str(tmp_path / "r"))
+    trainer = trainer_cls(cfg)
+    assert torch.equal(trainer.pixels([picture]), recorded)
+    assert torch.equal(trainer.train_batch([picture], ["a caption"])["pixel_values"], recorded)
+    export = trainer_cls.export(cfg, trainer.build_module().state_dict(), str(tmp_path / "export"))
+    assert json.loads((tmp_path / "export" / EXPORT_RECORD).read_text())["image_preprocessing"] == spec
+
+    generator = CaptionerGenerator(family, export, "cpu", torch.float32, StorageOptions(),
+                                   {"num_beams": 1, "max_new_tokens": 4})
+    assert torch.equal(generator.pixels([picture]), recorded)
+    assert len(generator([picture])) == 1

@@ -84,6 +84,23 @@ def test_ray_log_lines_go_to_a_file_and_errors_stay_on_the_console(tmp_path):
     assert "info-line-for-the-file" in verbose.stderr and verbose.stdout.strip().endswith("None")
 
 
+def test_artray_info_lines_print_bare_like_stage_lines_and_warnings_keep_their_origin():
+    """artray's own INFO lines (the train driver's "[train] …") print as bare lines among the stage lines;
+    warnings still say when, how bad and from where; -v keeps the full format for everything."""
+    code = ("import logging; from artray.console import setup_cli_logging; setup_cli_logging({v}); "
+            "logging.getLogger('artray.train').info('[train] clip on 1 workers'); "
+            "logging.getLogger('artray.train').warning('a-warning')")
+    env = {k: v for k, v in os.environ.items() if k != "ARTRAY_VERBOSE"}
+    quiet = subprocess.run([sys.executable, "-c", code.format(v=False)], env=env, capture_output=True, text=True,
+                           timeout=120)
+    lines = quiet.stderr.splitlines()
+    assert "[train] clip on 1 workers" in lines, quiet.stderr
+    assert any(line.endswith("WARNING artray.train: a-warning") and line[:4].isdigit() for line in lines), lines
+    loud = subprocess.run([sys.executable, "-c", code.format(v=True)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert any(line.endswith("INFO artray.train: [train] clip on 1 workers") for line in loud.stderr.splitlines())
+
+
 def test_deepspeed_notices_stay_off_the_console_and_its_errors_stay_on(tmp_path):
     """DeepSpeed sets its logger to INFO with a stdout handler of its own when imported (after the CLI set up
     logging): its "Setting accelerator to CPU" notice must still not reach the console; its errors must."""

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from artray import families, storage
-from artray.models.pretrained import EXPORT_RECORD
+from artray.models.pretrained import EXPORT_RECORD, image_preprocessing, image_processor_kwargs
 from artray.stages.caption_config import MLLM, CaptionError
 
 META_FILES = ("config.json", EXPORT_RECORD)
@@ -107,14 +107,19 @@ class CaptionerGenerator:
         # Padding comes from the checkpoint's generation config (BLIP's generate sets pad_token_id itself).
         self.kwargs = {k: v for k, v in kwargs.items() if k != "pad_token_id"}
         self.revision = getattr(self.bundle.model.config, "_commit_hash", None)
+        # images as the checkpoint was trained (a captioner export's record), else as its processor says
+        self._image_kwargs = image_processor_kwargs(image_preprocessing(self.bundle), model)
+
+    def pixels(self, images: list):
+        """The model's input for `images`, prepared as the checkpoint was trained."""
+        return self.bundle.processor.image_processor(images, return_tensors="pt", **self._image_kwargs)["pixel_values"]
 
     def __call__(self, images: list, presets: list[str] | None = None) -> list[tuple[str, int, bool]]:
         import torch
 
         b = self.bundle
-        pixels = b.processor(images=images, return_tensors="pt")["pixel_values"].to(b.device, b.dtype)
         with torch.inference_mode():
-            out = b.model.generate(pixel_values=pixels, **self.kwargs)
+            out = b.model.generate(pixel_values=self.pixels(images).to(b.device, b.dtype), **self.kwargs)
         results = []
         for ids in out.tolist():
             ids = ids[1:] if ids and ids[0] == self.bos else ids  # both families start from their BOS token

@@ -13,7 +13,7 @@ import re
 import torch
 from torch import nn
 
-from artray.models.pretrained import from_pretrained
+from artray.models.pretrained import from_pretrained, image_processor_kwargs, recorded_image_preprocessing
 from artray.models.resolve import resolve_model_path
 from artray.train.batches import decode_images, to_device
 from artray.train.config import TrainConfig
@@ -62,6 +62,9 @@ class CaptionerTrainer:
         self.path = resolve_model_path(cfg.model, cfg.storage_options())
         self.model_cls, processor_cls = self.classes()
         self.processor = processor_cls.from_pretrained(self.path)
+        # images as the base checkpoint was trained (an export's record), else as its processor says
+        self.preprocessing = recorded_image_preprocessing(self.path, self.processor.image_processor)
+        self._image_kwargs = image_processor_kwargs(self.preprocessing, cfg.model)
 
     def build_module(self) -> nn.Module:
         model = from_pretrained(self.model_cls, self.path)
@@ -70,7 +73,8 @@ class CaptionerTrainer:
         return CaptionerModule(model)
 
     def pixels(self, images) -> torch.Tensor:
-        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt",
+                                              **self._image_kwargs)["pixel_values"]
 
     def train_batch(self, images, captions: list[str]) -> dict:
         tok = self.processor.tokenizer

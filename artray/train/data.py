@@ -106,7 +106,7 @@ def _read_generated(cfg: TrainConfig, splits: dict[str, str]) -> dict[str, list[
             flagged += 1
             continue
         out.setdefault(aid, []).append(text)
-    log.info("captions: %d by %s, %d flagged and excluded", mine.num_rows, cfg.captioner, flagged)
+    log.info("[train] captions: %d by %s, %d flagged and excluded", mine.num_rows, cfg.captioner, flagged)
     return out
 
 
@@ -132,7 +132,7 @@ def build_train_table(cfg: TrainConfig) -> pa.Table:
         raise ValueError(f"no train artwork of {cfg.corpus} has both an image and a {cfg.caption_source} caption")
     check_images(rows, cfg.max_image_pixels, f"train set of {cfg.corpus}")
     with_var = sum(1 for r in rows if r["variants"])
-    log.info("train: %d artworks (%d skipped: no image or caption), %d with variants, alpha=%s, captions=%s",
+    log.info("[train] %d artworks (%d skipped: no image or caption), %d with variants, alpha=%s, captions=%s",
              len(rows), skipped, with_var, cfg.alpha, cfg.caption_source)
     return pa.Table.from_pylist(rows, schema=TRAIN_SCHEMA)
 

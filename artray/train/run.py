@@ -95,7 +95,7 @@ def _fit(cfg: TrainConfig) -> dict:
         raise ValueError(f"{n_train} train artworks cannot be split over {cfg.num_workers} workers: "
                          "lower num_workers")
     steps_per_epoch = max(1, math.ceil(per_worker / cfg.batch_size) // cfg.grad_accum)
-    log.info("train: %s on %d workers, %d artworks, %d steps/epoch", cfg.family, cfg.num_workers, n_train,
+    log.info("[train] %s on %d workers, %d artworks, %d steps/epoch", cfg.family, cfg.num_workers, n_train,
              steps_per_epoch)
     with StageProgress("train", cfg.epochs, unit="epochs") as progress:  # rank 0's epoch lines reach the console
         trainer = TorchTrainer(
