@@ -279,11 +279,15 @@ def progress_line(stage: str, done: int, failed: int, total: int | None, elapsed
 
 
 class StageProgress:
-    """The live progress line of one stage (a context manager); `counter` goes to the workers."""
+    """The live progress line of one stage (a context manager); `counter` goes to the workers.
+
+    With ``workers_report=False`` there is no counter actor (one worker process fewer to start before the
+    stage's own actors): the driver, which then sees every committed batch, counts them with `add`."""
 
     def __init__(self, stage: str, total: int | None, stream: TextIO | None = None, interval_s: float | None = None,
-                 tty: bool | None = None, poll_s: float = 0.5, unit: str = "rows"):
+                 tty: bool | None = None, poll_s: float = 0.5, unit: str = "rows", workers_report: bool = True):
         self.stage, self.total, self.unit = stage, total, unit
+        self.workers_report = workers_report
         self._notes_seen = 0
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
@@ -300,11 +304,16 @@ class StageProgress:
     def __enter__(self) -> "StageProgress":
         import ray
 
-        self.counter = ray.remote(num_cpus=0)(ProgressCounter).options(max_concurrency=4).remote()
+        if self.workers_report:
+            self.counter = ray.remote(num_cpus=0)(ProgressCounter).options(max_concurrency=4).remote()
         self._started = self._last_print = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name=f"artray-progress-{self.stage}", daemon=True)
         self._thread.start()
         return self
+
+    def add(self, ok: int, failed: int = 0) -> None:
+        """From the driver (``workers_report=False``): a committed batch's counts."""
+        self._shown = (self._shown[0] + ok, self._shown[1] + failed)
 
     def finish(self, ok: int, failed: int) -> None:
         """The stage's exact final counts (reports still in flight may be missing from the counter)."""

@@ -177,9 +177,21 @@ def _put_then_copy(fs: pafs.FileSystem, path: str, data: bytes) -> None:
         raise
 
 
+# Columns of encoded image bytes (JPEG/PNG/WebP): compressed already, so zstd and dictionary encoding would
+# only spend CPU on them (~0.1 ms per image, 1 % of URL ingest's CPU) for a file of the same size.
+_ENCODED_COLUMNS = frozenset({"image"})
+
+
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    """`table` as Parquet: zstd, except the encoded-image columns, stored as they are."""
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    names = table.column_names
+    encoded = {n for n in names if n in _ENCODED_COLUMNS and pa.types.is_binary(table.schema.field(n).type)}
+    if encoded:
+        pq.write_table(table, sink, compression={n: "none" if n in encoded else "zstd" for n in names},
+                       use_dictionary=[n for n in names if n not in encoded])
+    else:
+        pq.write_table(table, sink, compression="zstd")
     return sink.getvalue()
 
 

@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 from artray.console import StageProgress, progress_line, report
 
@@ -63,6 +64,21 @@ def test_the_final_line_has_the_stages_exact_counts(ray_local):
         progress.finish(4, 1)
     assert stream.getvalue() == "[ingest] 5/5 rows 100%, " + stream.getvalue().split(", ", 1)[1]
     assert stream.getvalue().rstrip().endswith("1 failed") and stream.getvalue().count("\n") == 1
+
+
+def test_a_driver_that_sees_each_batch_counts_it_with_no_counter_actor():
+    stream = _Stream(tty=False)
+    with StageProgress("ingest", total=30, stream=stream, interval_s=0.0, poll_s=0.02, workers_report=False) as progress:
+        assert progress.counter is None, "no actor (no worker process) for the progress of such a stage"
+        progress.add(10)
+        progress.add(9, 1)
+        deadline = time.time() + 5
+        while "20/30" not in stream.getvalue() and time.time() < deadline:
+            time.sleep(0.02)
+        assert stream.getvalue().splitlines()[-1].startswith("[ingest] 20/30 rows 67%")
+        progress.add(10)
+    last = stream.getvalue().splitlines()[-1]
+    assert last.startswith("[ingest] 30/30 rows 100%") and last.endswith("1 failed")
 
 
 def test_ray_log_lines_go_to_a_file_and_errors_stay_on_the_console(tmp_path):

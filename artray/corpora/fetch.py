@@ -168,13 +168,33 @@ class _BodyBroke(Exception):
         self.error, self.retries, self.fetch_error = error, retries, fetch_error
 
 
+class _Session(requests.Session):
+    """A `requests.Session` that reads the environment's proxy and CA-bundle settings once per scheme and host
+    instead of on every request: requests scans ``os.environ`` four times per request for them (~0.3 ms of
+    CPU per image, more in a Ray worker's larger environment), and they do not change while a stage runs."""
+
+    def __init__(self):
+        super().__init__()
+        self._env_settings: dict[tuple, dict] = {}
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        if proxies or not self.trust_env:  # per-request proxies, or no environment to read: as requests does
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlparse(url)
+        key = (parts.scheme, parts.netloc.lower(), stream, verify, cert, tuple(sorted(self.proxies.items())))
+        found = self._env_settings.get(key)
+        if found is None:
+            found = self._env_settings[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        return {**found, "proxies": dict(found["proxies"])}
+
+
 class Fetcher:
     """Downloads images with retries, per-host limits and size/pixel checks; thread-safe."""
 
     def __init__(self, config: FetchConfig = FetchConfig()):
         self.config = config
         self.agents = {"artray", config.agent_token()}
-        self.session = requests.Session()
+        self.session = _Session()
         adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(1, config.pool_size),
                               max_retries=config.retry_policy())
         self.session.mount("http://", adapter)

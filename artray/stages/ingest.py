@@ -4,7 +4,7 @@ The driver reads the output's committed state, then the input corpus one shard a
 and sorts every artwork into: done (already in ``<out>/artworks``: skipped), carried over
 (already has an image: copied unchanged as its shard is read, so the driver never holds all
 the images), failed for good before (skipped unless ``retry_failed``), or to fetch.
-The to-fetch rows run through ``ray.data.from_arrow`` → ``map_batches(_FetchBatch)`` on a
+The to-fetch rows run through ``ray.data.from_blocks`` → ``map_batches(_FetchBatch)`` on a
 fixed actor pool (threads inside each actor for I/O). Each actor commits its batch itself
 (`BatchCommitter`: artworks and failures as atomic Parquet shards named after the run id and
 the batch's ids) and hands the driver only the batch's counts: the images never travel to
@@ -205,6 +205,7 @@ class IngestStage(Stage):
 
     name, table, schema, key, error = STAGE, ARTWORKS, ARTWORK_SCHEMA, "artwork_id", IngestError
     task_ops, sum_columns = 0, ("_bytes",)
+    driver_counts = True  # each batch's stats reach the driver as it is committed
     pin_hint = "committed images would mix both sizes"
 
     def params(self, cfg: IngestConfig) -> dict:
@@ -239,7 +240,9 @@ class IngestStage(Stage):
 
     def transform(self, run: Run, todo: Todo, pool: ActorPool):
         cfg = run.cfg
-        return ray.data.from_arrow(todo.data).map_batches(
+        # from_blocks: the planned batches as they are, their metadata read here. from_arrow would run one Ray
+        # task per block just to read it back (new worker processes before the first fetch: ~1-3 s per run).
+        return ray.data.from_blocks(todo.data).map_batches(
             _FetchBatch,
             fn_constructor_kwargs={"fetch_config": cfg.fetch_config(pool.size), "threads": cfg.threads_per_actor,
                                    "committer": self._committer(run)},
@@ -253,7 +256,8 @@ class IngestStage(Stage):
 
     def commit(self, run: Run, results) -> dict:
         """The actors committed every batch; sum the per-batch stats they return."""
-        return self._committer(run).collect(results.iter_batches(batch_size=None, batch_format="pyarrow"))
+        return self._committer(run).collect(results.iter_batches(batch_size=None, batch_format="pyarrow"),
+                                            run.progress_line)
 
     def finish(self, run: Run, todo: Todo, stats: dict, table: pa.Table, failures: list[dict]) -> dict:
         ids = table["artwork_id"].to_pylist()

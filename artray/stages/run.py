@@ -73,6 +73,7 @@ class Run:
     done: set[str]  # keys committed under <output>/<table>/
     failed: dict[str, bool]  # key → retryable, of its latest failure row
     progress: Any = None  # the counter actor of the stage's progress line (`artray.console`), while it runs
+    progress_line: Any = None  # that line itself (`StageProgress`), for a stage whose driver counts (`driver_counts`)
 
     def skip(self, key: str) -> str | None:
         """Why a rerun skips `key`: 'done' (committed), 'failed' (failed for good, no retry_failed), else None."""
@@ -168,6 +169,7 @@ class Stage(ABC):
     sink: type[StageSink] = StageSink
     sum_columns: tuple[str, ...] = ()  # per-row figures the sink sums into the stats (bytes, tokens)
     final_columns: tuple[str, ...] = ()  # output columns `finish` reads besides the key
+    driver_counts: bool = False  # `commit` sees every committed batch and counts it (no progress counter actor)
     pin_hint: str = "a resume never mixes rows made two ways"  # why a changed setting is refused
 
     # --- before Ray: refusals and the pinned settings --------------------------------------------
@@ -273,11 +275,12 @@ def _run_leased(stage: Stage, cfg: StageConfig, opts: storage.StorageOptions, st
     pipeline_started = time.time()
     if todo.rows:
         pool = stage.pool(run, todo)
-        with StageProgress(stage.name, todo.rows) as progress:  # one live line: rows, rate, ETA, failures
-            run.progress = progress.counter
+        # one live line: rows, rate, ETA, failures
+        with StageProgress(stage.name, todo.rows, workers_report=not stage.driver_counts) as progress:
+            run.progress, run.progress_line = progress.counter, progress
             stats = run_pipeline(lambda: stage.commit(run, stage.transform(run, todo, pool)), stage.error, stage.name)
             progress.finish(stats["written"], sum(stats["failed"].values()))
-        run.progress = None
+        run.progress = run.progress_line = None
         actors = pool.size
     wall = time.time() - pipeline_started
 

@@ -176,10 +176,16 @@ class BatchCommitter:
         return pa.table({"written": [stats["written"]], "failed": [json.dumps(dict(stats["failed"]))],
                          **{c: [stats[c]] for c in self.sum_columns}})
 
-    def collect(self, stats_batches) -> dict:
-        """The stage's stats (as `StageSink.stats`) from the batches `__call__` returned."""
-        rows = (row for batch in stats_batches for row in batch.to_pylist())
-        return total_stats(({**row, "failed": json.loads(row["failed"])} for row in rows), self.sum_columns)
+    def collect(self, stats_batches, progress_line=None) -> dict:
+        """The stage's stats (as `StageSink.stats`) from the batches `__call__` returned, as they come; each
+        batch's counts go to `progress_line` (an `artray.console.StageProgress` without a counter actor)."""
+        parts = []
+        for batch in stats_batches:
+            rows = [{**row, "failed": json.loads(row["failed"])} for row in batch.to_pylist()]
+            parts += rows
+            if progress_line is not None:
+                progress_line.add(sum(r["written"] for r in rows), sum(sum(r["failed"].values()) for r in rows))
+        return total_stats(parts, self.sum_columns)
 
 
 def consolidate_failures(output: str, stage: str, final_keys: set[str], run_id: str,
