@@ -15,8 +15,17 @@ Same model, same data, same batch size per step, one run, side by side:
 * **plain**: one process, the same family module and objective (no gathering across
   workers), ``torch.optim.AdamW`` (fused on CUDA), the same number of samples per epoch; the
   same median, with 1 and with 2 torch threads on CPU (the faster one is compared);
+* **plain in Ray** (CPU only): the same plain loop as a Ray task holding the worker's CPUs, while Ray is up: a
+  Ray worker process like Train's (Ray's ``OMP_NUM_THREADS`` = its CPUs, Ray's worker niceness, core-worker
+  threads, Ray's daemons beside it). ``ratio_in_ray`` = artray / it: the cost of artray's loop (Ray Train,
+  Ray Data, the engine) over a plain loop in the same conditions; ``ratio_same_threads`` = artray / the plain
+  loop without Ray at the worker's thread count: what a user gives up against a plain script;
 * **step only** (``--use-gpu``): the plain loop's forward + backward + optimizer step repeated on
   one batch already on the GPU, no data loading: the ceiling both loops approach.
+
+``--rounds R`` repeats all of it R times, interleaved (this shared machine's speed drifts by 10-20 % over
+minutes: each round's ratios compare figures taken within a minute of each other), and reports medians and
+every round's figures with the 1-min load average before and after it.
 
 Prints one JSON line with both samples/s and the ratio (artray / plain) of the first strategy, and every
 strategy's figures under ``by_strategy``. On 2 CPU cores two
@@ -195,6 +204,8 @@ def main() -> int:
     p.add_argument("--cpus-per-worker", type=float,
                    help="CPUs (and so torch/OpenMP threads) per Ray Train worker; default 8 with --use-gpu, else 1")
     p.add_argument("--peak-tflops", type=float, default=PEAK_BF16_TFLOPS, help="for model FLOPs utilisation")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat artray and the plain loops this many times, interleaved (medians reported)")
     p.add_argument("--json", help="also write the report to this JSON file (bench/gpu.sh reads it)")
     args = p.parse_args()
     if not args.use_gpu:  # before Ray starts: its workers inherit the environment
@@ -234,20 +245,42 @@ def main() -> int:
                               prefetch_batches=args.prefetch_batches,
                               **({"zero_stage": args.zero} if s == "deepspeed" else {})) for s in strategies}
     cfg = configs[strategies[0]]
-    ray.init(num_cpus=None if args.use_gpu else 2, include_dashboard=False, logging_level="ERROR")
-    histories = {s: run_train(c)["history"] for s, c in configs.items()}
-    ray.shutdown()
-    rates = {s: statistics.median(h["samples_per_s"] for h in (hist[1:] or hist)) for s, hist in histories.items()}
-    artray_sps, history = rates[strategies[0]], histories[strategies[0]]
     import torch
 
-    # Ray runs each worker with OMP_NUM_THREADS=1; on CPU the plain loop is timed with 1 and with 2 torch
-    # threads (2 intra-op threads on tiny matrices can be far slower on a loaded 2-core machine).
-    plain = {}
-    for threads in ((None,) if args.use_gpu else (1, 2)):
-        if threads:
-            torch.set_num_threads(threads)
-        plain[threads] = plain_loop(cfg, args.epochs)
+    # Per round, side by side (this shared machine's speed drifts by 10-20 % over minutes, so each round's ratio
+    # compares figures taken within a minute of each other; with --rounds > 1 the medians are reported):
+    # artray; on CPU the plain loop as a Ray task holding the worker's CPUs (`plain_in_ray`: a Ray worker process
+    # like Train's, with Ray's OMP_NUM_THREADS, niceness, core-worker threads and daemons around it, so
+    # artray / it is the loop's own cost); then Ray shut down and the plain loop in this process without Ray.
+    # Ray runs each worker with OMP_NUM_THREADS = its CPUs; on CPU the plain loop without Ray is timed with 1 and
+    # with 2 torch threads (2 intra-op threads on tiny matrices can be far slower on a loaded 2-core machine).
+    threads_same = max(1, int(cfg.cpus_per_worker))
+    rounds = []
+    for i in range(args.rounds):
+        load = [os.getloadavg()[0]]
+        ray.init(num_cpus=None if args.use_gpu else 2, include_dashboard=False, logging_level="ERROR")
+        histories = {s: run_train(c.model_copy(update={"name": f"train-r{i}"}))["history"] for s, c in configs.items()}
+        in_ray = None
+        if not args.use_gpu:
+            in_ray = ray.get(ray.remote(num_cpus=cfg.cpus_per_worker)(plain_loop).remote(cfg, args.epochs))
+        ray.shutdown()
+        plain = {}
+        for threads in ((None,) if args.use_gpu else (1, 2)):
+            if threads:
+                torch.set_num_threads(threads)
+            plain[threads] = plain_loop(cfg, args.epochs)
+        load.append(os.getloadavg()[0])
+        rates = {s: statistics.median(h["samples_per_s"] for h in (hist[1:] or hist)) for s, hist in histories.items()}
+        rounds.append({"rates": rates, "histories": histories, "plain": plain, "in_ray": in_ray, "load1": load})
+
+    def med(values):
+        return statistics.median(list(values))
+
+    rates = {s: med(r["rates"][s] for r in rounds) for s in strategies}
+    artray_sps, history = rates[strategies[0]], rounds[-1]["histories"][strategies[0]]
+    plain = {t: {"samples_per_s": med(r["plain"][t]["samples_per_s"] for r in rounds),
+                 **{k: v for k, v in rounds[-1]["plain"][t].items() if k != "samples_per_s"}}
+             for t in rounds[-1]["plain"]}
     best = max(plain.values(), key=lambda r: r["samples_per_s"])
     plain_sps, flops = best["samples_per_s"], best["flops_per_sample"]
 
@@ -255,7 +288,7 @@ def main() -> int:
         return round(sps * flops / (args.peak_tflops * 1e12), 4)
 
     by_strategy = {s: {"samples_per_s": round(r, 2), "ratio": round(r / plain_sps, 3),
-                       "epochs_samples_per_s": [h["samples_per_s"] for h in histories[s]],
+                       "epochs_samples_per_s": [h["samples_per_s"] for h in rounds[-1]["histories"][s]],
                        **({"mfu": mfu(r)} if args.use_gpu else {})} for s, r in rates.items()}
     report = {"family": args.family, "full_size": args.full_size, "use_gpu": args.use_gpu, "precision": precision,
               "strategy": strategies[0], "by_strategy": by_strategy,
@@ -272,6 +305,18 @@ def main() -> int:
     else:
         report.update({f"plain_samples_per_s_{t}thread{'s' if t > 1 else ''}": round(r["samples_per_s"], 2)
                        for t, r in plain.items()})
+        first = strategies[0]
+        per_round = [{"load1": [round(x, 2) for x in r["load1"]], "artray": round(r["rates"][first], 2),
+                      "plain_in_ray": round(r["in_ray"]["samples_per_s"], 2),
+                      "plain_same_threads": round(r["plain"][threads_same]["samples_per_s"], 2),
+                      "ratio_in_ray": round(r["rates"][first] / r["in_ray"]["samples_per_s"], 3),
+                      "ratio_same_threads": round(r["rates"][first] / r["plain"][threads_same]["samples_per_s"], 3)}
+                     for r in rounds]
+        # the fair counterparts: the plain loop at the worker's thread count, without Ray and as a Ray task
+        report.update(plain_in_ray_samples_per_s=round(med(r["in_ray"]["samples_per_s"] for r in rounds), 2),
+                      ratio_same_threads=round(med(x["ratio_same_threads"] for x in per_round), 3),
+                      ratio_in_ray=round(med(x["ratio_in_ray"] for x in per_round), 3),
+                      rounds=per_round)
     print(json.dumps(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
