@@ -84,18 +84,18 @@ def check_can_enable() -> None:
                         "or drop --direct-ingress to serve through the proxy (port 8000)")
 
 
-def urls(app: str = "retrieval") -> list[str]:
-    """``http://host:port`` of each running ingress replica of `app` that listens on its own port; [] when direct
-    ingress is off or no replica has its port yet. The host is ``http_options.host`` (the address the replicas bind)
-    unless that is every interface, then the replica's node address."""
+def replicas(app: str = "retrieval") -> dict[str, str]:
+    """``http://host:port`` → replica actor name, for each running ingress replica of `app` that listens on its own
+    port; {} when direct ingress is off or no replica has its port yet. The host is ``http_options.host`` (the
+    address the replicas bind) unless that is every interface, then the replica's node address."""
     import ray
 
     controller = _controller()
     if controller is None:
-        return []
+        return {}
     details = ray.get(controller.get_serve_instance_details.remote(), timeout=30)
     host = (details.get("http_options") or {}).get("host", "127.0.0.1") or ""
-    found = []
+    found = {}
     for group in details.get("target_groups") or []:
         if group.get("app_name") != app or str(group.get("protocol")).upper().rsplit(".", 1)[-1] != "HTTP":
             continue
@@ -103,8 +103,13 @@ def urls(app: str = "retrieval") -> list[str]:
             if not str(target.get("name", "")).startswith("SERVE_REPLICA::"):
                 continue  # the proxy (no replica is up yet, or direct ingress is off)
             ip = target["ip"] if host in WILDCARD_HOSTS else host
-            found.append(f"http://{'[' + ip + ']' if ':' in ip else ip}:{target['port']}")
-    return sorted(found)
+            found[f"http://{'[' + ip + ']' if ':' in ip else ip}:{target['port']}"] = target["name"]
+    return found
+
+
+def urls(app: str = "retrieval") -> list[str]:
+    """The URLs of `replicas(app)`, sorted."""
+    return sorted(replicas(app))
 
 
 def wait_for_urls(app: str = "retrieval", timeout_s: float = 120) -> list[str]:
