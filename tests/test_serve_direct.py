@@ -3,7 +3,8 @@ ingress replica answers HTTP on its own port, with the same routes, answers, aut
 
 One Serve start for the module: the real CLI as a subprocess, joining the session's Ray (no Ray start-up), the
 tiny Long-CLIP index, auth on. The refusal to turn direct ingress on where Serve already runs without it is
-tested in tests/test_serve.py, beside a Serve started without it.
+tested in tests/test_serve.py, beside a Serve started without it. The chaos-marked test (``-m chaos``) kills
+the replica and follows it to its new port.
 """
 
 from __future__ import annotations
@@ -115,6 +116,29 @@ def test_requests_on_the_replica_port_are_counted_in_the_apps_metrics(served):
     assert ours(samples, "ray_artray_http_requests_total", route="/search", status="200") >= 6
     assert ours(samples, "ray_artray_http_requests_total", status="401") >= 1
     assert ours(samples, "ray_artray_http_request_latency_ms_count", route="/search") >= 6
+
+
+@pytest.mark.chaos
+def test_a_replaced_replica_answers_on_another_port_and_serve_run_prints_it(served):
+    """The limit of direct ingress: a port belongs to one replica. Kill the ingress replica: Serve starts another
+    on another port (the old one is quarantined), the old URL refuses connections, and `artray serve run` prints
+    the new URL. (`-m chaos`: kills the module's replica, so it runs last.)"""
+    url, _, folder = served
+    log_path = folder.parents[1] / "serve-run.log"
+    name = direct.replicas("retrieval")[url]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    deadline, new = time.time() + 180, []
+    while time.time() < deadline:
+        new = [u for u in URL_LINE.findall(log_path.read_text(errors="replace")) if u != url]
+        if new:
+            break
+        time.sleep(1)
+    assert new, f"no new URL line after the replica was killed:\n{log_path.read_text(errors='replace')[-3000:]}"
+    assert direct.urls("retrieval") == [new[-1]]
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"{url}/search", json={"text": "x"}, headers={"Authorization": f"Bearer {TOKEN}"})
+    answer = httpx.post(f"{new[-1]}/search", json={"text": "x", "k": 2}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 200 and len(answer.json()["results"]) == 2
 
 
 def _listening(p: psutil.Process) -> list:

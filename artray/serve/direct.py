@@ -126,14 +126,18 @@ def wait_for_urls(app: str = "retrieval", timeout_s: float = 120) -> list[str]:
 
 def announce(app: str = "retrieval", every_s: float = 2.0, write=print) -> threading.Thread:
     """A daemon thread that writes one line with the direct URLs of `app` whenever they change (first when its
-    replicas are up; again when a replaced replica comes back on another port)."""
+    replicas are up; again when a replaced replica comes back on another port). It ends at once when Serve's
+    controller turns out to run without direct ingress."""
 
     def watch() -> None:
-        shown: list[str] = []
+        shown, mode = [], None
         while True:
             try:
-                found = urls(app)
-            except Exception as exc:  # noqa: BLE001 - a controller restarting: look again
+                mode = mode or running_mode()  # a (restarted) controller keeps its mode
+                if mode is False:
+                    return  # Serve runs through its proxy: nothing to announce
+                found = urls(app) if mode else []
+            except Exception as exc:  # noqa: BLE001 - a controller starting or restarting: look again
                 logger.debug("direct ingress urls: %s", exc)
                 found = shown
             if found and found != shown:
