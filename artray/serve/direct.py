@@ -124,14 +124,15 @@ def wait_for_urls(app: str = "retrieval", timeout_s: float = 120) -> list[str]:
         time.sleep(0.5)
 
 
-def announce(app: str = "retrieval", every_s: float = 2.0, write=print) -> threading.Thread:
-    """A daemon thread that writes one line with the direct URLs of `app` whenever they change (first when its
-    replicas are up; again when a replaced replica comes back on another port). It ends at once when Serve's
-    controller turns out to run without direct ingress."""
+def announce(app: str = "retrieval", every_s: float = 2.0, write=print) -> threading.Event:
+    """Start a daemon thread that writes one line with the direct URLs of `app` whenever they change (first when
+    its replicas are up; again when a replaced replica comes back on another port). It ends when Serve's controller
+    turns out to run without direct ingress, or when the returned event is set."""
+    stop = threading.Event()
 
     def watch() -> None:
         shown, mode = [], None
-        while True:
+        while not stop.is_set():
             try:
                 mode = mode or running_mode()  # a (restarted) controller keeps its mode
                 if mode is False:
@@ -140,13 +141,12 @@ def announce(app: str = "retrieval", every_s: float = 2.0, write=print) -> threa
             except Exception as exc:  # noqa: BLE001 - a controller starting or restarting: look again
                 logger.debug("direct ingress urls: %s", exc)
                 found = shown
-            if found and found != shown:
+            if found and found != shown and not stop.is_set():
                 write(f"[artray] direct ingress: POST {', '.join(u + '/search' for u in found)} (each ingress "
                       "replica on its own port, no proxy; a replaced replica comes back on another port and this "
                       "line is printed again)")
                 shown = found
-            time.sleep(every_s)
+            stop.wait(every_s)
 
-    thread = threading.Thread(target=watch, name="artray-direct-ingress-urls", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=watch, name="artray-direct-ingress-urls", daemon=True).start()
+    return stop

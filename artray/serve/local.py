@@ -63,9 +63,8 @@ def serve_run(config: str, address: str | None = None, non_blocking: bool = Fals
     (Ctrl-C shuts the app down, and a local cluster with it).
 
     `direct_ingress` starts Serve with its direct ingress (`artray.serve.direct`: each ingress replica answers on
-    its own port); refused when Serve already runs on the cluster without it. Whenever the app's replicas listen
-    on their own ports (that flag, the config's controller_options, or a cluster started with the env var), one
-    console line gives their URLs, again when they change."""
+    its own port); refused when Serve already runs on the cluster without it. With that flag (or a config whose
+    controller_options turn it on) one console line gives the replicas' URLs, again when they change."""
     from artray.errors import UserError
     from artray.runtime import init_ray
     from artray.serve import direct
@@ -74,8 +73,8 @@ def serve_run(config: str, address: str | None = None, non_blocking: bool = Fals
         raise UserError(f"{config} is not a file: give a Serve config (e.g. serve_configs/retrieval.yaml)")
     parsed = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
     init_ray(address)
-    folder = None
-    if direct_ingress or direct.requested(parsed):
+    folder, wanted = None, direct_ingress or direct.requested(parsed)
+    if wanted:
         direct.check_can_enable()
     if direct_ingress and not direct.requested(parsed):
         folder = tempfile.mkdtemp(prefix="artray-serve-")
@@ -86,16 +85,17 @@ def serve_run(config: str, address: str | None = None, non_blocking: bool = Fals
     app = _app_name(parsed)
     args = ["run", config, *(["--non-blocking"] if non_blocking else [])]
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - beside Serve's own console lines
-    if not non_blocking:
-        direct.announce(app, write=say)
+    announcer = direct.announce(app, write=say) if wanted and not non_blocking else None
     try:
         cli.main(args, prog_name="artray serve", standalone_mode=False)
     except SystemExit as exc:  # serve run's own exit on Ctrl-C
         return int(exc.code or 0)
     finally:
+        if announcer:
+            announcer.set()  # no Ray call of its thread outlives this one
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
-    if non_blocking and (direct_ingress or direct.requested(parsed)):
+    if non_blocking and wanted:
         try:
             say(f"[artray] direct ingress: POST {', '.join(u + '/search' for u in direct.wait_for_urls(app, 300))}")
         except TimeoutError as exc:
