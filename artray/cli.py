@@ -40,7 +40,7 @@ def _cmd_import(args) -> int:
 def _cmd_serve_run(args) -> int:
     from artray.serve.local import serve_run
 
-    return serve_run(args.config, args.address, args.non_blocking)
+    return serve_run(args.config, args.address, args.non_blocking, args.direct_ingress)
 
 
 def _run_job(args) -> int:
@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="Serve config file (serve_configs/retrieval.yaml)")
     _add_ray_arguments(p)
     p.add_argument("--non-blocking", action="store_true", help="return once the app is deployed")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="Serve's experimental direct ingress (Ray 2.60): each ingress replica answers HTTP on its own "
+                        "port (30000 and up, printed once up), no proxy hop (a few ms less per request); the proxy "
+                        "stays on port 8000. Needs a cluster where Serve is not running yet, or runs with it")
     p.set_defaults(func=_cmd_serve_run)
 
     p = sub.add_parser("demo", help="run the chain on the sample corpora with tiny models")

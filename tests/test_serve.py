@@ -25,6 +25,7 @@ import pytest
 import ray
 from ray import serve
 from PIL import Image
+import yaml
 
 from artray import corpus
 from artray.encoders import EncoderMismatchError
@@ -217,6 +218,22 @@ def test_the_default_layout_is_one_ingress_holding_both_models_behind_a_proxy_th
     installed = ray.get(ray.get_actor(proxy, namespace="serve").__ray_call__.remote(
         lambda self: [m.cls.__name__ for m in self._http_options.middlewares]), timeout=30)
     assert installed == ["AnswerUnansweredRequests"]
+
+
+def test_direct_ingress_is_refused_where_serve_already_runs_without_it(app, tmp_path):
+    """A running Serve controller keeps its mode (a config's controller_options count only when it starts), so
+    `artray serve run --direct-ingress` onto a cluster whose Serve runs through the proxy stops with what to do,
+    and leaves the running app alone."""
+    from artray.errors import UserError
+    from artray.serve import direct
+    from artray.serve.local import serve_run
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(serve_config(app[1], free_port()), sort_keys=False), encoding="utf-8")
+    with pytest.raises(UserError, match=r"without direct ingress.*serve shutdown -y.*RAY_SERVE_ENABLE_DIRECT_INGRESS=1"):
+        serve_run(str(path), ray.get_runtime_context().gcs_address, direct_ingress=True)
+    assert direct.running_mode() is False and direct.urls("retrieval") == []
+    assert serve.status().applications["retrieval"].status == "RUNNING"
 
 
 def test_builder_refuses_an_index_of_another_checkpoint(app, monkeypatch):

@@ -10,7 +10,8 @@ cluster starts one itself, with Ray's defaults: GCS, raylet, replicas and agents
 what a user runs — and waits until ``/healthz`` answers and every deployment of the app runs
 (``/healthz`` is the ingress alone; in the split layout model replicas may still be loading). Tests, bench/serve.py
 and the demo use it with the tiny indexes of `artray.scaffold.demo_indexes`; `stop` also
-removes its temp folder.
+removes its temp folder. With a config that turns Serve's direct ingress on (`artray.serve.direct.enable`), it
+also waits for the ingress replicas' own ports: ``direct_urls``.
 """
 
 from __future__ import annotations
@@ -56,23 +57,58 @@ def serve_config(indexes: dict[str, str], port: int, template: Path = TINY_CONFI
     return config
 
 
-def serve_run(config: str, address: str | None = None, non_blocking: bool = False) -> int:
+def serve_run(config: str, address: str | None = None, non_blocking: bool = False,
+              direct_ingress: bool = False) -> int:
     """`artray serve run <config>`: start or join Ray as `init_ray` does, then run Serve's ``serve run`` on it
-    (Ctrl-C shuts the app down, and a local cluster with it)."""
+    (Ctrl-C shuts the app down, and a local cluster with it).
+
+    `direct_ingress` starts Serve with its direct ingress (`artray.serve.direct`: each ingress replica answers on
+    its own port); refused when Serve already runs on the cluster without it. With that flag (or a config whose
+    controller_options turn it on) one console line gives the replicas' URLs, again when they change."""
     from artray.errors import UserError
     from artray.runtime import init_ray
+    from artray.serve import direct
 
     if not Path(config).is_file():
         raise UserError(f"{config} is not a file: give a Serve config (e.g. serve_configs/retrieval.yaml)")
+    parsed = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
     init_ray(address)
+    folder, wanted = None, direct_ingress or direct.requested(parsed)
+    if wanted:
+        direct.check_can_enable()
+    if direct_ingress and not direct.requested(parsed):
+        folder = tempfile.mkdtemp(prefix="artray-serve-")
+        config = str(Path(folder) / Path(config).name)
+        Path(config).write_text(yaml.safe_dump(direct.enable(parsed), sort_keys=False), encoding="utf-8")
     from ray.serve.scripts import cli
 
+    app = _app_name(parsed)
     args = ["run", config, *(["--non-blocking"] if non_blocking else [])]
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - beside Serve's own console lines
+    announcer = direct.announce(app, write=say) if wanted and not non_blocking else None
     try:
         cli.main(args, prog_name="artray serve", standalone_mode=False)
     except SystemExit as exc:  # serve run's own exit on Ctrl-C
         return int(exc.code or 0)
+    finally:
+        if announcer:
+            announcer.set()  # no Ray call of its thread outlives this one
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+    if non_blocking and wanted:
+        try:
+            say(f"[artray] direct ingress: POST {', '.join(u + '/search' for u in direct.wait_for_urls(app, 300))}")
+        except TimeoutError as exc:
+            say(f"[artray] direct ingress: {exc}; `serve status` says why, and `artray serve run` (blocking) prints "
+                "the URLs once the replicas are up")
     return 0
+
+
+def _app_name(config: dict) -> str:
+    """The name of the config's artray application (the first application when none imports artray's)."""
+    apps = config.get("applications") or [{}]
+    ours = [a for a in apps if str(a.get("import_path", "")).startswith("artray.serve.app:")]
+    return (ours or apps)[0].get("name", "default")
 
 
 def _apps_running() -> bool:
@@ -134,8 +170,12 @@ class ServeProcess:
 
     def __init__(self, config: dict, address: str, env: dict | None = None, timeout_s: float = 240,
                  keep_files: bool = False):
+        from artray.serve import direct
+
         self.port, self.address = config["http_options"]["port"], address
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://127.0.0.1:{self.port}"  # Serve's proxy (with direct ingress: on the head node only)
+        self.app, self.direct = _app_name(config), direct.requested(config)
+        self.direct_urls: list[str] = []  # with direct ingress: each ingress replica's own http://host:port
         self._dir, self._keep = tempfile.mkdtemp(prefix="artray-serve-"), keep_files  # config + serve.log
         path = Path(self._dir) / "serve.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -154,7 +194,12 @@ class ServeProcess:
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
                     if r.status == 200 and _apps_running():
-                        return
+                        if self.direct:
+                            from artray.serve import direct
+
+                            self.direct_urls = direct.urls(self.app)
+                        if self.direct_urls or not self.direct:
+                            return
             except OSError:
                 pass
             except http.client.HTTPException as exc:  # not an HTTP server: another process holds the port
