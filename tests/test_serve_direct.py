@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from artray.runtime import free_port
 from artray.scaffold.demo_indexes import demo_indexes
 from artray.serve import direct
 from artray.serve.local import _ensure_serve_shut_down, serve_config
+from cli_process import interrupt
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "direct-token-" + "x" * 20
@@ -61,12 +61,7 @@ def served(ray_local, tmp_path_factory):
         assert url, f"no direct-ingress URL line (exit code {proc.poll()}):\n{log_path.read_text(errors='replace')[-3000:]}"
         yield url, f"http://127.0.0.1:{config['http_options']['port']}", root / "corpora" / "longclip"
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: `serve run` shuts Serve down
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        interrupt(proc)  # Ctrl-C: `serve run` shuts Serve down (and a local Ray it started)
         log.close()
         _ensure_serve_shut_down(gcs)
 

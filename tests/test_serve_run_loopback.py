@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 import sockets
+from cli_process import interrupt
 from artray.runtime import free_port
 from artray.scaffold.demo_indexes import demo_indexes
 from artray.serve.local import serve_config
@@ -67,12 +67,7 @@ def test_artray_serve_run_starts_a_ray_listening_on_loopback_only(index, tmp_pat
         assert sockets.wide(listening) == [], f"listening beyond 127.0.0.1: {sockets.wide(listening)}"
         assert [ip for _, ip, p in listening if p == port] == ["127.0.0.1"]
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: Serve shuts down, and the local Ray with the process
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        interrupt(proc)  # Ctrl-C: `serve run` shuts Serve down (and a local Ray it started)
         log.close()
         deadline = time.time() + 30
         while time.time() < deadline and any(psutil.pid_exists(p) for p in pids):
