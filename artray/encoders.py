@@ -141,21 +141,17 @@ class PretrainedEncoder(Encoder):
     default_text_length: int | None = None
 
     def __init__(self, checkpoint: str, bundle):
-        from artray.models.pretrained import (
-            image_preprocessing,
-            image_processor_kwargs,
-            text_length,
-        )
+        from artray.models.pretrained import TrainedImagePreprocessor, text_length
 
         super().__init__(checkpoint, bundle.device, bundle.dtype)
         self.bundle = bundle
         self.max_length = text_length(bundle, self.default_text_length)
-        self.preprocessing = image_preprocessing(bundle)
-        self._image_kwargs = image_processor_kwargs(self.preprocessing, checkpoint)
+        self._prepare = TrainedImagePreprocessor.of(bundle, checkpoint)
+        self.preprocessing = self._prepare.preprocessing
         self._set_dim()
 
     def _pixels(self, images: list[Image.Image]):
-        return self.bundle.processor.image_processor(images, return_tensors="pt", **self._image_kwargs).pixel_values
+        return self._prepare(images)
 
     def _tokens(self, texts: list[str]):
         return self.bundle.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,

@@ -125,9 +125,22 @@ def recorded_image_preprocessing(path: str, image_processor) -> dict:
     return export_record(path).get("image_preprocessing") or image_processor_record(image_processor)
 
 
-def image_preprocessing(bundle: PretrainedBundle) -> dict:
-    """`recorded_image_preprocessing` of a loaded checkpoint."""
-    return recorded_image_preprocessing(bundle.path, bundle.processor.image_processor)
+class TrainedImagePreprocessor:
+    """A transformers checkpoint's image processor, preparing images as the checkpoint was trained
+    (`recorded_image_preprocessing`): the one way encoders, trainers and captioners turn images into pixels."""
+
+    def __init__(self, path: str, image_processor, where: str):
+        self.image_processor = image_processor
+        self.preprocessing = recorded_image_preprocessing(path, image_processor)
+        self._kwargs = image_processor_kwargs(self.preprocessing, where)
+
+    @classmethod
+    def of(cls, bundle: PretrainedBundle, where: str) -> "TrainedImagePreprocessor":
+        """The preprocessor of a loaded checkpoint."""
+        return cls(bundle.path, bundle.processor.image_processor, where)
+
+    def __call__(self, images: list) -> "torch.Tensor":
+        return self.image_processor(images, return_tensors="pt", **self._kwargs)["pixel_values"]
 
 
 def text_length(bundle: PretrainedBundle, default: int | None) -> int:

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from artray import families, storage
-from artray.models.pretrained import EXPORT_RECORD, image_preprocessing, image_processor_kwargs
+from artray.models.pretrained import EXPORT_RECORD, TrainedImagePreprocessor
 from artray.stages.caption_config import MLLM, CaptionError
 
 META_FILES = ("config.json", EXPORT_RECORD)
@@ -108,11 +108,7 @@ class CaptionerGenerator:
         self.kwargs = {k: v for k, v in kwargs.items() if k != "pad_token_id"}
         self.revision = getattr(self.bundle.model.config, "_commit_hash", None)
         # images as the checkpoint was trained (a captioner export's record), else as its processor says
-        self._image_kwargs = image_processor_kwargs(image_preprocessing(self.bundle), model)
-
-    def pixels(self, images: list):
-        """The model's input for `images`, prepared as the checkpoint was trained."""
-        return self.bundle.processor.image_processor(images, return_tensors="pt", **self._image_kwargs)["pixel_values"]
+        self.pixels = TrainedImagePreprocessor.of(self.bundle, model)
 
     def __call__(self, images: list, presets: list[str] | None = None) -> list[tuple[str, int, bool]]:
         import torch

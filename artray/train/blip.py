@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artray.models.pretrained import from_pretrained, image_processor_kwargs, recorded_image_preprocessing
+from artray.models.pretrained import TrainedImagePreprocessor, from_pretrained
 from artray.models.resolve import resolve_model_path
 from artray.train.config import TrainConfig
 from artray.train.export import save_pretrained_export
@@ -85,8 +85,7 @@ class BlipRetrievalTrainer:
         self.path = resolve_model_path(cfg.model, cfg.storage_options())
         self.processor = BlipProcessor.from_pretrained(self.path)
         # images as the base checkpoint was trained (an export's record), else as its processor says
-        self.preprocessing = recorded_image_preprocessing(self.path, self.processor.image_processor)
-        self._image_kwargs = image_processor_kwargs(self.preprocessing, cfg.model)
+        self._prepare = TrainedImagePreprocessor(self.path, self.processor.image_processor, cfg.model)
         self.cut = [0, 0]
 
     def build_module(self) -> nn.Module:
@@ -99,8 +98,7 @@ class BlipRetrievalTrainer:
         return BlipRetrievalModule(model)
 
     def pixels(self, images) -> torch.Tensor:
-        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt",
-                                              **self._image_kwargs)["pixel_values"]
+        return self._prepare([im.convert("RGB") for im in images])
 
     def tokens(self, texts: list[str]) -> dict:
         tok = self.processor.tokenizer

@@ -13,7 +13,7 @@ import re
 import torch
 from torch import nn
 
-from artray.models.pretrained import from_pretrained, image_processor_kwargs, recorded_image_preprocessing
+from artray.models.pretrained import TrainedImagePreprocessor, from_pretrained
 from artray.models.resolve import resolve_model_path
 from artray.train.batches import decode_images, to_device
 from artray.train.config import TrainConfig
@@ -63,8 +63,7 @@ class CaptionerTrainer:
         self.model_cls, processor_cls = self.classes()
         self.processor = processor_cls.from_pretrained(self.path)
         # images as the base checkpoint was trained (an export's record), else as its processor says
-        self.preprocessing = recorded_image_preprocessing(self.path, self.processor.image_processor)
-        self._image_kwargs = image_processor_kwargs(self.preprocessing, cfg.model)
+        self._prepare = TrainedImagePreprocessor(self.path, self.processor.image_processor, cfg.model)
 
     def build_module(self) -> nn.Module:
         model = from_pretrained(self.model_cls, self.path)
@@ -73,8 +72,7 @@ class CaptionerTrainer:
         return CaptionerModule(model)
 
     def pixels(self, images) -> torch.Tensor:
-        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt",
-                                              **self._image_kwargs)["pixel_values"]
+        return self._prepare([im.convert("RGB") for im in images])
 
     def train_batch(self, images, captions: list[str]) -> dict:
         tok = self.processor.tokenizer

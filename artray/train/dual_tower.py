@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from artray.encoders import pooled
-from artray.models.pretrained import from_pretrained, image_processor_kwargs, recorded_image_preprocessing
+from artray.models.pretrained import TrainedImagePreprocessor, from_pretrained
 from artray.models.resolve import resolve_model_path
 from artray.train.config import TrainConfig
 from artray.train.export import save_pretrained_export
@@ -60,8 +60,7 @@ class DualTowerTrainer:
         self.cfg = cfg
         self.path = resolve_model_path(cfg.model, cfg.storage_options())
         self.processor = _transformers(self.processor_class).from_pretrained(self.path)
-        self.preprocessing = recorded_image_preprocessing(self.path, self.processor.image_processor)
-        self._image_kwargs = image_processor_kwargs(self.preprocessing, cfg.model)
+        self._prepare = TrainedImagePreprocessor(self.path, self.processor.image_processor, cfg.model)
         self.context_length = cfg.context_length or self.default_context_length
         self.cut = [0, 0]  # texts seen, texts truncated
 
@@ -78,8 +77,7 @@ class DualTowerTrainer:
         return DualTowerModule(model)
 
     def pixels(self, images) -> torch.Tensor:
-        return self.processor.image_processor([im.convert("RGB") for im in images], return_tensors="pt",
-                                              **self._image_kwargs)["pixel_values"]
+        return self._prepare([im.convert("RGB") for im in images])
 
     def tokens(self, texts: list[str]) -> dict:
         tok = self.processor.tokenizer
