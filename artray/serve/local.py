@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from artray.serve import direct
+
 logger = logging.getLogger(__name__)
 
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "serve_configs" / "retrieval-tiny.yaml"
@@ -67,16 +69,16 @@ def serve_run(config: str, address: str | None = None, non_blocking: bool = Fals
     controller_options turn it on) one console line gives the replicas' URLs, again when they change."""
     from artray.errors import UserError
     from artray.runtime import init_ray
-    from artray.serve import direct
 
     if not Path(config).is_file():
         raise UserError(f"{config} is not a file: give a Serve config (e.g. serve_configs/retrieval.yaml)")
     parsed = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
     init_ray(address)
-    folder, wanted = None, direct_ingress or direct.requested(parsed)
+    in_config = direct.requested(parsed)
+    folder, wanted = None, direct_ingress or in_config
     if wanted:
         direct.check_can_enable()
-    if direct_ingress and not direct.requested(parsed):
+    if direct_ingress and not in_config:
         folder = tempfile.mkdtemp(prefix="artray-serve-")
         config = str(Path(folder) / Path(config).name)
         Path(config).write_text(yaml.safe_dump(direct.enable(parsed), sort_keys=False), encoding="utf-8")
@@ -170,11 +172,9 @@ class ServeProcess:
 
     def __init__(self, config: dict, address: str, env: dict | None = None, timeout_s: float = 240,
                  keep_files: bool = False):
-        from artray.serve import direct
-
         self.port, self.address = config["http_options"]["port"], address
         self.url = f"http://127.0.0.1:{self.port}"  # Serve's proxy (with direct ingress: on the head node only)
-        self.app, self.direct = _app_name(config), direct.requested(config)
+        self.app, self.direct_ingress = _app_name(config), direct.requested(config)
         self.direct_urls: list[str] = []  # with direct ingress: each ingress replica's own http://host:port
         self._dir, self._keep = tempfile.mkdtemp(prefix="artray-serve-"), keep_files  # config + serve.log
         path = Path(self._dir) / "serve.yaml"
@@ -194,11 +194,9 @@ class ServeProcess:
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
                     if r.status == 200 and _apps_running():
-                        if self.direct:
-                            from artray.serve import direct
-
+                        if self.direct_ingress:
                             self.direct_urls = direct.urls(self.app)
-                        if self.direct_urls or not self.direct:
+                        if self.direct_urls or not self.direct_ingress:
                             return
             except OSError:
                 pass
