@@ -236,7 +236,7 @@ class IngestStage(Stage):
 
     def _committer(self, run: Run) -> BatchCommitter:
         return BatchCommitter(run.cfg.output, ARTWORKS, ARTWORK_SCHEMA, STAGE, run.run_id, run.opts,
-                              run.cfg.shard_rows, sum_columns=self.sum_columns, progress=run.progress)
+                              run.cfg.shard_rows, sum_columns=self.sum_columns, progress=run.progress.counter)
 
     def transform(self, run: Run, todo: Todo, pool: ActorPool):
         cfg = run.cfg
@@ -257,7 +257,7 @@ class IngestStage(Stage):
     def commit(self, run: Run, results) -> dict:
         """The actors committed every batch; sum the per-batch stats they return."""
         return self._committer(run).collect(results.iter_batches(batch_size=None, batch_format="pyarrow"),
-                                            run.progress_line)
+                                            run.progress)
 
     def finish(self, run: Run, todo: Todo, stats: dict, table: pa.Table, failures: list[dict]) -> dict:
         ids = table["artwork_id"].to_pylist()

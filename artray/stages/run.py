@@ -72,8 +72,7 @@ class Run:
     started: float
     done: set[str]  # keys committed under <output>/<table>/
     failed: dict[str, bool]  # key → retryable, of its latest failure row
-    progress: Any = None  # the counter actor of the stage's progress line (`artray.console`), while it runs
-    progress_line: Any = None  # that line itself (`StageProgress`), for a stage whose driver counts (`driver_counts`)
+    progress: Any = None  # the stage's progress line (`artray.console.StageProgress`), while it runs
 
     def skip(self, key: str) -> str | None:
         """Why a rerun skips `key`: 'done' (committed), 'failed' (failed for good, no retry_failed), else None."""
@@ -223,7 +222,7 @@ class Stage(ABC):
     def commit(self, run: Run, results) -> dict:
         """Execute the pipeline, committing its result rows; returns the stats (written, failed, sums)."""
         sink = self.sink(run.cfg.output, self.table, self.schema, self.name, run.run_id, run.opts,
-                         run.cfg.shard_rows, self.sum_columns, progress=run.progress)
+                         run.cfg.shard_rows, self.sum_columns, progress=run.progress.counter)
         results.write_datasink(sink, ray_remote_args={"num_cpus": TASK_CPUS})
         return sink.stats
 
@@ -277,10 +276,10 @@ def _run_leased(stage: Stage, cfg: StageConfig, opts: storage.StorageOptions, st
         pool = stage.pool(run, todo)
         # one live line: rows, rate, ETA, failures
         with StageProgress(stage.name, todo.rows, workers_report=not stage.driver_counts) as progress:
-            run.progress, run.progress_line = progress.counter, progress
+            run.progress = progress
             stats = run_pipeline(lambda: stage.commit(run, stage.transform(run, todo, pool)), stage.error, stage.name)
             progress.finish(stats["written"], sum(stats["failed"].values()))
-        run.progress = run.progress_line = None
+        run.progress = None
         actors = pool.size
     wall = time.time() - pipeline_started
 
